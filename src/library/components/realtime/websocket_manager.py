@@ -1,0 +1,8 @@
+"""The seed specification's import path for roomcast's public API.
+
+``library``, ``library.components`` and ``library.components.realtime`` are PEP 420 namespace
+packages (no ``__init__.py``), so an application's own ``library`` package can coexist.
+"""
+
+from roomcast import *  # noqa: F403
+from roomcast import __all__ as __all__

@@ -1,0 +1,215 @@
+"""The Starlette/FastAPI transport: frames to an ASGI WebSocket without awaiting any one client.
+
+ASGI only offers ``await send(event)``.  Awaiting it per recipient makes a broadcast as slow as
+its slowest client, and a task per recipient per message costs more than the send itself.  So
+this adapter *drives the send coroutine by hand*: it runs it up to its first suspension point.
+An ASGI server with room in its socket buffer (uvicorn: under the 64 KiB high-water mark)
+finishes without suspending, which costs no task switch at all.  Only a connection whose socket
+is applying back-pressure gets a writer task; that task owns the suspended coroutine, drains
+the connection's bounded backlog, and ends when the backlog is empty.
+
+What the limit covers: roomcast's own backlog for the connection, counted in payload bytes,
+including the frame held by a suspended send.  The ASGI server's socket buffer comes on top
+(uvicorn pauses at 64 KiB).  A frame that does not fit means the client is too slow.
+
+Closing a slow client under ASGI is a ``websocket.close`` event, which the server can only
+write once the client reads again; a client that never reads keeps its socket (and the server's
+buffer) until it goes away.  roomcast detaches it at once, so it costs the hub nothing, and gives
+up on the close after ``close_timeout``.  The native server aborts such sockets outright.
+
+This module imports nothing from Starlette: it needs only ``send(event)``, ``close(code,
+reason)``, ``accept()`` and ``application_state``, which Starlette's and FastAPI's WebSocket
+both have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from roomcast.connection import Delivery
+from roomcast.frame import Frame
+from roomcast.tasks import TaskSet
+
+__all__ = ["AsgiTransport", "AsgiWebSocket"]
+
+logger = logging.getLogger("roomcast")
+
+class AsgiWebSocket(Protocol):
+    """The part of Starlette's ``WebSocket`` that this transport uses."""
+
+    @property
+    def application_state(self) -> Any: ...
+
+    def send(self, message: Any) -> Awaitable[None]: ...
+
+    def accept(self) -> Awaitable[None]: ...
+
+    def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]: ...
+
+
+async def _resume(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
+    """Finish a coroutine that was started by hand and suspended on ``waiting_on``.
+
+    ``waiting_on`` is whatever the coroutine yielded: an asyncio future, or None for a bare
+    ``yield`` (``asyncio.sleep(0)``).  The future's outcome is delivered by resuming the
+    coroutine, whose own ``await`` then reads the result or raises, exactly as under a task.
+    """
+    try:
+        while True:
+            if waiting_on is None:
+                await asyncio.sleep(0)
+            else:
+                # wait() neither consumes the future's exception nor cancels the future if
+                # this task is cancelled: the coroutine stays the only owner of both.
+                await asyncio.wait((waiting_on,))
+            waiting_on = coro.send(None)
+    except StopIteration:
+        return
+    finally:
+        # Cancelled while suspended: close the coroutine so its finally blocks run and it
+        # never writes the frame it was holding.
+        coro.close()
+
+
+class AsgiTransport:
+    """Transport over an ASGI WebSocket with a bounded, byte-counted backlog.
+
+    Args:
+        websocket: Starlette/FastAPI WebSocket (already accepted, or accepted by ``open``).
+        tasks: Owner of the writer and closer tasks this transport starts.
+        on_lost: Called once when a send fails because the client is gone.
+        limit: Most payload bytes roomcast holds for this client before it counts as slow.
+        close_timeout: Seconds to wait for a close event to be written before giving up.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_backlog_bytes",
+        "_close_timeout",
+        "_closing",
+        "_limit",
+        "_on_lost",
+        "_send",
+        "_tasks",
+        "_websocket",
+        "_writer",
+    )
+
+    def __init__(
+        self,
+        websocket: AsgiWebSocket,
+        *,
+        tasks: TaskSet,
+        on_lost: Callable[[], None],
+        limit: int,
+        close_timeout: float,
+    ) -> None:
+        self._websocket = websocket
+        self._send = websocket.send
+        self._tasks = tasks
+        self._on_lost = on_lost
+        self._limit = limit
+        self._close_timeout = close_timeout
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        # Created on the first back-pressure only: most connections never need one, and an
+        # empty deque costs ~600 bytes.
+        self._backlog: collections.deque[Frame] | None = None
+        self._backlog_bytes = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._backlog_bytes
+
+    async def open(self) -> None:
+        """Accept the WebSocket unless the application already did."""
+        if getattr(self._websocket.application_state, "name", None) == "CONNECTING":
+            await self._websocket.accept()
+
+    def send(self, frame: Frame) -> Delivery:
+        if self._closing:
+            return Delivery.CLOSED
+        if self._writer is not None:
+            if self._backlog_bytes + frame.size > self._limit:
+                return Delivery.OVERFLOW
+            assert self._backlog is not None
+            self._backlog.append(frame)
+            self._backlog_bytes += frame.size
+            return Delivery.ACCEPTED
+        coro = self._send(frame.asgi_event)
+        try:
+            waiting_on = coro.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return Delivery.ACCEPTED
+        except Exception as exc:
+            # The server refused the event: the client is gone or the socket is closed.
+            logger.debug("send failed, connection lost: %r", exc)
+            self._closing = True
+            return Delivery.CLOSED
+        # The server applies back-pressure: hand the half-done send to a writer task.
+        if self._backlog is None:
+            self._backlog = collections.deque()
+        self._backlog_bytes = frame.size
+        self._writer = self._tasks.spawn(self._drain(coro, waiting_on, frame.size))
+        return Delivery.ACCEPTED
+
+    async def _drain(self, coro: Any, waiting_on: Any, in_flight: int) -> None:
+        try:
+            await _resume(coro, waiting_on)
+            self._backlog_bytes -= in_flight
+            backlog = self._backlog
+            assert backlog is not None
+            while backlog:
+                frame = backlog[0]
+                await self._send(frame.asgi_event)
+                backlog.popleft()
+                self._backlog_bytes -= frame.size
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("send failed, connection lost: %r", exc)
+            self._writer = None  # so that _discard_backlog does not cancel this very task
+            self._discard_backlog()
+            if not self._closing:
+                self._closing = True
+                self._on_lost()
+        finally:
+            self._writer = None
+
+    def _discard_backlog(self) -> asyncio.Task[None] | None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+        if self._backlog is not None:
+            self._backlog.clear()
+        self._backlog_bytes = 0
+        return writer
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self._closing:
+            return
+        self._closing = True
+        writer = self._discard_backlog()
+        self._tasks.spawn(self._close(writer, code, reason), name="roomcast-close")
+
+    async def _close(self, writer: asyncio.Task[None] | None, code: int, reason: str) -> None:
+        if writer is not None:
+            # Let the cancelled writer unwind first, so no data frame follows the close.
+            await asyncio.wait((writer,))
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._websocket.close(code, reason)
+        except TimeoutError:
+            logger.info("close %d not written within %.1fs; client is not reading", code,
+                        self._close_timeout)
+        except Exception as exc:  # already closed or gone: nothing left to do
+            logger.debug("close failed: %r", exc)
+
+    def detach(self) -> None:
+        self._closing = True
+        self._discard_backlog()
+

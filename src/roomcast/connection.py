@@ -1,0 +1,94 @@
+"""A connection as the hub sees it, and the Transport contract that carries its frames.
+
+``Connection`` holds the seed's fields and nothing that does I/O; the transport it points to is
+the thin shell around one socket.  Keeping the two apart lets the pure registry index
+connections without knowing whether they live on uvicorn, on the native server, or in a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from roomcast.frame import Frame
+
+__all__ = ["Connection", "Delivery", "Transport"]
+
+
+class Delivery(enum.Enum):
+    """What a transport did with a frame handed to it; never involves waiting."""
+
+    ACCEPTED = "accepted"
+    """Written to the socket or queued in the connection's bounded send buffer."""
+    OVERFLOW = "overflow"
+    """The send buffer is full; the frame was not queued."""
+    CLOSED = "closed"
+    """The connection is gone or closing; the frame was not queued."""
+
+
+class Transport(Protocol):
+    """Carries frames to one client.  Implementations: ASGI (``roomcast.asgi``), native server.
+
+    ``send`` and ``close`` are synchronous on purpose: the hub fans a frame out to thousands of
+    connections in one loop, and no single client may make that loop wait.  Anything that has to
+    wait (a paused socket, a close handshake) happens in a task owned by the transport's owner.
+    """
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of frames accepted but not yet handed to the socket layer."""
+        ...
+
+    def send(self, frame: Frame) -> Delivery:
+        """Write or queue ``frame``; say which, or why not."""
+        ...
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Drop anything queued and start closing with ``code``; returns at once."""
+        ...
+
+    def detach(self) -> None:
+        """Stop sending and free the send buffer without closing (the peer is already gone)."""
+        ...
+
+
+def _new_connection_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class Connection:
+    """One client connection registered with a manager.
+
+    Equality is identity: two connections are the same only if they are the same object.
+
+    Attributes:
+        websocket: The framework's WebSocket object (e.g. Starlette's) for this client.
+        user_id: Who the client is, if known; used by ``send_to_user``.
+        rooms: Rooms the connection is in.  Maintained by the manager: read it, but change
+            membership with ``join_room``/``leave_room``.
+        connected_at: When the connection was registered (UTC).
+        metadata: Anything the application wants to keep with the connection.
+    """
+
+    websocket: Any
+    user_id: str | None = None
+    rooms: set[str] = dataclasses.field(default_factory=set)
+    connected_at: datetime = dataclasses.field(default_factory=_now)
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _connection_id: str = dataclasses.field(
+        default_factory=_new_connection_id, init=False, repr=False
+    )
+    transport: Transport | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def connection_id(self) -> str:
+        """Unique, stable id of this connection (random hex; unique across instances)."""
+        return self._connection_id

@@ -1,0 +1,64 @@
+"""Errors and close codes: the one place where roomcast says what went wrong.
+
+Error tree (blame is in the name, as in h11: misuse by the caller vs bad data from outside)::
+
+    RoomcastError                 base of everything roomcast raises on purpose
+    ├── InvalidMessage            a message could not be parsed, validated or encoded
+    │                             (also a ValueError, so generic handlers still work)
+    ├── InvalidIdentifier         a room or user id that is not a short non-empty str
+    │                             (also a ValueError)
+    └── ConnectionStateError      a call that does not fit the connection's state, such as
+                                  connecting the same websocket twice
+
+Close codes are named values so that clients, docs and tests agree on them.  1000-1015 are
+RFC 6455's; 4000-4999 is the range the RFC leaves to applications.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class RoomcastError(Exception):
+    """Base class of every error roomcast raises deliberately."""
+
+
+class InvalidMessage(RoomcastError, ValueError):
+    """A message could not be parsed, validated or encoded.
+
+    Raised by ``WSMessage.from_json`` for input from the wire and by the send methods for a
+    payload that cannot be encoded; the text says which field or step failed.
+    """
+
+
+class InvalidIdentifier(RoomcastError, ValueError):
+    """A room or user id is not a non-empty string within the length limit."""
+
+
+class ConnectionStateError(RoomcastError):
+    """The call does not fit the connection's current state."""
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes that roomcast sends, with the reason it sends them."""
+
+    NORMAL = 1000
+    """The application closed the connection on purpose."""
+    GOING_AWAY = 1001
+    """The server is shutting down; reconnect (to another instance)."""
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    """A binary frame where text was expected, or the reverse."""
+    INVALID_PAYLOAD = 1007
+    """Text that is not valid UTF-8."""
+    POLICY_VIOLATION = 1008
+    """Authentication or rate policy refused the client."""
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    """The server is at capacity."""
+    SLOW_CONSUMER = 4008
+    """The client did not read fast enough: its send buffer overflowed.
+
+    The messages that did not fit are lost for this client; it should reconnect and resync.
+    """

@@ -1,0 +1,93 @@
+"""Frames: an outgoing message encoded once, shared by every recipient.
+
+Encoding dominates nothing when it happens once per broadcast, and everything when it happens
+once per recipient; so the send methods turn a payload into one ``Frame`` and transports only
+ever see that object.  Each transport takes the representation it needs from it (the ASGI
+adapter a prebuilt ``websocket.send`` event, a native transport the payload bytes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from roomcast.errors import InvalidMessage
+from roomcast.messages import MessageType, WSMessage, dumps
+
+__all__ = ["Frame", "encode"]
+
+
+class Frame:
+    """One encoded message.
+
+    Attributes:
+        binary: True for a binary frame, False for a text frame.
+        payload: The frame's payload bytes (UTF-8 for text), used for size accounting and by
+            transports that write bytes.
+        size: ``len(payload)``; what the frame costs in a send buffer.
+        asgi_event: A ``websocket.send`` ASGI event, built once and passed to every ASGI
+            recipient; ASGI servers only read it.
+    """
+
+    __slots__ = ("asgi_event", "binary", "payload", "size")
+
+    def __init__(self, text: str | None = None, data: bytes | None = None) -> None:
+        if text is not None:
+            self.payload = _utf8(text)
+            self.binary = False
+            self.asgi_event: dict[str, Any] = {"type": "websocket.send", "text": text}
+        elif data is not None:
+            self.payload = data
+            self.binary = True
+            self.asgi_event = {"type": "websocket.send", "bytes": data}
+        else:
+            raise ValueError("a Frame needs text or data")
+        self.size = len(self.payload)
+
+    def __repr__(self) -> str:
+        kind = "binary" if self.binary else "text"
+        return f"<Frame {kind} {self.size} B>"
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise InvalidMessage("text payload is not encodable as UTF-8 (lone surrogate?)") from None
+
+
+def _as_text(message: Any) -> str:
+    if isinstance(message, str):
+        return message
+    if isinstance(message, bytes | bytearray | memoryview):
+        try:
+            return bytes(message).decode()
+        except UnicodeDecodeError:
+            raise InvalidMessage("bytes sent as text are not valid UTF-8") from None
+    if isinstance(message, WSMessage):
+        return message.to_json()
+    return dumps(message)
+
+
+def encode(message: Any, kind: MessageType | None = None) -> Frame:
+    """Encode ``message`` into the frame that ``kind`` asks for.
+
+    With ``kind`` omitted: ``str`` goes as text, bytes as binary, anything else as JSON text.
+    ``TEXT``, ``JSON``, ``PING`` and ``PONG`` give text frames; ``BYTES`` gives a binary frame.
+
+    Raises:
+        InvalidMessage: the payload cannot be encoded (not JSON-encodable, bytes that are not
+            UTF-8 where text is required, lone surrogates in a str).
+        ValueError: ``kind`` is ``CLOSE``, which is an action, not a frame.
+    """
+    if kind is None:
+        if isinstance(message, bytes | bytearray | memoryview):
+            return Frame(data=bytes(message))
+        return Frame(text=_as_text(message))
+    if kind is MessageType.BYTES:
+        if isinstance(message, bytes | bytearray | memoryview):
+            return Frame(data=bytes(message))
+        return Frame(data=_utf8(_as_text(message)))
+    if kind is MessageType.CLOSE:
+        raise ValueError("MessageType.CLOSE closes connections; it has no frame")
+    return Frame(text=_as_text(message))
+

@@ -1,0 +1,345 @@
+"""ConnectionManager: the seed's single-instance API over the registry and the fan-out engine.
+
+Each send method encodes its payload once into a ``Frame`` and hands that same object to every
+recipient's transport in one synchronous loop.  Transports never wait: a client whose bounded
+buffer is full is dropped (or skipped, by policy) and counted, so one slow reader cannot delay
+anyone else.  The methods are ``async`` because the seed's API is, and so that a distributed
+subclass can publish to a broker after delivering locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import functools
+import logging
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from roomcast.asgi import AsgiTransport, AsgiWebSocket
+from roomcast.connection import Connection, Delivery
+from roomcast.errors import CloseCode, ConnectionStateError, InvalidIdentifier
+from roomcast.frame import encode
+from roomcast.messages import MessageType, preview
+from roomcast.registry import Registry, RoomChange
+from roomcast.tasks import TaskSet
+
+__all__ = ["ConnectionManager", "ManagerStats", "OverflowPolicy"]
+
+logger = logging.getLogger("roomcast")
+
+DEFAULT_SEND_BUFFER_LIMIT = 1 << 20
+"""1 MiB per connection: room for a burst, small enough that 50k slow clients stay bounded."""
+
+
+class OverflowPolicy(enum.Enum):
+    """What happens to a connection whose send buffer cannot take another frame."""
+
+    CLOSE = "close"
+    """Close it with ``CloseCode.SLOW_CONSUMER`` (4008); it reconnects and resyncs."""
+    DROP = "drop"
+    """Keep it, and drop the frames that do not fit (counted in ``dropped_frames``)."""
+
+
+@dataclasses.dataclass(slots=True)
+class ManagerStats:
+    """Counters since the manager was created; cheap enough to update on every send."""
+
+    frames_sent: int = 0
+    """Frames accepted by a connection's transport (one broadcast to N clients counts N)."""
+    bytes_sent: int = 0
+    """Payload bytes of those frames."""
+    slow_consumer_closes: int = 0
+    """Connections closed because their send buffer overflowed."""
+    dropped_frames: int = 0
+    """Frames not delivered to a connection because its buffer was full (DROP policy)."""
+    lost_connections: int = 0
+    """Connections found gone while sending (client vanished before it was unregistered)."""
+
+
+class ConnectionManager:
+    """Registry of WebSocket connections with rooms, users and non-blocking fan-out.
+
+    Args:
+        send_buffer_limit: Most bytes roomcast buffers per connection while its socket is
+            applying back-pressure.  Set it above your largest message.
+        overflow: What to do with a connection that exceeds ``send_buffer_limit``.
+        close_timeout: Seconds allowed for writing a close event before giving up on it.
+        max_id_length: Longest accepted room or user id, in characters.
+    """
+
+    def __init__(
+        self,
+        *,
+        send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
+        overflow: OverflowPolicy = OverflowPolicy.CLOSE,
+        close_timeout: float = 5.0,
+        max_id_length: int = 256,
+    ) -> None:
+        if send_buffer_limit <= 0:
+            raise ValueError("send_buffer_limit must be positive")
+        self._send_buffer_limit = send_buffer_limit
+        self._overflow = overflow
+        self._close_timeout = close_timeout
+        self._max_id_length = max_id_length
+        self._registry = Registry()
+        # Starlette's WebSocket is a Mapping and so unhashable: index it by identity.  The
+        # Connection holds the websocket, so its id() cannot be reused while registered.
+        self._by_socket: dict[int, Connection] = {}
+        # Endpoint task and the done-callback that unregisters the connection when it ends.
+        self._bound_tasks: dict[str, tuple[asyncio.Task[Any], Callable[..., None]]] = {}
+        self._tasks = TaskSet()
+        self.stats = ManagerStats()
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def active_connections(self) -> int:
+        """Number of registered connections."""
+        return len(self._registry)
+
+    @property
+    def active_rooms(self) -> list[str]:
+        """Rooms with at least one member."""
+        return list(self._registry.rooms())
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def connect(
+        self,
+        websocket: AsgiWebSocket,
+        room: str | None = None,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Connection:
+        """Accept ``websocket`` (unless already accepted) and register it.
+
+        The connection is tied to the task that calls ``connect`` (the ASGI endpoint's): when
+        that task ends, however it ends, the connection is unregistered.  So an endpoint that
+        dies of an exception the application did not catch leaks nothing.
+
+        Raises:
+            InvalidIdentifier: ``room`` or ``user_id`` is not a short non-empty string.
+            ConnectionStateError: this websocket is already registered.
+        """
+        if room is not None:
+            self._check_id("room", room)
+        if user_id is not None:
+            self._check_id("user_id", user_id)
+        if id(websocket) in self._by_socket:
+            raise ConnectionStateError("this websocket is already connected")
+        connection = Connection(websocket, user_id, metadata=dict(metadata or {}))
+        transport = AsgiTransport(
+            websocket,
+            tasks=self._tasks,
+            on_lost=functools.partial(self._lost, connection),
+            limit=self._send_buffer_limit,
+            close_timeout=self._close_timeout,
+        )
+        connection.transport = transport
+        await transport.open()
+        if id(websocket) in self._by_socket:  # connected concurrently while accepting
+            raise ConnectionStateError("this websocket is already connected")
+        self._register(connection)
+        if room is not None:
+            self._registry.join(connection.connection_id, room)
+        task = asyncio.current_task()
+        if task is not None:
+            callback = functools.partial(self._endpoint_done, connection)
+            self._bound_tasks[connection.connection_id] = (task, callback)
+            task.add_done_callback(callback)
+        return connection
+
+    def _register(self, connection: Connection) -> None:
+        self._registry.add(connection)
+        self._by_socket[id(connection.websocket)] = connection
+
+    def disconnect(self, websocket: Any) -> Connection | None:
+        """Unregister ``websocket``; returns its connection, or None if it was not registered.
+
+        Does not close the socket (call it after the client has gone, as in the seed's
+        example); anything still buffered for the client is dropped.
+        """
+        connection = self._by_socket.get(id(websocket))
+        if connection is None:
+            return None
+        self._forget(connection)
+        return connection
+
+    def _forget(self, connection: Connection) -> bool:
+        """Unregister ``connection`` if it still is; True if it was."""
+        if self._registry.remove(connection.connection_id) is None:
+            return False
+        del self._by_socket[id(connection.websocket)]
+        bound = self._bound_tasks.pop(connection.connection_id, None)
+        if bound is not None:
+            task, callback = bound
+            task.remove_done_callback(callback)
+        if connection.transport is not None:
+            connection.transport.detach()
+        return True
+
+    def _endpoint_done(self, connection: Connection, _: asyncio.Task[Any]) -> None:
+        self._bound_tasks.pop(connection.connection_id, None)
+        self._forget(connection)
+
+    def _lost(self, connection: Connection) -> None:
+        if self._forget(connection):
+            self.stats.lost_connections += 1
+
+    async def close_all(
+        self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down"
+    ) -> None:
+        """Close every connection with ``code`` and wait for the closes (bounded by
+        ``close_timeout``); then cancel whatever background work is left."""
+        for connection in list(self._registry):
+            self._close(connection, code, reason)
+        await self._tasks.wait(timeout=self._close_timeout + 1)
+        await self._tasks.cancel_all()
+
+    def _close(self, connection: Connection, code: int, reason: str) -> None:
+        transport = connection.transport
+        self._forget(connection)
+        if transport is not None:
+            transport.close(code, reason)
+
+    # ---------------------------------------------------------------- rooms
+
+    async def join_room(self, websocket: Any, room: str) -> bool:
+        """Add the connection to ``room``; False if it was already a member or not connected."""
+        self._check_id("room", room)
+        connection = self._by_socket.get(id(websocket))
+        if connection is None:
+            return False
+        return self._registry.join(connection.connection_id, room) is not RoomChange.UNCHANGED
+
+    async def leave_room(self, websocket: Any, room: str) -> bool:
+        """Remove the connection from ``room``; False if it was not a member or not connected."""
+        connection = self._by_socket.get(id(websocket))
+        if connection is None:
+            return False
+        return self._registry.leave(connection.connection_id, room) is not RoomChange.UNCHANGED
+
+    def get_room_members(self, room: str) -> list[Connection]:
+        """Connections in ``room`` (empty if the room does not exist)."""
+        return list(self._registry.room_members(room).values())
+
+    def get_user_connections(self, user_id: str) -> list[Connection]:
+        """All connections of ``user_id`` (multi-device)."""
+        return list(self._registry.user_connections(user_id).values())
+
+    def get_connection(self, connection_id: str) -> Connection | None:
+        """The connection with this id, if registered here."""
+        return self._registry.get(connection_id)
+
+    # ---------------------------------------------------------------- sending
+
+    async def send_personal(
+        self, websocket: Any, message: Any, type: MessageType | None = None
+    ) -> bool:
+        """Send to one connection; False if the websocket is not registered or is closing."""
+        connection = self._by_socket.get(id(websocket))
+        if connection is None:
+            return False
+        return self._deliver(message, type, (connection,)) == 1
+
+    async def send_to_user(
+        self, user_id: str, message: Any, type: MessageType | None = None
+    ) -> int:
+        """Send to every connection of ``user_id``; returns how many took the message."""
+        devices = self._registry.user_connections(user_id)
+        if not devices:
+            return 0
+        return self._deliver(message, type, list(devices.values()))
+
+    async def broadcast(
+        self,
+        message: Any,
+        type: MessageType | None = None,
+        exclude: Collection[str] | None = None,
+    ) -> int:
+        """Send to every connection except the ids in ``exclude``; returns how many took it."""
+        return self._deliver(message, type, self._select(self._registry.connections(), exclude))
+
+    async def broadcast_to_room(
+        self,
+        room: str,
+        message: Any,
+        type: MessageType | None = None,
+        exclude: Collection[str] | None = None,
+    ) -> int:
+        """Send to the members of ``room`` except the ids in ``exclude``; returns how many."""
+        members = self._registry.room_members(room)
+        if not members:
+            return 0
+        if exclude:
+            targets = [conn for cid, conn in members.items() if cid not in exclude]
+        else:
+            targets = list(members.values())
+        return self._deliver(message, type, targets)
+
+    @staticmethod
+    def _select(
+        connections: Iterable[Connection], exclude: Collection[str] | None
+    ) -> list[Connection]:
+        if exclude:
+            return [conn for conn in connections if conn.connection_id not in exclude]
+        return list(connections)
+
+    def _deliver(
+        self, message: Any, kind: MessageType | None, targets: Collection[Connection]
+    ) -> int:
+        """Encode once, fan out, then deal with the connections that could not take it.
+
+        ``targets`` is a snapshot: failures are handled after the loop, so the registry never
+        changes while it is being walked.
+        """
+        if kind is MessageType.CLOSE:
+            reason = message if isinstance(message, str) else ""
+            for connection in targets:
+                self._close(connection, CloseCode.NORMAL, reason)
+            return len(targets)
+        frame = encode(message, kind)
+        accepted = Delivery.ACCEPTED
+        refused: list[tuple[Connection, Delivery]] | None = None
+        for connection in targets:
+            transport = connection.transport
+            result = transport.send(frame) if transport is not None else Delivery.CLOSED
+            if result is not accepted:
+                if refused is None:
+                    refused = []
+                refused.append((connection, result))
+        delivered = len(targets)
+        if refused is not None:
+            delivered -= len(refused)
+            self._handle_refused(refused)
+        self.stats.frames_sent += delivered
+        self.stats.bytes_sent += delivered * frame.size
+        return delivered
+
+    def _handle_refused(self, refused: list[tuple[Connection, Delivery]]) -> None:
+        for connection, result in refused:
+            if result is Delivery.CLOSED:
+                self._lost(connection)
+            elif self._overflow is OverflowPolicy.DROP:
+                self.stats.dropped_frames += 1
+            else:
+                self.stats.slow_consumer_closes += 1
+                logger.warning(
+                    "closing slow consumer %s (user %s): send buffer over %d bytes",
+                    connection.connection_id,
+                    preview(connection.user_id),
+                    self._send_buffer_limit,
+                )
+                self._close(connection, CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    # ---------------------------------------------------------------- helpers
+
+    def _check_id(self, what: str, value: object) -> None:
+        if not isinstance(value, str) or not value:
+            raise InvalidIdentifier(f"{what} must be a non-empty string, got {preview(value)}")
+        if len(value) > self._max_id_length:
+            raise InvalidIdentifier(
+                f"{what} is {len(value)} characters long; the limit is {self._max_id_length}"
+            )
