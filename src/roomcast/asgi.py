@@ -38,6 +38,7 @@ __all__ = ["AsgiTransport", "AsgiWebSocket"]
 
 logger = logging.getLogger("roomcast")
 
+
 class AsgiWebSocket(Protocol):
     """The part of Starlette's ``WebSocket`` that this transport uses."""
 
@@ -204,12 +205,14 @@ class AsgiTransport:
             async with asyncio.timeout(self._close_timeout):
                 await self._websocket.close(code, reason)
         except TimeoutError:
-            logger.info("close %d not written within %.1fs; client is not reading", code,
-                        self._close_timeout)
+            logger.info(
+                "close %d not written within %.1fs; client is not reading",
+                code,
+                self._close_timeout,
+            )
         except Exception as exc:  # already closed or gone: nothing left to do
             logger.debug("close failed: %r", exc)
 
     def detach(self) -> None:
         self._closing = True
         self._discard_backlog()
-

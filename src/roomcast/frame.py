@@ -90,4 +90,3 @@ def encode(message: Any, kind: MessageType | None = None) -> Frame:
     if kind is MessageType.CLOSE:
         raise ValueError("MessageType.CLOSE closes connections; it has no frame")
     return Frame(text=_as_text(message))
-

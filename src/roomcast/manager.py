@@ -195,14 +195,14 @@ class ConnectionManager:
         ``close_timeout``); then cancel whatever background work is left."""
         for connection in list(self._registry):
             self._close(connection, code, reason)
-        await self._tasks.wait(timeout=self._close_timeout + 1)
+        await self._tasks.wait(within=self._close_timeout + 1)
         await self._tasks.cancel_all()
 
     def _close(self, connection: Connection, code: int, reason: str) -> None:
-        transport = connection.transport
+        # Close before forgetting: forgetting detaches the transport, which ends its sending.
+        if connection.transport is not None:
+            connection.transport.close(code, reason)
         self._forget(connection)
-        if transport is not None:
-            transport.close(code, reason)
 
     # ---------------------------------------------------------------- rooms
 

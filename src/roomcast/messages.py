@@ -9,6 +9,7 @@ echo of a 10 KB string).
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import datetime as _dt
 import enum
@@ -165,7 +166,7 @@ class WSMessage:
         return dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls: type[M], raw: str | bytes | bytearray) -> M:
+    def from_json(cls: builtins.type[M], raw: str | bytes | bytearray) -> M:
         """Parse and validate one message.
 
         Called on ``WSMessage`` it returns the subclass named by ``type``; called on a subclass
@@ -191,7 +192,7 @@ class WSMessage:
         return cls.from_dict(parsed)
 
     @classmethod
-    def from_dict(cls: type[M], data: Mapping[str, Any]) -> M:
+    def from_dict(cls: builtins.type[M], data: Mapping[str, Any]) -> M:
         """Validate a decoded JSON object and build the message it describes.
 
         Raises:

@@ -41,10 +41,10 @@ class TaskSet:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("background task %s failed", task.get_name(), exc_info=exc)
 
-    async def wait(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the tasks running now to finish by themselves."""
+    async def wait(self, within: float) -> None:
+        """Wait up to ``within`` seconds for the tasks running now to finish by themselves."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+            await asyncio.wait(list(self._tasks), timeout=within)
 
     async def cancel_all(self) -> None:
         """Cancel every task and wait until all have finished."""
