@@ -90,11 +90,7 @@ async def run_scenario(policy: OverflowPolicy) -> Outcome:
             await manager.broadcast_to_room("r", seq.to_bytes(4, "big") + padding)
             peak_buffered = max(
                 peak_buffered,
-                *(
-                    c.transport.buffered_bytes
-                    for c in manager.get_room_members("r")
-                    if c.transport is not None
-                ),
+                *(c.transport.buffered_bytes for c in manager.get_room_members("r")),
             )
         async with asyncio.timeout(seconds(60)):
             await asyncio.gather(*readers)

@@ -55,6 +55,24 @@ class Transport(Protocol):
         ...
 
 
+class _Unattached:
+    """The transport of a connection that has none (yet): it refuses every frame."""
+
+    buffered_bytes = 0
+
+    def send(self, frame: Frame) -> Delivery:
+        return Delivery.CLOSED
+
+    def close(self, code: int, reason: str = "") -> None:
+        pass
+
+    def detach(self) -> None:
+        pass
+
+
+UNATTACHED: Transport = _Unattached()
+
+
 def _new_connection_id() -> str:
     return uuid.uuid4().hex
 
@@ -86,7 +104,8 @@ class Connection:
     _connection_id: str = dataclasses.field(
         default_factory=_new_connection_id, init=False, repr=False
     )
-    transport: Transport | None = dataclasses.field(default=None, repr=False)
+    transport: Transport = dataclasses.field(default=UNATTACHED, repr=False)
+    """Carries frames to the client; set by whoever accepted the socket."""
 
     @property
     def connection_id(self) -> str:

@@ -176,8 +176,7 @@ class ConnectionManager:
         if bound is not None:
             task, callback = bound
             task.remove_done_callback(callback)
-        if connection.transport is not None:
-            connection.transport.detach()
+        connection.transport.detach()
         return True
 
     def _endpoint_done(self, connection: Connection, _: asyncio.Task[Any]) -> None:
@@ -200,8 +199,7 @@ class ConnectionManager:
 
     def _close(self, connection: Connection, code: int, reason: str) -> None:
         # Close before forgetting: forgetting detaches the transport, which ends its sending.
-        if connection.transport is not None:
-            connection.transport.close(code, reason)
+        connection.transport.close(code, reason)
         self._forget(connection)
 
     # ---------------------------------------------------------------- rooms
@@ -304,8 +302,7 @@ class ConnectionManager:
         accepted = Delivery.ACCEPTED
         refused: list[tuple[Connection, Delivery]] | None = None
         for connection in targets:
-            transport = connection.transport
-            result = transport.send(frame) if transport is not None else Delivery.CLOSED
+            result = connection.transport.send(frame)
             if result is not accepted:
                 if refused is None:
                     refused = []
