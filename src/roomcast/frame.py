@@ -28,7 +28,7 @@ class Frame:
             recipient; ASGI servers only read it.
     """
 
-    __slots__ = ("asgi_event", "binary", "payload", "size")
+    __slots__ = ("_wire", "asgi_event", "binary", "payload", "size")
 
     def __init__(self, text: str | None = None, data: bytes | None = None) -> None:
         if text is not None:
@@ -42,10 +42,34 @@ class Frame:
         else:
             raise ValueError("a Frame needs text or data")
         self.size = len(self.payload)
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        """The whole server-to-client WebSocket frame (header and unmasked payload).
+
+        Built on first use and kept, so native transports write the same bytes object to
+        every recipient.  No extension is applied: the native server negotiates none.
+        """
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = _frame_header(self.binary, self.size) + self.payload
+        return wire
 
     def __repr__(self) -> str:
         kind = "binary" if self.binary else "text"
         return f"<Frame {kind} {self.size} B>"
+
+
+def _frame_header(binary: bool, length: int) -> bytes:
+    # RFC 6455 section 5.2: FIN + opcode, then a 7-bit, 16-bit or 64-bit length; servers
+    # do not mask.
+    first = 0x82 if binary else 0x81
+    if length < 126:
+        return bytes((first, length))
+    if length < 1 << 16:
+        return bytes((first, 126)) + length.to_bytes(2, "big")
+    return bytes((first, 127)) + length.to_bytes(8, "big")
 
 
 def _utf8(text: str) -> bytes:

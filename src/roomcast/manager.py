@@ -20,7 +20,7 @@ from typing import Any
 from roomcast.asgi import AsgiTransport, AsgiWebSocket
 from roomcast.connection import Connection, Delivery
 from roomcast.errors import CloseCode, ConnectionStateError, InvalidIdentifier
-from roomcast.frame import encode
+from roomcast.frame import Frame, encode
 from roomcast.messages import MessageType, preview
 from roomcast.registry import Registry, RoomChange
 from roomcast.tasks import TaskSet
@@ -124,9 +124,9 @@ class ConnectionManager:
             ConnectionStateError: this websocket is already registered.
         """
         if room is not None:
-            self._check_id("room", room)
+            self.check_id("room", room)
         if user_id is not None:
-            self._check_id("user_id", user_id)
+            self.check_id("user_id", user_id)
         if id(websocket) in self._by_socket:
             raise ConnectionStateError("this websocket is already connected")
         connection = Connection(websocket, user_id, metadata=dict(metadata or {}))
@@ -154,6 +154,23 @@ class ConnectionManager:
     def _register(self, connection: Connection) -> None:
         self._registry.add(connection)
         self._by_socket[id(connection.websocket)] = connection
+
+    def attach(self, connection: Connection) -> None:
+        """Register a connection whose transport is already set up (e.g. by the native server).
+
+        Unlike ``connect`` it neither accepts a socket nor ties the connection to a task: the
+        caller reports the end of the connection with ``forget``.
+
+        Raises:
+            ConnectionStateError: the connection or its websocket is already registered.
+        """
+        if id(connection.websocket) in self._by_socket:
+            raise ConnectionStateError("this websocket is already connected")
+        self._register(connection)
+
+    def forget(self, connection: Connection) -> bool:
+        """Unregister ``connection`` if it still is; True if it was.  Closes nothing."""
+        return self._forget(connection)
 
     def disconnect(self, websocket: Any) -> Connection | None:
         """Unregister ``websocket``; returns its connection, or None if it was not registered.
@@ -206,17 +223,27 @@ class ConnectionManager:
 
     async def join_room(self, websocket: Any, room: str) -> bool:
         """Add the connection to ``room``; False if it was already a member or not connected."""
-        self._check_id("room", room)
+        self.check_id("room", room)
         connection = self._by_socket.get(id(websocket))
-        if connection is None:
-            return False
-        return self._registry.join(connection.connection_id, room) is not RoomChange.UNCHANGED
+        return connection is not None and self.join(connection, room)
 
     async def leave_room(self, websocket: Any, room: str) -> bool:
         """Remove the connection from ``room``; False if it was not a member or not connected."""
         connection = self._by_socket.get(id(websocket))
-        if connection is None:
-            return False
+        return connection is not None and self.leave(connection, room)
+
+    def join(self, connection: Connection, room: str) -> bool:
+        """Synchronous ``join_room`` for a registered connection (for transports and tests).
+
+        Raises:
+            InvalidIdentifier: ``room`` is not a usable room id.
+            ConnectionStateError: ``connection`` is not registered.
+        """
+        self.check_id("room", room)
+        return self._registry.join(connection.connection_id, room) is not RoomChange.UNCHANGED
+
+    def leave(self, connection: Connection, room: str) -> bool:
+        """Synchronous ``leave_room`` for a registered connection."""
         return self._registry.leave(connection.connection_id, room) is not RoomChange.UNCHANGED
 
     def get_room_members(self, room: str) -> list[Connection]:
@@ -288,17 +315,33 @@ class ConnectionManager:
     def _deliver(
         self, message: Any, kind: MessageType | None, targets: Collection[Connection]
     ) -> int:
-        """Encode once, fan out, then deal with the connections that could not take it.
-
-        ``targets`` is a snapshot: failures are handled after the loop, so the registry never
-        changes while it is being walked.
-        """
+        """Encode once, then fan out (or close the targets, for ``MessageType.CLOSE``)."""
         if kind is MessageType.CLOSE:
             reason = message if isinstance(message, str) else ""
             for connection in targets:
                 self._close(connection, CloseCode.NORMAL, reason)
             return len(targets)
-        frame = encode(message, kind)
+        return self._fan_out(encode(message, kind), targets)
+
+    def deliver_to(self, connection: Connection, frame: Frame) -> bool:
+        """Hand an encoded frame to one registered connection; True if it took it."""
+        return self._fan_out(frame, (connection,)) == 1
+
+    def deliver_to_room(self, room: str, frame: Frame, exclude: Connection | None = None) -> int:
+        """Fan an encoded frame out to ``room``'s members but ``exclude``; returns how many."""
+        members = self._registry.room_members(room)
+        if exclude is not None and exclude.connection_id in members:
+            targets = [conn for conn in members.values() if conn is not exclude]
+        else:
+            targets = list(members.values())
+        return self._fan_out(frame, targets) if targets else 0
+
+    def _fan_out(self, frame: Frame, targets: Collection[Connection]) -> int:
+        """Hand ``frame`` to every target, then deal with those that could not take it.
+
+        ``targets`` is a snapshot: failures are handled after the loop, so the registry never
+        changes while it is being walked.
+        """
         accepted = Delivery.ACCEPTED
         refused: list[tuple[Connection, Delivery]] | None = None
         for connection in targets:
@@ -333,7 +376,8 @@ class ConnectionManager:
 
     # ---------------------------------------------------------------- helpers
 
-    def _check_id(self, what: str, value: object) -> None:
+    def check_id(self, what: str, value: object) -> None:
+        """Raise ``InvalidIdentifier`` unless ``value`` is a usable room or user id."""
         if not isinstance(value, str) or not value:
             raise InvalidIdentifier(f"{what} must be a non-empty string, got {preview(value)}")
         if len(value) > self._max_id_length:

@@ -1,0 +1,173 @@
+"""Command line: ``roomcast serve``.
+
+Every flag also reads a ``ROOMCAST_<FLAG>`` environment variable (``--max-message-size`` from
+``ROOMCAST_MAX_MESSAGE_SIZE``); a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from roomcast import __version__
+
+__all__ = ["main"]
+
+
+def _env(name: str, default: Any) -> Any:
+    value = os.environ.get("ROOMCAST_" + name.upper().replace("-", "_"))
+    if value is None:
+        return default
+    return type(default)(value) if default is not None else value
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (separate so the docs and tests can read its help)."""
+    from roomcast.server import ServerConfig
+
+    defaults = ServerConfig()
+    parser = argparse.ArgumentParser(prog="roomcast", description="roomcast WebSocket hub")
+    parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the WebSocket server",
+        description=(
+            "Run a roomcast hub. Clients connect to ws://HOST:PORT/ws (or /ws/ROOM to join "
+            "ROOM at once), with ?user_id=NAME, and speak the JSON protocol described in the "
+            "README. GET /healthz and /readyz report liveness and readiness. Every option "
+            "can also be set with an environment variable ROOMCAST_<OPTION>, e.g. "
+            "ROOMCAST_PORT=9000."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--host", default=_env("host", defaults.host), help="address to bind")
+    serve.add_argument("--port", type=int, default=_env("port", defaults.port), help="port")
+    serve.add_argument(
+        "--log-level",
+        default=_env("log_level", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="least severe log level shown",
+    )
+    serve.add_argument(
+        "--log-format",
+        default=_env("log_format", "text"),
+        choices=["text", "json"],
+        help="'json' writes one JSON object per line",
+    )
+    serve.add_argument(
+        "--max-message-size",
+        type=int,
+        default=_env("max_message_size", defaults.max_message_size),
+        help="largest incoming message in bytes (larger: close 1009)",
+    )
+    serve.add_argument(
+        "--send-buffer-limit",
+        type=int,
+        default=_env("send_buffer_limit", defaults.send_buffer_limit),
+        help="bytes that may wait for one client before it is closed as slow (4008)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=_env("max_connections", defaults.max_connections),
+        help="connections this process accepts (more: HTTP 503 on upgrade)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=_env("shutdown_timeout", defaults.shutdown_timeout),
+        help="seconds SIGTERM/SIGINT may take to close clients (1001) before aborting them",
+    )
+    return parser
+
+
+def _configure_logging(level: str, style: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if style == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # picows logs every connection at INFO: too much for a server with 50k of them.
+    if level != "debug":
+        logging.getLogger("roomcast.picows").setLevel(logging.WARNING)
+
+
+def _raise_open_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from roomcast.server import Server, ServerConfig
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_message_size=args.max_message_size,
+        send_buffer_limit=args.send_buffer_limit,
+        max_connections=args.max_connections,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    server = Server(config)
+    await server.start()
+    # Everything allocated so far lives as long as the process: keep the cyclic GC from
+    # walking it again and again.
+    gc.collect()
+    gc.freeze()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    began = time.monotonic()
+    logging.getLogger("roomcast.server").info("shutting down")
+    await server.stop()
+    logging.getLogger("roomcast.server").info("stopped in %.2fs", time.monotonic() - began)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``roomcast`` command."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level, args.log_format)
+    _raise_open_file_limit()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is part of the server extra
+        asyncio.run(_serve(args))
+    else:
+        uvloop.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

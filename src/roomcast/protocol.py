@@ -1,0 +1,100 @@
+"""The client protocol of ``roomcast serve``: what clients may send, and what they get back.
+
+Client -> server (JSON text frames; ``event_id`` optional, echoed in the answer)::
+
+    {"type": "join",    "room": "lobby", "event_id": "e1"}
+    {"type": "leave",   "room": "lobby", "event_id": "e2"}
+    {"type": "publish", "room": "lobby", "data": {...}, "event_id": "e3"}
+    {"type": "ping",    "event_id": "e4"}
+    {"type": "pong",    "ping_event_id": "..."}
+
+Server -> client::
+
+    {"type": "ack",          "ack_event_id": "e1", ...}     the command was carried out
+    {"type": "error",        "error": "...", "code": 1008, "ref_event_id": "e3", ...}
+    {"type": "room_message", "room": "lobby", "sender": "alice", "data": {...}, ...}
+    {"type": "pong",         "ping_event_id": "e4", ...}
+
+This module is pure: ``interpret`` turns one incoming frame into a ``Command`` or the
+``ErrorMessage`` to send back, and never touches a socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from roomcast.errors import CloseCode, InvalidMessage
+from roomcast.messages import ErrorMessage, PingMessage, PongMessage, WSMessage
+
+__all__ = [
+    "Command",
+    "JoinMessage",
+    "LeaveMessage",
+    "PublishMessage",
+    "RoomMessage",
+    "interpret",
+]
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class JoinMessage(WSMessage):
+    """Client asks to join ``room``."""
+
+    TYPE: ClassVar[str] = "join"
+    room: str
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class LeaveMessage(WSMessage):
+    """Client asks to leave ``room``."""
+
+    TYPE: ClassVar[str] = "leave"
+    room: str
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class PublishMessage(WSMessage):
+    """Client publishes ``data`` to the other members of ``room`` (it must be a member)."""
+
+    TYPE: ClassVar[str] = "publish"
+    room: str
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class RoomMessage(WSMessage):
+    """What members of a room receive when someone publishes to it.
+
+    Attributes:
+        room: The room the message was published to.
+        sender: User id of the publisher (None for server-side publishes).
+    """
+
+    TYPE: ClassVar[str] = "room_message"
+    room: str
+    sender: str | None = None
+
+
+Command = JoinMessage | LeaveMessage | PublishMessage | PingMessage | PongMessage
+"""Messages a client may send."""
+
+_COMMANDS = (JoinMessage, LeaveMessage, PublishMessage, PingMessage, PongMessage)
+
+
+def interpret(raw: str | bytes | bytearray) -> Command | ErrorMessage:
+    """Parse one frame from a client into a command, or the error to answer it with.
+
+    A frame that is not valid gets an ``ErrorMessage`` with code 1003 (unsupported data);
+    its ``ref_event_id`` is the frame's ``event_id`` when one could be read.
+    """
+    try:
+        message = WSMessage.from_json(raw)
+    except InvalidMessage as exc:
+        return ErrorMessage(error=str(exc), code=CloseCode.UNSUPPORTED_DATA)
+    if not isinstance(message, _COMMANDS):
+        return ErrorMessage(
+            error=f"clients cannot send {message.type!r} messages",
+            code=CloseCode.UNSUPPORTED_DATA,
+            ref_event_id=message.event_id,
+        )
+    return message

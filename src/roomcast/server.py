@@ -1,0 +1,268 @@
+"""``roomcast serve``'s server: the native transport, the client protocol and small HTTP routes.
+
+One ``Server`` owns one ``ConnectionManager`` (registry and fan-out engine), one picows
+listening socket and the tasks it starts.  Routing happens in picows' upgrade callback:
+
+* ``/ws`` and ``/ws/{room}`` upgrade to WebSocket (``?user_id=`` names the user until
+  authentication arrives; ``/ws/{room}`` joins that room at once);
+* ``GET /healthz`` answers 200 while the process runs, ``GET /readyz`` 200 while it accepts
+  clients and 503 while it drains;
+* anything else is 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import time
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from picows import (
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from roomcast.connection import Connection
+from roomcast.errors import CloseCode, InvalidIdentifier
+from roomcast.frame import encode
+from roomcast.manager import ConnectionManager, OverflowPolicy
+from roomcast.messages import AckMessage, ErrorMessage, PingMessage, PongMessage, preview
+from roomcast.native import FlushScheduler, NativeTransport
+from roomcast.protocol import (
+    JoinMessage,
+    LeaveMessage,
+    PublishMessage,
+    RoomMessage,
+    interpret,
+)
+
+__all__ = ["Server", "ServerConfig"]
+
+logger = logging.getLogger("roomcast.server")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Settings of ``roomcast serve``; each has a CLI flag and a ``ROOMCAST_*`` variable."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_message_size: int = 64 * 1024
+    """Largest incoming message in bytes; larger ones close the client with 1009."""
+    send_buffer_limit: int = 1 << 20
+    """Bytes that may wait for one client before it is closed as a slow consumer (4008)."""
+    max_connections: int = 18_000
+    """Connections this process accepts; beyond it, upgrades get HTTP 503."""
+    close_timeout: float = 5.0
+    """Seconds a closing client gets to finish the close handshake before it is aborted."""
+    shutdown_timeout: float = 10.0
+    """Seconds a graceful shutdown may take before the remaining sockets are aborted."""
+    handshake_timeout: float = 5.0
+    """Seconds a new socket gets to complete the WebSocket handshake."""
+    backlog: int = 4096
+
+
+_NOT_FOUND = b"not found\n"
+
+
+class Server:
+    """A roomcast hub served natively over picows.
+
+    Args:
+        config: Listening address and limits.
+        manager: The hub to serve; a new ``ConnectionManager`` if omitted.
+    """
+
+    def __init__(self, config: ServerConfig, manager: ConnectionManager | None = None) -> None:
+        self.config = config
+        self.manager = manager or ConnectionManager(
+            send_buffer_limit=config.send_buffer_limit,
+            overflow=OverflowPolicy.CLOSE,
+            close_timeout=config.close_timeout,
+        )
+        self._server: asyncio.Server | None = None
+        self._scheduler: FlushScheduler | None = None
+        self._accepting = False
+        self._started_at = time.monotonic()
+        self._open: set[NativeTransport] = set()
+        self._all_gone = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with ``port=0``)."""
+        assert self._server is not None, "server not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen and accept clients, on ``sock`` if given (already bound and listening)."""
+        loop = asyncio.get_running_loop()
+        self._scheduler = FlushScheduler(loop)
+        where: dict[str, Any] = (
+            {"sock": sock}
+            if sock is not None
+            else {"host": self.config.host, "port": self.config.port, "reuse_address": True}
+        )
+        if sock is None:
+            where["backlog"] = self.config.backlog
+        self._server = await ws_create_server(
+            self._route,
+            websocket_handshake_timeout=self.config.handshake_timeout,
+            logger_name=logging.LoggerAdapter(logging.getLogger("roomcast.picows")),
+            enable_auto_ping=False,
+            enable_auto_pong=True,
+            max_frame_size=self.config.max_message_size,
+            read_buffer_init_size=1024,
+            use_aiofastnet=False,
+            **where,
+        )
+        self._accepting = True
+        logger.info("listening on port %d", self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, close every client with 1001, and wait (bounded) until they left."""
+        self._accepting = False
+        if self._server is not None:
+            self._server.close()
+        transports = list(self._open)
+        # Close in batches, yielding between them, so a large hub keeps serving the close
+        # handshakes already under way instead of stalling the loop for one long pass.
+        for start in range(0, len(transports), 1000):
+            for transport in transports[start : start + 1000]:
+                transport.close(CloseCode.GOING_AWAY, "server shutting down; reconnect")
+            await asyncio.sleep(0)
+        if self._open:
+            self._all_gone.clear()
+            try:
+                async with asyncio.timeout(self.config.shutdown_timeout):
+                    await self._all_gone.wait()
+            except TimeoutError:
+                logger.warning("%d clients did not close in time; aborting", len(self._open))
+                for transport in list(self._open):
+                    transport.abort()
+        await self.manager.close_all()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------------ routing
+
+    def _route(self, request: WSUpgradeRequest) -> Any:
+        path, _, query = request.path.decode("latin-1").partition("?")
+        if path == "/healthz":
+            return _respond(200, b"ok\n")
+        if path == "/readyz":
+            return _respond(200, b"ready\n") if self._accepting else _respond(503, b"draining\n")
+        if path != "/ws" and not path.startswith("/ws/"):
+            return _respond(404, _NOT_FOUND)
+        if not self._accepting:
+            return _respond(503, b"shutting down\n")
+        if len(self._open) >= self.config.max_connections:
+            return _respond(503, b"server at capacity\n")
+        room = unquote(path[4:]) if path.startswith("/ws/") else None
+        users = parse_qs(query).get("user_id")
+        user_id = users[0] if users else None
+        try:
+            for what, value in (("room", room), ("user_id", user_id)):
+                if value is not None:
+                    self.manager.check_id(what, value)
+        except InvalidIdentifier as exc:
+            return _respond(400, f"{exc}\n".encode())
+        transport = self._new_transport()
+        # Connection data is parked on the transport until the handshake completes.
+        transport.connection = Connection(transport, user_id, metadata={"room": room})
+        return transport
+
+    def _new_transport(self) -> NativeTransport:
+        assert self._scheduler is not None
+        return NativeTransport(
+            on_open=self._opened,
+            on_message=self._received,
+            on_gone=self._gone,
+            scheduler=self._scheduler,
+            limit=self.config.send_buffer_limit,
+            close_timeout=self.config.close_timeout,
+            max_message_size=self.config.max_message_size,
+        )
+
+    # ------------------------------------------------------------------ connection events
+
+    def _opened(self, transport: NativeTransport) -> None:
+        connection = transport.connection
+        assert connection is not None
+        room = connection.metadata.pop("room")
+        connection.transport = transport
+        self._open.add(transport)
+        self.manager.attach(connection)
+        if room is not None:
+            self.manager.join(connection, room)
+
+    def _gone(self, transport: NativeTransport) -> None:
+        self._open.discard(transport)
+        if transport.connection is not None:
+            self.manager.forget(transport.connection)
+        if not self._open:
+            self._all_gone.set()
+
+    def _received(self, transport: NativeTransport, message: str | bytes) -> None:
+        connection = transport.connection
+        assert connection is not None
+        if isinstance(message, bytes):
+            transport.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+            return
+        command = interpret(message)
+        if isinstance(command, ErrorMessage):
+            self._reply(connection, command)
+        elif isinstance(command, PublishMessage):
+            self._publish(connection, command)
+        elif isinstance(command, JoinMessage | LeaveMessage):
+            self._membership(connection, command)
+        elif isinstance(command, PingMessage):
+            self._reply(connection, PongMessage(ping_event_id=command.event_id))
+        # PongMessage: answers to application pings; the heartbeat issue will record them.
+
+    def _membership(self, connection: Connection, command: JoinMessage | LeaveMessage) -> None:
+        try:
+            if isinstance(command, JoinMessage):
+                self.manager.join(connection, command.room)
+            elif not self.manager.leave(connection, command.room):
+                self._refuse(connection, command.event_id, f"not in room {preview(command.room)}")
+                return
+        except InvalidIdentifier as exc:
+            self._refuse(connection, command.event_id, str(exc))
+            return
+        self._reply(connection, AckMessage(ack_event_id=command.event_id))
+
+    def _publish(self, connection: Connection, command: PublishMessage) -> None:
+        if command.room not in connection.rooms:
+            self._refuse(connection, command.event_id, f"not in room {preview(command.room)}")
+            return
+        outgoing = RoomMessage(
+            room=command.room,
+            sender=connection.user_id,
+            data=command.data,
+            event_id=command.event_id,
+        )
+        self.manager.deliver_to_room(command.room, encode(outgoing), exclude=connection)
+        self._reply(connection, AckMessage(ack_event_id=command.event_id))
+
+    def _refuse(self, connection: Connection, event_id: str, why: str) -> None:
+        self._reply(
+            connection,
+            ErrorMessage(error=why, code=CloseCode.POLICY_VIOLATION, ref_event_id=event_id),
+        )
+
+    def _reply(self, connection: Connection, message: Any) -> None:
+        self.manager.deliver_to(connection, encode(message))
+
+
+def _respond(status: int, body: bytes) -> WSUpgradeResponseWithListener:
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    if status == 200:
+        response = WSUpgradeResponse.create_ok_response(body, headers)
+    else:
+        response = WSUpgradeResponse.create_error_response(status, body, headers)
+    return WSUpgradeResponseWithListener(response, None)

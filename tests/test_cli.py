@@ -1,0 +1,94 @@
+"""``roomcast serve`` as a user runs it: a real process, real clients, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from roomcast import CloseCode
+from roomcast.cli import build_parser
+from tests.support import connect, recv, seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_help_explains_flags_and_environment() -> None:
+    """serve --help names each limit and the ROOMCAST_* variables."""
+    result = subprocess.run(
+        [sys.executable, "-m", "roomcast.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    text = result.stdout
+    for flag in (
+        "--host",
+        "--port",
+        "--log-level",
+        "--log-format",
+        "--max-message-size",
+        "--send-buffer-limit",
+        "--max-connections",
+        "--shutdown-timeout",
+    ):
+        assert flag in text
+    assert "ROOMCAST_" in text
+
+
+def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ROOMCAST_PORT and friends change the defaults; flags still win."""
+    monkeypatch.setenv("ROOMCAST_PORT", "9123")
+    monkeypatch.setenv("ROOMCAST_SHUTDOWN_TIMEOUT", "2.5")
+    args = build_parser().parse_args(["serve"])
+    assert args.port == 9123 and args.shutdown_timeout == 2.5
+    assert build_parser().parse_args(["serve", "--port", "9"]).port == 9
+
+
+async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
+    """A SIGTERM closes every client with 1001 and the process exits 0 within its deadline."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "roomcast.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--log-format",
+        "json",
+        "--shutdown-timeout",
+        "5",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(seconds(20)):
+            while b"listening" not in await process.stderr.readline():
+                pass
+        clients = [await connect(f"ws://127.0.0.1:{port}/ws/r?user_id=u{i}") for i in range(20)]
+        process.send_signal(signal.SIGTERM)
+        for client in clients:
+            with pytest.raises(ConnectionClosed):
+                await recv(client, timeout_units=10)
+            assert client.close_code == CloseCode.GOING_AWAY
+        async with asyncio.timeout(seconds(10)):
+            assert await process.wait() == 0
+        rest = await process.stderr.read()
+        assert b'"msg": "stopped in' in rest
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

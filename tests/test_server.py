@@ -1,0 +1,230 @@
+"""The native server end to end: client protocol, HTTP routes, limits, slow consumers, shutdown.
+
+Each test runs a real ``Server`` (picows) on a free loopback port in the test's event loop and
+talks to it with real websockets clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from roomcast import CloseCode
+from roomcast.server import Server, ServerConfig
+from tests.support import connect, eventually, listening_socket, recv, seconds
+
+
+@contextlib.asynccontextmanager
+async def running(sndbuf: int | None = None, **options: Any) -> AsyncIterator[Server]:
+    server = Server(ServerConfig(port=0, **options))
+    await server.start(listening_socket(sndbuf) if sndbuf else None)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def url(server: Server, path: str = "/ws") -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+async def call(client: ClientConnection, **message: Any) -> dict[str, Any]:
+    """Send a command and return the decoded answer."""
+    await client.send(json.dumps(message))
+    answer = json.loads(await recv(client))
+    assert isinstance(answer, dict)
+    return answer
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    async with asyncio.timeout(seconds(5)):
+        data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_join_publish_leave_round_trip() -> None:
+    """Members get each other's publishes (not their own); every command is acknowledged."""
+    async with running() as server:
+        alice = await connect(url(server, "/ws/lobby?user_id=alice"))
+        bob = await connect(url(server, "/ws?user_id=bob"))
+        joined = await call(bob, type="join", room="lobby", event_id="j1")
+        assert joined["type"] == "ack" and joined["ack_event_id"] == "j1"
+        ack = await call(alice, type="publish", room="lobby", data={"t": "hi"}, event_id="p1")
+        assert ack["type"] == "ack" and ack["ack_event_id"] == "p1"
+        delivered = json.loads(await recv(bob))
+        assert delivered["type"] == "room_message" and delivered["room"] == "lobby"
+        assert delivered["sender"] == "alice" and delivered["data"] == {"t": "hi"}
+        assert delivered["event_id"] == "p1"
+        assert (await call(bob, type="leave", room="lobby", event_id="l1"))["type"] == "ack"
+        assert server.manager.get_room_members("lobby")[0].user_id == "alice"
+        pong = await call(bob, type="ping", event_id="k1")
+        assert pong["type"] == "pong" and pong["ping_event_id"] == "k1"
+        with pytest.raises(TimeoutError):
+            await recv(alice, timeout_units=0.1)
+        await alice.close()
+        await bob.close()
+        await eventually(lambda: server.manager.active_connections == 0)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "fragment"),
+    [
+        ("{not json", 1003, "not valid JSON"),
+        ('{"type": "teleport"}', 1003, "unknown message type"),
+        ('{"type": "join", "room": 7}', 1003, "must be a string"),
+        ('{"type": "publish", "room": "elsewhere", "event_id": "p"}', 1008, "not in room"),
+        ('{"type": "leave", "room": "elsewhere", "event_id": "l"}', 1008, "not in room"),
+        ('{"type": "join", "room": ""}', 1008, "non-empty"),
+        ('{"type": "ack", "ack_event_id": "x"}', 1003, "cannot send 'ack'"),
+    ],
+)
+async def test_bad_commands_get_errors_and_the_connection_survives(
+    frame: str, code: int, fragment: str
+) -> None:
+    """Each refused command gets an ErrorMessage; the client stays connected and usable."""
+    async with running() as server:
+        client = await connect(url(server, "/ws/home"))
+        await client.send(frame)
+        answer = json.loads(await recv(client))
+        assert answer["type"] == "error" and answer["code"] == code
+        assert fragment in answer["error"]
+        assert (await call(client, type="ping"))["type"] == "pong"
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("send", "code"),
+    [
+        (b"\x00binary", CloseCode.UNSUPPORTED_DATA),
+        ("x" * 2000, CloseCode.MESSAGE_TOO_BIG),
+    ],
+)
+async def test_unacceptable_frames_close_only_the_sender(send: str | bytes, code: int) -> None:
+    """Binary and oversize frames close the sender with 1003/1009; a neighbour is unaffected."""
+    async with running(max_message_size=1024) as server:
+        sender = await connect(url(server, "/ws/r"))
+        neighbour = await connect(url(server, "/ws/r"))
+        await sender.send(send)
+        with pytest.raises(ConnectionClosed):
+            await recv(sender)
+        assert sender.close_code == code
+        assert (await call(neighbour, type="publish", room="r", data=1))["type"] == "ack"
+        await neighbour.close()
+        await eventually(lambda: server.manager.active_connections == 0)
+
+
+async def test_invalid_utf8_is_closed_with_1007() -> None:
+    """A text frame that is not UTF-8 closes the sender with 1007."""
+    async with running() as server:
+        client = await connect(url(server))
+        # websockets would refuse to send invalid UTF-8 as text; write the frame by hand.
+        client.protocol.send_frame(_text_frame(b"\xff\xfe"))
+        client.transport.write(b"".join(client.protocol.data_to_send()))
+        with pytest.raises(ConnectionClosed):
+            await recv(client)
+        assert client.close_code == CloseCode.INVALID_PAYLOAD
+
+
+def _text_frame(payload: bytes) -> Any:
+    from websockets.frames import Frame, Opcode
+
+    return Frame(Opcode.TEXT, payload)
+
+
+async def test_fragmented_messages_are_reassembled() -> None:
+    """A message sent in several frames is handled as one."""
+    async with running() as server:
+        client = await connect(url(server))
+        parts = ['{"type": "ping", ', '"event_id": ', '"frag"}']
+        await client.send(iter(parts))
+        assert (json.loads(await recv(client)))["ping_event_id"] == "frag"
+        await client.close()
+
+
+async def test_http_routes() -> None:
+    """/healthz and /readyz answer 200, other paths 404, bad user ids 400."""
+    async with running() as server:
+        assert await http_get(server.port, "/healthz") == (200, b"ok\n")
+        assert await http_get(server.port, "/readyz") == (200, b"ready\n")
+        assert (await http_get(server.port, "/nope"))[0] == 404
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url(server, "/ws?user_id=" + "u" * 300))
+        assert refused.value.response.status_code == 400
+
+
+async def test_connection_cap_answers_503() -> None:
+    """Beyond max_connections, upgrades are refused with HTTP 503."""
+    async with running(max_connections=2) as server:
+        clients = [await connect(url(server)) for _ in range(2)]
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url(server))
+        assert refused.value.response.status_code == 503
+        for client in clients:
+            await client.close()
+
+
+async def test_slow_consumer_is_closed_with_4008_and_others_get_everything() -> None:
+    """A client that stops reading is closed at the buffer limit; a reader gets all frames."""
+    async with running(sndbuf=8192, send_buffer_limit=64 * 1024, close_timeout=30) as server:
+        reader = await connect(url(server, "/ws/r"))
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        stalled = await connect(url(server, "/ws/r"), sock=sock, max_queue=1)
+        await eventually(lambda: server.manager.active_connections == 2)
+        got = 0
+
+        async def read_all() -> None:
+            nonlocal got
+            async for _ in reader:
+                got += 1
+                if got == 400:
+                    return
+
+        task = asyncio.create_task(read_all())
+        payload = "x" * 4096
+        for _ in range(400):
+            await server.manager.broadcast_to_room("r", payload)
+            await asyncio.sleep(0)
+        async with asyncio.timeout(seconds(20)):
+            await task
+        assert server.manager.stats.slow_consumer_closes == 1
+        assert server.manager.active_connections == 1
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(seconds(20)):
+                async for _ in stalled:
+                    pass
+        assert stalled.close_code == CloseCode.SLOW_CONSUMER
+        await reader.close()
+
+
+async def test_stop_closes_every_client_with_1001_and_refuses_new_ones() -> None:
+    """stop() closes all clients with 1001 (reconnect hint) and stops listening."""
+    server = Server(ServerConfig(port=0, shutdown_timeout=5))
+    await server.start()
+    address = url(server, "/ws/r")
+    clients = [await connect(address) for _ in range(50)]
+    await eventually(lambda: server.manager.active_connections == 50)
+    async with asyncio.timeout(seconds(10)):
+        await server.stop()
+    for client in clients:
+        with pytest.raises(ConnectionClosed):
+            await recv(client)
+        assert client.close_code == CloseCode.GOING_AWAY
+        assert "reconnect" in (client.close_reason or "")
+    assert server.manager.active_connections == 0
+    with pytest.raises(OSError):
+        await connect(address)
