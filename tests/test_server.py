@@ -228,3 +228,114 @@ async def test_stop_closes_every_client_with_1001_and_refuses_new_ones() -> None
     assert server.manager.active_connections == 0
     with pytest.raises(OSError):
         await connect(address)
+
+
+async def http_request(port: int, raw: bytes) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    async with asyncio.timeout(seconds(5)):
+        data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def publish_request(body: bytes, key: str | None = "sesame") -> bytes:
+    key_header = f"X-API-Key: {key}\r\n" if key is not None else ""
+    return (
+        f"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"{key_header}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_metrics_exposition_parses_and_counts() -> None:
+    """/metrics is valid Prometheus text whose counters follow the traffic."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with running() as server:
+        client = await connect(url(server, "/ws/r"))
+        await call(client, type="ping")
+        await client.send("{bad")
+        await recv(client)
+        status, body = await http_get(server.port, "/metrics")
+        assert status == 200
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+        assert samples["roomcast_connections"] == 1
+        assert samples["roomcast_rooms"] == 1
+        assert samples["roomcast_messages_in_total"] == 2
+        assert samples["roomcast_messages_out_total"] == 2
+        assert samples["roomcast_protocol_errors_total"] == 1
+        assert samples["roomcast_slow_consumer_closes_total"] == 0
+        assert "roomcast_send_buffer_bytes" in samples
+        await client.close()
+
+
+async def test_publish_api_requires_the_key_and_sends_nothing_without_it() -> None:
+    """Missing or wrong X-API-Key -> 401 and no client gets anything."""
+    async with running(api_port=0, api_key="sesame") as server:
+        client = await connect(url(server, "/ws/r"))
+        body = json.dumps({"room": "r", "data": 1}).encode()
+        for key in (None, "wrong", "sesam", "sesame!"):
+            status, _ = await http_request(server.api_port, publish_request(body, key))
+            assert status == 401
+        with pytest.raises(TimeoutError):
+            await recv(client, timeout_units=0.2)
+        await client.close()
+
+
+async def test_publish_api_delivers_to_rooms_and_users() -> None:
+    """A keyed publish reaches a room's members or all of a user's connections."""
+    async with running(api_port=0, api_key="sesame") as server:
+        member = await connect(url(server, "/ws/r?user_id=a"))
+        phone = await connect(url(server, "/ws?user_id=b"))
+        laptop = await connect(url(server, "/ws?user_id=b"))
+        await eventually(lambda: server.manager.active_connections == 3)
+        room_body = json.dumps({"room": "r", "data": {"n": 1}}).encode()
+        assert await http_request(server.api_port, publish_request(room_body)) == (
+            200,
+            b'{"delivered": 1}\n',
+        )
+        got = json.loads(await recv(member))
+        assert got["type"] == "room_message" and got["data"] == {"n": 1} and got["sender"] is None
+        user_body = json.dumps({"user_id": "b", "data": "hi"}).encode()
+        assert (await http_request(server.api_port, publish_request(user_body)))[1] == (
+            b'{"delivered": 2}\n'
+        )
+        for device in (phone, laptop):
+            got = json.loads(await recv(device))
+            assert got["type"] == "message" and got["data"] == "hi"
+        for client in (member, phone, laptop):
+            await client.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (publish_request(b"{nope"), 400),
+        (publish_request(b"[1]"), 400),
+        (publish_request(b'{"data": 1}'), 400),
+        (publish_request(b'{"room": "r", "user_id": "u", "data": 1}'), 400),
+        (publish_request(b'{"room": "", "data": 1}'), 400),
+        (publish_request(b'{"room": "r", "data": NaN}'), 400),
+        (b"GET /api/publish HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(100)) + b"\r\n", 431),
+        (
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: sesame\r\n"
+            b"Content-Length: 2000000\r\n\r\n" + b"x" * 2_000_000,
+            413,
+        ),
+    ],
+)
+async def test_api_answers_bad_requests_with_4xx(raw: bytes, status: int) -> None:
+    """Malformed, misrouted, oversized and header-flooded requests get their 4xx."""
+    async with running(api_port=0, api_key="sesame") as server:
+        assert (await http_request(server.api_port, raw))[0] == status
+        assert (await http_request(server.api_port, b"GET /readyz HTTP/1.1\r\n\r\n"))[0] == 200

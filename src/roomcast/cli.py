@@ -104,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("shutdown_timeout", defaults.shutdown_timeout),
         help="seconds SIGTERM/SIGINT may take to close clients (1001) before aborting them",
     )
+    serve.add_argument(
+        "--api-port",
+        type=int,
+        default=_env("api_port", -1),
+        help="port of the HTTP API (POST /api/publish, /healthz, /readyz, /metrics); "
+        "-1 disables it",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=_env("api_key", None),
+        help="key POST /api/publish requires in the X-API-Key header; prefer the "
+        "ROOMCAST_API_KEY variable, which other users cannot see in the process list",
+    )
     return parser
 
 
@@ -137,6 +150,8 @@ async def _serve(args: argparse.Namespace) -> None:
         send_buffer_limit=args.send_buffer_limit,
         max_connections=args.max_connections,
         shutdown_timeout=args.shutdown_timeout,
+        api_port=None if args.api_port < 0 else args.api_port,
+        api_key=args.api_key,
     )
     server = Server(config)
     await server.start()

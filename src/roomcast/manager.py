@@ -336,6 +336,11 @@ class ConnectionManager:
             targets = list(members.values())
         return self._fan_out(frame, targets) if targets else 0
 
+    def deliver_to_user(self, user_id: str, frame: Frame) -> int:
+        """Fan an encoded frame out to every connection of ``user_id``; returns how many."""
+        devices = self._registry.user_connections(user_id)
+        return self._fan_out(frame, list(devices.values())) if devices else 0
+
     def _fan_out(self, frame: Frame, targets: Collection[Connection]) -> int:
         """Hand ``frame`` to every target, then deal with those that could not take it.
 
@@ -376,11 +381,12 @@ class ConnectionManager:
 
     # ---------------------------------------------------------------- helpers
 
-    def check_id(self, what: str, value: object) -> None:
-        """Raise ``InvalidIdentifier`` unless ``value`` is a usable room or user id."""
+    def check_id(self, what: str, value: object) -> str:
+        """``value`` if it is a usable room or user id; ``InvalidIdentifier`` otherwise."""
         if not isinstance(value, str) or not value:
             raise InvalidIdentifier(f"{what} must be a non-empty string, got {preview(value)}")
         if len(value) > self._max_id_length:
             raise InvalidIdentifier(
                 f"{what} is {len(value)} characters long; the limit is {self._max_id_length}"
             )
+        return value

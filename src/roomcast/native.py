@@ -63,7 +63,8 @@ class NativeTransport(WSListener):
 
     Args:
         on_open: Called once the WebSocket handshake is complete.
-        on_message: Called with each complete message (text as ``str``, binary as ``bytes``).
+        on_message: Called with each complete message (text as ``str``, binary as ``bytes``)
+            and its size in bytes.
         on_gone: Called once when the socket is closed, whoever closed it.
         scheduler: Where frames waiting to be written are flushed.
         limit: Most bytes that may wait in the socket transport's buffer for this client.
@@ -92,7 +93,7 @@ class NativeTransport(WSListener):
         self,
         *,
         on_open: Callable[[NativeTransport], None],
-        on_message: Callable[[NativeTransport, str | bytes], None],
+        on_message: Callable[[NativeTransport, str | bytes, int], None],
         on_gone: Callable[[NativeTransport], None],
         scheduler: FlushScheduler,
         limit: int,
@@ -155,9 +156,9 @@ class NativeTransport(WSListener):
             except UnicodeDecodeError:
                 self.close(1007, "invalid UTF-8")
                 return
-            self._on_message(self, text)
+            self._on_message(self, text, len(payload))
         else:
-            self._on_message(self, payload)
+            self._on_message(self, payload, len(payload))
 
     def _start_fragments(self, opcode: WSMsgType, frame: WSFrame) -> None:
         # The first element remembers the opcode as one byte; the rest are payloads.

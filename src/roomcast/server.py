@@ -6,14 +6,17 @@ listening socket and the tasks it starts.  Routing happens in picows' upgrade ca
 * ``/ws`` and ``/ws/{room}`` upgrade to WebSocket (``?user_id=`` names the user until
   authentication arrives; ``/ws/{room}`` joins that room at once);
 * ``GET /healthz`` answers 200 while the process runs, ``GET /readyz`` 200 while it accepts
-  clients and 503 while it drains;
+  clients and 503 while it drains, ``GET /metrics`` the Prometheus exposition;
 * anything else is 404.
+
+With ``api_port`` set, a second listener serves ``POST /api/publish`` (see ``http_api``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import socket
 import time
@@ -28,10 +31,19 @@ from picows import (
 )
 
 from roomcast.connection import Connection
-from roomcast.errors import CloseCode, InvalidIdentifier
+from roomcast.errors import CloseCode, InvalidIdentifier, InvalidMessage
 from roomcast.frame import encode
+from roomcast.http_api import ApiRequest, ApiResponse, key_matches, serve_api
 from roomcast.manager import ConnectionManager, OverflowPolicy
-from roomcast.messages import AckMessage, ErrorMessage, PingMessage, PongMessage, preview
+from roomcast.messages import (
+    AckMessage,
+    ErrorMessage,
+    PingMessage,
+    PongMessage,
+    WSMessage,
+    preview,
+)
+from roomcast.metrics import ServerCounters, metrics_registry, render
 from roomcast.native import FlushScheduler, NativeTransport
 from roomcast.protocol import (
     JoinMessage,
@@ -65,6 +77,11 @@ class ServerConfig:
     handshake_timeout: float = 5.0
     """Seconds a new socket gets to complete the WebSocket handshake."""
     backlog: int = 4096
+    api_port: int | None = None
+    """Port of the HTTP API (publish, health, metrics); None disables it."""
+    api_key: str | None = None
+    """Key that ``POST /api/publish`` requires in ``X-API-Key``; without one, every publish
+    is refused with 401."""
 
 
 _NOT_FOUND = b"not found\n"
@@ -85,7 +102,10 @@ class Server:
             overflow=OverflowPolicy.CLOSE,
             close_timeout=config.close_timeout,
         )
+        self.counters = ServerCounters()
+        self._metrics = metrics_registry(self.manager, self.counters, self._buffered_bytes)
         self._server: asyncio.Server | None = None
+        self._api: asyncio.Server | None = None
         self._scheduler: FlushScheduler | None = None
         self._accepting = False
         self._started_at = time.monotonic()
@@ -120,8 +140,18 @@ class Server:
             use_aiofastnet=False,
             **where,
         )
+        if self.config.api_port is not None:
+            self._api = await serve_api(self._api_request, self.config.host, self.config.api_port)
         self._accepting = True
         logger.info("listening on port %d", self.port)
+        if self._api is not None:
+            logger.info("HTTP API on port %d", self.api_port)
+
+    @property
+    def api_port(self) -> int:
+        """The port of the HTTP API."""
+        assert self._api is not None, "API not started"
+        return int(self._api.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 1001, and wait (bounded) until they left."""
@@ -147,21 +177,21 @@ class Server:
         await self.manager.close_all()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._api is not None:
+            self._api.close()
+            await self._api.wait_closed()
 
     # ------------------------------------------------------------------ routing
 
     def _route(self, request: WSUpgradeRequest) -> Any:
         path, _, query = request.path.decode("latin-1").partition("?")
-        if path == "/healthz":
-            return _respond(200, b"ok\n")
-        if path == "/readyz":
-            return _respond(200, b"ready\n") if self._accepting else _respond(503, b"draining\n")
         if path != "/ws" and not path.startswith("/ws/"):
-            return _respond(404, _NOT_FOUND)
+            status, body, content_type = self._plain_get(path)
+            return _respond(status, body, content_type)
         if not self._accepting:
-            return _respond(503, b"shutting down\n")
+            return self._refuse_upgrade(503, b"shutting down\n")
         if len(self._open) >= self.config.max_connections:
-            return _respond(503, b"server at capacity\n")
+            return self._refuse_upgrade(503, b"server at capacity\n")
         room = unquote(path[4:]) if path.startswith("/ws/") else None
         users = parse_qs(query).get("user_id")
         user_id = users[0] if users else None
@@ -170,11 +200,28 @@ class Server:
                 if value is not None:
                     self.manager.check_id(what, value)
         except InvalidIdentifier as exc:
-            return _respond(400, f"{exc}\n".encode())
+            return self._refuse_upgrade(400, f"{exc}\n".encode())
         transport = self._new_transport()
         # Connection data is parked on the transport until the handshake completes.
         transport.connection = Connection(transport, user_id, metadata={"room": room})
         return transport
+
+    def _refuse_upgrade(self, status: int, body: bytes) -> WSUpgradeResponseWithListener:
+        self.counters.refused_upgrades += 1
+        return _respond(status, body)
+
+    def _plain_get(self, path: str) -> tuple[int, bytes, str]:
+        """The GET routes both ports serve."""
+        if path == "/healthz":
+            return 200, b"ok\n", _TEXT
+        if path == "/readyz":
+            return (200, b"ready\n", _TEXT) if self._accepting else (503, b"draining\n", _TEXT)
+        if path == "/metrics":
+            return 200, render(self._metrics), _PROMETHEUS
+        return 404, _NOT_FOUND, _TEXT
+
+    def _buffered_bytes(self) -> int:
+        return sum(transport.buffered_bytes for transport in self._open)
 
     def _new_transport(self) -> NativeTransport:
         assert self._scheduler is not None
@@ -207,14 +254,17 @@ class Server:
         if not self._open:
             self._all_gone.set()
 
-    def _received(self, transport: NativeTransport, message: str | bytes) -> None:
+    def _received(self, transport: NativeTransport, message: str | bytes, size: int) -> None:
         connection = transport.connection
         assert connection is not None
+        self.counters.messages_in += 1
+        self.counters.bytes_in += size
         if isinstance(message, bytes):
             transport.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
             return
         command = interpret(message)
         if isinstance(command, ErrorMessage):
+            self.counters.protocol_errors += 1
             self._reply(connection, command)
         elif isinstance(command, PublishMessage):
             self._publish(connection, command)
@@ -250,6 +300,7 @@ class Server:
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
 
     def _refuse(self, connection: Connection, event_id: str, why: str) -> None:
+        self.counters.protocol_errors += 1
         self._reply(
             connection,
             ErrorMessage(error=why, code=CloseCode.POLICY_VIOLATION, ref_event_id=event_id),
@@ -258,9 +309,53 @@ class Server:
     def _reply(self, connection: Connection, message: Any) -> None:
         self.manager.deliver_to(connection, encode(message))
 
+    # ------------------------------------------------------------------ HTTP API
 
-def _respond(status: int, body: bytes) -> WSUpgradeResponseWithListener:
-    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    def _api_request(self, request: ApiRequest) -> ApiResponse:
+        if request.path != "/api/publish":
+            if request.method != "GET":
+                return ApiResponse.json(
+                    405 if request.path in _GET_PATHS else 404, {"error": "not found"}
+                )
+            status, body, content_type = self._plain_get(request.path)
+            return ApiResponse(status, body, content_type)
+        if request.method != "POST":
+            return ApiResponse.json(405, {"error": "use POST"})
+        if not key_matches(self.config.api_key, request.headers.get("x-api-key")):
+            return ApiResponse.json(401, {"error": "missing or wrong X-API-Key"})
+        return self._publish_from_api(request.body)
+
+    def _publish_from_api(self, body: bytes) -> ApiResponse:
+        try:
+            request = json.loads(body)
+        except (ValueError, RecursionError):
+            return ApiResponse.json(400, {"error": "body is not valid JSON"})
+        if not isinstance(request, dict) or "data" not in request:
+            return ApiResponse.json(400, {"error": "body must be an object with 'data'"})
+        room, user_id = request.get("room"), request.get("user_id")
+        if (room is None) == (user_id is None):
+            return ApiResponse.json(400, {"error": "give exactly one of 'room' and 'user_id'"})
+        try:
+            if room is not None:
+                self.manager.check_id("room", room)
+                frame = encode(RoomMessage(room=room, data=request["data"]))
+                delivered = self.manager.deliver_to_room(room, frame)
+            else:
+                user = self.manager.check_id("user_id", user_id)
+                frame = encode(WSMessage(data=request["data"]))
+                delivered = self.manager.deliver_to_user(user, frame)
+        except (InvalidIdentifier, InvalidMessage) as exc:
+            return ApiResponse.json(400, {"error": str(exc)})
+        return ApiResponse.json(200, {"delivered": delivered})
+
+
+_TEXT = "text/plain; charset=utf-8"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+_GET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _respond(status: int, body: bytes, content_type: str = _TEXT) -> WSUpgradeResponseWithListener:
+    headers = {"Content-Type": content_type}
     if status == 200:
         response = WSUpgradeResponse.create_ok_response(body, headers)
     else:

@@ -1,0 +1,103 @@
+"""Prometheus metrics of a server, read from its counters when scraped.
+
+Nothing here runs per message: the manager and the server keep plain integer counters, and this
+collector turns them into metric families only when ``/metrics`` is requested.  Each server has
+its own ``CollectorRegistry`` (no process-global registry), so several servers or tests in one
+process do not collide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from roomcast.manager import ConnectionManager
+
+__all__ = ["ServerCounters", "metrics_registry", "render"]
+
+
+@dataclasses.dataclass(slots=True)
+class ServerCounters:
+    """What the server counts itself (the manager counts what it sends)."""
+
+    messages_in: int = 0
+    bytes_in: int = 0
+    protocol_errors: int = 0
+    """Client messages answered with an ErrorMessage."""
+    refused_upgrades: int = 0
+    """Upgrade requests answered with 4xx/5xx (bad ids, capacity, draining)."""
+
+
+class _HubCollector(Collector):
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        counters: ServerCounters,
+        buffered_bytes: Callable[[], int],
+    ) -> None:
+        self._manager = manager
+        self._counters = counters
+        self._buffered_bytes = buffered_bytes
+
+    def collect(self) -> Iterator[Metric]:
+        manager, counters, stats = self._manager, self._counters, self._manager.stats
+        yield GaugeMetricFamily(
+            "roomcast_connections", "Open WebSocket connections.", manager.active_connections
+        )
+        yield GaugeMetricFamily("roomcast_rooms", "Rooms with members.", len(manager.active_rooms))
+        yield GaugeMetricFamily(
+            "roomcast_send_buffer_bytes",
+            "Bytes waiting to be written to clients.",
+            self._buffered_bytes(),
+        )
+        counter_values = (
+            ("roomcast_messages_in", "Messages received from clients.", counters.messages_in),
+            ("roomcast_bytes_in", "Payload bytes received from clients.", counters.bytes_in),
+            ("roomcast_messages_out", "Frames handed to client connections.", stats.frames_sent),
+            ("roomcast_bytes_out", "Payload bytes handed to client connections.", stats.bytes_sent),
+            (
+                "roomcast_slow_consumer_closes",
+                "Clients closed because they read too slowly.",
+                stats.slow_consumer_closes,
+            ),
+            (
+                "roomcast_dropped_frames",
+                "Frames dropped for full send buffers.",
+                stats.dropped_frames,
+            ),
+            (
+                "roomcast_lost_connections",
+                "Connections found gone while sending.",
+                stats.lost_connections,
+            ),
+            (
+                "roomcast_protocol_errors",
+                "Client messages refused with an error.",
+                counters.protocol_errors,
+            ),
+            (
+                "roomcast_refused_upgrades",
+                "Upgrade requests refused with an HTTP error.",
+                counters.refused_upgrades,
+            ),
+        )
+        for name, documentation, value in counter_values:
+            yield CounterMetricFamily(name, documentation, value)
+
+
+def metrics_registry(
+    manager: ConnectionManager, counters: ServerCounters, buffered_bytes: Callable[[], int]
+) -> CollectorRegistry:
+    """A registry exposing one server's metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_HubCollector(manager, counters, buffered_bytes))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition of ``registry``."""
+    return generate_latest(registry)
