@@ -18,34 +18,35 @@ This module imports picows; ``import roomcast`` does not import this module.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame
 
-__all__ = ["FlushScheduler", "NativeTransport"]
+__all__ = ["FlushScheduler", "NativeTransport", "TransportOwner"]
 
 _ACCEPTED = Delivery.ACCEPTED
+_NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict())
 
 
 class FlushScheduler:
     """Collects the connections that have frames waiting and writes them once per iteration."""
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    __slots__ = ("_dirty", "_scheduled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._dirty: list[NativeTransport] = []
         self._scheduled = False
 
     def mark(self, transport: NativeTransport) -> None:
+        """Queue ``transport`` for the flush at the end of this loop iteration."""
         self._dirty.append(transport)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         """Write every waiting connection's frames, one write per connection."""
@@ -55,6 +56,35 @@ class FlushScheduler:
             transport.flush()
 
 
+class TransportOwner(Protocol):
+    """What a ``NativeTransport`` reports to, and the limits it reads (shared by all of them).
+
+    One owner reference per connection instead of three bound methods and three limits: at
+    50k connections each saved object is ~3 MiB.
+    """
+
+    @property
+    def scheduler(self) -> FlushScheduler: ...
+
+    @property
+    def send_buffer_limit(self) -> int: ...
+
+    @property
+    def close_timeout(self) -> float: ...
+
+    @property
+    def max_message_size(self) -> int: ...
+
+    def opened(self, transport: NativeTransport) -> None:
+        """The WebSocket handshake completed."""
+
+    def received(self, transport: NativeTransport, message: str | bytes, size: int) -> None:
+        """A complete message (text as ``str``, binary as ``bytes``) of ``size`` bytes."""
+
+    def gone(self, transport: NativeTransport) -> None:
+        """The socket closed, whoever closed it."""
+
+
 class NativeTransport(WSListener):
     """picows listener of one client, and roomcast's ``Transport`` for it.
 
@@ -62,65 +92,46 @@ class NativeTransport(WSListener):
     method kept per connection shows up in the server's memory.
 
     Args:
-        on_open: Called once the WebSocket handshake is complete.
-        on_message: Called with each complete message (text as ``str``, binary as ``bytes``)
-            and its size in bytes.
-        on_gone: Called once when the socket is closed, whoever closed it.
-        scheduler: Where frames waiting to be written are flushed.
-        limit: Most bytes that may wait in the socket transport's buffer for this client.
-        close_timeout: Seconds a closing client gets before its socket is aborted.
-        max_message_size: Largest incoming message (after reassembly), in bytes.
+        owner: Receives the connection's events and sets its limits.
+        connection: The hub's record of this client, registered once the handshake completes.
+        room: A room to join at that moment, if any.
     """
 
     __slots__ = (
-        "_close_timeout",
         "_closing",
         "_fragments",
-        "_limit",
-        "_max_message_size",
-        "_on_gone",
-        "_on_message",
-        "_on_open",
+        "_owner",
         "_pending",
         "_pending_bytes",
         "_raw",
-        "_scheduler",
         "_ws",
         "connection",
+        "initial_room",
     )
 
     def __init__(
-        self,
-        *,
-        on_open: Callable[[NativeTransport], None],
-        on_message: Callable[[NativeTransport, str | bytes, int], None],
-        on_gone: Callable[[NativeTransport], None],
-        scheduler: FlushScheduler,
-        limit: int,
-        close_timeout: float,
-        max_message_size: int,
+        self, owner: TransportOwner, connection: Connection, room: str | None = None
     ) -> None:
-        self._on_open = on_open
-        self._on_message = on_message
-        self._on_gone = on_gone
-        self._scheduler = scheduler
-        self._limit = limit
-        self._close_timeout = close_timeout
-        self._max_message_size = max_message_size
+        self._owner = owner
+        self.connection = connection
+        self.initial_room = room
         self._closing = False
         self._pending: list[bytes] | None = None
         self._pending_bytes = 0
         self._fragments: list[bytes] | None = None
         self._ws: WSTransport | None = None
         self._raw: Any = None
-        self.connection: Connection | None = None
 
     # ------------------------------------------------------------------ picows callbacks
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._ws = transport
         self._raw = transport.underlying_transport
-        self._on_open(self)
+        # The upgrade's header objects (~2 KiB) were read while routing; keeping them for
+        # the life of the connection would cost more than everything else roomcast keeps.
+        transport.request.headers = _NO_HEADERS
+        transport.response.headers = _NO_HEADERS
+        self._owner.opened(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         opcode = frame.msg_type
@@ -142,12 +153,12 @@ class NativeTransport(WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._closing = True
         self._pending = None
-        self._on_gone(self)
+        self._owner.gone(self)
 
     # ------------------------------------------------------------------ incoming messages
 
     def _deliver_frame(self, opcode: WSMsgType, payload: bytes) -> None:
-        if len(payload) > self._max_message_size:
+        if len(payload) > self._owner.max_message_size:
             self.close(1009, "message too big")
             return
         if opcode is WSMsgType.TEXT:
@@ -156,9 +167,9 @@ class NativeTransport(WSListener):
             except UnicodeDecodeError:
                 self.close(1007, "invalid UTF-8")
                 return
-            self._on_message(self, text, len(payload))
+            self._owner.received(self, text, len(payload))
         else:
-            self._on_message(self, payload, len(payload))
+            self._owner.received(self, payload, len(payload))
 
     def _start_fragments(self, opcode: WSMsgType, frame: WSFrame) -> None:
         # The first element remembers the opcode as one byte; the rest are payloads.
@@ -180,7 +191,7 @@ class NativeTransport(WSListener):
 
     def _check_fragment_size(self) -> bool:
         assert self._fragments is not None
-        if sum(len(part) for part in self._fragments) - 1 > self._max_message_size:
+        if sum(len(part) for part in self._fragments) - 1 > self._owner.max_message_size:
             self._fragments = None
             self.close(1009, "message too big")
             return False
@@ -199,13 +210,13 @@ class NativeTransport(WSListener):
             return Delivery.CLOSED
         wire = frame.wire
         queued = self._pending_bytes + len(wire)
-        if queued + self._raw.get_write_buffer_size() > self._limit:
+        if queued + self._raw.get_write_buffer_size() > self._owner.send_buffer_limit:
             return Delivery.OVERFLOW
         self._pending_bytes = queued
         pending = self._pending
         if pending is None:
             self._pending = [wire]
-            self._scheduler.mark(self)
+            self._owner.scheduler.mark(self)
         else:
             pending.append(wire)
         return _ACCEPTED
@@ -231,7 +242,7 @@ class NativeTransport(WSListener):
         ws.send_close(code, reason.encode()[:123])  # type: ignore[arg-type]
         ws.disconnect(graceful=True)
         # A client that reads nothing would keep the socket (and its buffer) forever.
-        asyncio.get_running_loop().call_later(self._close_timeout, self.abort)
+        asyncio.get_running_loop().call_later(self._owner.close_timeout, self.abort)
 
     def abort(self) -> None:
         """Drop the socket now, without a close handshake."""

@@ -106,7 +106,7 @@ class Server:
         self._metrics = metrics_registry(self.manager, self.counters, self._buffered_bytes)
         self._server: asyncio.Server | None = None
         self._api: asyncio.Server | None = None
-        self._scheduler: FlushScheduler | None = None
+        self.scheduler = FlushScheduler()
         self._accepting = False
         self._started_at = time.monotonic()
         self._open: set[NativeTransport] = set()
@@ -120,8 +120,6 @@ class Server:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen and accept clients, on ``sock`` if given (already bound and listening)."""
-        loop = asyncio.get_running_loop()
-        self._scheduler = FlushScheduler(loop)
         where: dict[str, Any] = (
             {"sock": sock}
             if sock is not None
@@ -201,9 +199,8 @@ class Server:
                     self.manager.check_id(what, value)
         except InvalidIdentifier as exc:
             return self._refuse_upgrade(400, f"{exc}\n".encode())
-        transport = self._new_transport()
-        # Connection data is parked on the transport until the handshake completes.
-        transport.connection = Connection(transport, user_id, metadata={"room": room})
+        transport = NativeTransport(self, Connection(None, user_id), room)
+        transport.connection.websocket = transport
         return transport
 
     def _refuse_upgrade(self, status: int, body: bytes) -> WSUpgradeResponseWithListener:
@@ -223,40 +220,39 @@ class Server:
     def _buffered_bytes(self) -> int:
         return sum(transport.buffered_bytes for transport in self._open)
 
-    def _new_transport(self) -> NativeTransport:
-        assert self._scheduler is not None
-        return NativeTransport(
-            on_open=self._opened,
-            on_message=self._received,
-            on_gone=self._gone,
-            scheduler=self._scheduler,
-            limit=self.config.send_buffer_limit,
-            close_timeout=self.config.close_timeout,
-            max_message_size=self.config.max_message_size,
-        )
-
     # ------------------------------------------------------------------ connection events
 
-    def _opened(self, transport: NativeTransport) -> None:
+    # TransportOwner: limits every transport reads, and the events they report.
+
+    @property
+    def send_buffer_limit(self) -> int:
+        return self.config.send_buffer_limit
+
+    @property
+    def close_timeout(self) -> float:
+        return self.config.close_timeout
+
+    @property
+    def max_message_size(self) -> int:
+        return self.config.max_message_size
+
+    def opened(self, transport: NativeTransport) -> None:
         connection = transport.connection
-        assert connection is not None
-        room = connection.metadata.pop("room")
         connection.transport = transport
         self._open.add(transport)
         self.manager.attach(connection)
-        if room is not None:
-            self.manager.join(connection, room)
+        if transport.initial_room is not None:
+            self.manager.join(connection, transport.initial_room)
+            transport.initial_room = None
 
-    def _gone(self, transport: NativeTransport) -> None:
+    def gone(self, transport: NativeTransport) -> None:
         self._open.discard(transport)
-        if transport.connection is not None:
-            self.manager.forget(transport.connection)
+        self.manager.forget(transport.connection)
         if not self._open:
             self._all_gone.set()
 
-    def _received(self, transport: NativeTransport, message: str | bytes, size: int) -> None:
+    def received(self, transport: NativeTransport, message: str | bytes, size: int) -> None:
         connection = transport.connection
-        assert connection is not None
         self.counters.messages_in += 1
         self.counters.bytes_in += size
         if isinstance(message, bytes):
