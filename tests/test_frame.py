@@ -60,3 +60,23 @@ def test_size_counts_encoded_bytes() -> None:
     frame = encode("€€")
     assert frame.size == 6
     assert repr(frame) == "<Frame text 6 B>"
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+@pytest.mark.parametrize("binary", [False, True])
+def test_wire_bytes_parse_as_one_websocket_frame(size: int, binary: bool) -> None:
+    """Frame.wire is a complete unmasked frame that websockets' own parser reads back."""
+    from websockets.frames import Frame as WsFrame
+    from websockets.frames import Opcode
+    from websockets.streams import StreamReader
+
+    frame = encode(b"b" * size) if binary else encode("t" * size)
+    assert frame.wire is frame.wire  # built once, then shared
+    reader = StreamReader()
+    reader.feed_data(frame.wire)
+    parser = WsFrame.parse(reader.read_exact, mask=False)
+    with pytest.raises(StopIteration) as done:
+        next(parser)
+    parsed = done.value.value
+    assert parsed.opcode is (Opcode.BINARY if binary else Opcode.TEXT)
+    assert parsed.fin and parsed.data == frame.payload

@@ -308,6 +308,15 @@ async def test_publish_api_delivers_to_rooms_and_users() -> None:
         for device in (phone, laptop):
             got = json.loads(await recv(device))
             assert got["type"] == "message" and got["data"] == "hi"
+        batch_body = json.dumps({"room": "r", "batch": [1, 2, 3]}).encode()
+        assert (await http_request(server.api_port, publish_request(batch_body)))[1] == (
+            b'{"delivered": 3}\n'
+        )
+        assert [json.loads(await recv(member))["data"] for _ in range(3)] == [1, 2, 3]
+        bad_batch = json.dumps({"room": "r", "batch": [1, float("nan")]}).encode()
+        assert (await http_request(server.api_port, publish_request(bad_batch)))[0] == 400
+        with pytest.raises(TimeoutError):
+            await recv(member, timeout_units=0.1)
         for client in (member, phone, laptop):
             await client.close()
 
@@ -318,6 +327,9 @@ async def test_publish_api_delivers_to_rooms_and_users() -> None:
         (publish_request(b"{nope"), 400),
         (publish_request(b"[1]"), 400),
         (publish_request(b'{"data": 1}'), 400),
+        (publish_request(b'{"room": "r", "data": 1, "batch": [1]}'), 400),
+        (publish_request(b'{"room": "r", "batch": []}'), 400),
+        (publish_request(b'{"room": "r", "batch": {"a": 1}}'), 400),
         (publish_request(b'{"room": "r", "user_id": "u", "data": 1}'), 400),
         (publish_request(b'{"room": "", "data": 1}'), 400),
         (publish_request(b'{"room": "r", "data": NaN}'), 400),

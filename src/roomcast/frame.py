@@ -24,25 +24,36 @@ class Frame:
         payload: The frame's payload bytes (UTF-8 for text), used for size accounting and by
             transports that write bytes.
         size: ``len(payload)``; what the frame costs in a send buffer.
-        asgi_event: A ``websocket.send`` ASGI event, built once and passed to every ASGI
-            recipient; ASGI servers only read it.
     """
 
-    __slots__ = ("_wire", "asgi_event", "binary", "payload", "size")
+    __slots__ = ("_asgi_event", "_text", "_wire", "binary", "payload", "size")
 
     def __init__(self, text: str | None = None, data: bytes | None = None) -> None:
         if text is not None:
             self.payload = _utf8(text)
             self.binary = False
-            self.asgi_event: dict[str, Any] = {"type": "websocket.send", "text": text}
         elif data is not None:
             self.payload = data
             self.binary = True
-            self.asgi_event = {"type": "websocket.send", "bytes": data}
         else:
             raise ValueError("a Frame needs text or data")
+        self._text = text
         self.size = len(self.payload)
         self._wire: bytes | None = None
+        self._asgi_event: dict[str, Any] | None = None
+
+    @property
+    def asgi_event(self) -> dict[str, Any]:
+        """A ``websocket.send`` ASGI event, built on first use and then passed to every ASGI
+        recipient (ASGI servers only read it)."""
+        event = self._asgi_event
+        if event is None:
+            if self.binary:
+                event = {"type": "websocket.send", "bytes": self.payload}
+            else:
+                event = {"type": "websocket.send", "text": self._text}
+            self._asgi_event = event
+        return event
 
     @property
     def wire(self) -> bytes:

@@ -8,6 +8,8 @@ Routes::
 
     POST /api/publish   {"room": "lobby", "data": ...} or {"user_id": "alice", "data": ...}
                         with header X-API-Key: KEY  ->  200 {"delivered": N}
+                        ("batch": [...] instead of "data" sends several messages in order,
+                        in one event-loop iteration; N counts deliveries)
     GET  /healthz, /readyz, /metrics
 
 A missing or wrong key gets 401 and nothing is sent; keys are compared in constant time.

@@ -116,7 +116,7 @@ class NativeTransport(WSListener):
         self.connection = connection
         self.initial_room = room
         self._closing = False
-        self._pending: list[bytes] | None = None
+        self._pending: bytes | list[bytes] | None = None
         self._pending_bytes = 0
         self._fragments: list[bytes] | None = None
         self._ws: WSTransport | None = None
@@ -134,6 +134,8 @@ class NativeTransport(WSListener):
         self._owner.opened(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self._closing:
+            return  # closed by us (limit, bad data) or by the client: nothing more to read
         opcode = frame.msg_type
         if opcode is WSMsgType.TEXT or opcode is WSMsgType.BINARY:
             if self._fragments is not None:
@@ -145,7 +147,10 @@ class NativeTransport(WSListener):
         elif opcode is WSMsgType.CONTINUATION:
             self._continue_fragments(frame)
         elif opcode is WSMsgType.CLOSE:
+            # Echo the close and hang up; nothing may follow a close frame.
             self._closing = True
+            self._pending = None
+            self._pending_bytes = 0
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
         # PING is answered by picows (enable_auto_pong); PONG needs nothing here.
@@ -214,9 +219,13 @@ class NativeTransport(WSListener):
             return Delivery.OVERFLOW
         self._pending_bytes = queued
         pending = self._pending
+        # One frame waiting is kept as is; a list appears only for the second one, so a
+        # single broadcast allocates nothing per recipient.
         if pending is None:
-            self._pending = [wire]
+            self._pending = wire
             self._owner.scheduler.mark(self)
+        elif isinstance(pending, bytes):
+            self._pending = [pending, wire]
         else:
             pending.append(wire)
         return _ACCEPTED
@@ -228,7 +237,7 @@ class NativeTransport(WSListener):
             return
         self._pending = None
         self._pending_bytes = 0
-        self._raw.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        self._raw.write(pending if isinstance(pending, bytes) else b"".join(pending))
 
     def close(self, code: int, reason: str = "") -> None:
         if self._closing:

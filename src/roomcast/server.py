@@ -326,25 +326,33 @@ class Server:
             request = json.loads(body)
         except (ValueError, RecursionError):
             return ApiResponse.json(400, {"error": "body is not valid JSON"})
-        if not isinstance(request, dict) or "data" not in request:
-            return ApiResponse.json(400, {"error": "body must be an object with 'data'"})
+        if not isinstance(request, dict) or ("data" in request) == ("batch" in request):
+            return ApiResponse.json(
+                400, {"error": "body must be an object with 'data' or a 'batch' list"}
+            )
+        payloads = [request["data"]] if "data" in request else request["batch"]
+        if not isinstance(payloads, list) or not payloads or len(payloads) > MAX_BATCH:
+            return ApiResponse.json(400, {"error": f"'batch' must list 1 to {MAX_BATCH} items"})
         room, user_id = request.get("room"), request.get("user_id")
         if (room is None) == (user_id is None):
             return ApiResponse.json(400, {"error": "give exactly one of 'room' and 'user_id'"})
         try:
+            # Encode everything before sending anything: a bad item fails the whole batch.
             if room is not None:
                 self.manager.check_id("room", room)
-                frame = encode(RoomMessage(room=room, data=request["data"]))
-                delivered = self.manager.deliver_to_room(room, frame)
+                frames = [encode(RoomMessage(room=room, data=data)) for data in payloads]
+                delivered = sum(self.manager.deliver_to_room(room, f) for f in frames)
             else:
                 user = self.manager.check_id("user_id", user_id)
-                frame = encode(WSMessage(data=request["data"]))
-                delivered = self.manager.deliver_to_user(user, frame)
+                frames = [encode(WSMessage(data=data)) for data in payloads]
+                delivered = sum(self.manager.deliver_to_user(user, f) for f in frames)
         except (InvalidIdentifier, InvalidMessage) as exc:
             return ApiResponse.json(400, {"error": str(exc)})
         return ApiResponse.json(200, {"delivered": delivered})
 
 
+MAX_BATCH = 1000
+"""Most messages one ``POST /api/publish`` may carry in ``batch``."""
 _TEXT = "text/plain; charset=utf-8"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 _GET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
