@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from typing import Any
 
 import pytest
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -43,11 +44,24 @@ def make_app(manager: ConnectionManager, *, read: bool = True) -> FastAPI:
     return app
 
 
-async def test_payload_kinds_reach_the_client_as_the_right_frames() -> None:
-    """str, bytes, dict and typed messages arrive as the frames MessageType selects."""
-    manager = ConnectionManager()
-    async with running_server(make_app(manager)) as base:
-        client = await connect(f"{base}/ws?user=u")
+PATHS = [
+    pytest.param({}, {}, id="uvicorn-direct-writes"),
+    pytest.param({"direct_writes": False}, {}, id="uvicorn-asgi-events"),
+    pytest.param({}, {"ws": "wsproto"}, id="uvicorn-wsproto"),
+    pytest.param({}, {"ws_per_message_deflate": True}, id="deflate-offered"),
+]
+
+
+@pytest.mark.parametrize(("manager_options", "server_options"), PATHS)
+async def test_payload_kinds_reach_the_client_as_the_right_frames(
+    manager_options: dict[str, Any], server_options: dict[str, Any]
+) -> None:
+    """str, bytes, dict and typed messages arrive as the frames MessageType selects, whether
+    frames go straight to uvicorn's socket or through ASGI events."""
+    manager = ConnectionManager(**manager_options)
+    compression = "deflate" if server_options.get("ws_per_message_deflate") else None
+    async with running_server(make_app(manager), **server_options) as base:
+        client = await connect(f"{base}/ws?user=u", compression=compression)
         await eventually(lambda: manager.active_connections == 1)
         ws = manager.get_user_connections("u")[0].websocket
         assert await manager.send_personal(ws, "text") is True
@@ -257,3 +271,24 @@ async def test_abrupt_drops_during_broadcasts_leave_a_clean_registry(
             await client.close()
         await eventually(lambda: manager.active_connections == 0)
         assert manager.active_rooms == []
+
+
+async def test_direct_writes_are_used_only_under_uvicorns_default_protocol() -> None:
+    """The uvicorn protocol is found behind Starlette's sender, and nothing else is."""
+    from roomcast.uvicorn_direct import find_uvicorn_protocol
+
+    manager = ConnectionManager()
+    async with running_server(make_app(manager)) as base:
+        client = await connect(f"{base}/ws?user=u")
+        await eventually(lambda: manager.active_connections == 1)
+        websocket = manager.get_user_connections("u")[0].websocket
+        protocol = find_uvicorn_protocol(websocket._send)
+        assert type(protocol).__name__ == "WebSocketsSansIOProtocol"
+        await client.close()
+
+    async def unknown_middleware_send(message: Any) -> None:
+        await protocol.send(message)  # type: ignore[union-attr]
+
+    assert find_uvicorn_protocol(unknown_middleware_send) is None
+    assert find_uvicorn_protocol(print) is None
+    assert find_uvicorn_protocol(object()) is None

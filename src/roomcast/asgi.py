@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from roomcast.connection import Delivery
 from roomcast.frame import Frame
 from roomcast.tasks import TaskSet
+from roomcast.uvicorn_direct import find_uvicorn_protocol
 
 __all__ = ["AsgiTransport", "AsgiWebSocket"]
 
@@ -95,6 +96,8 @@ class AsgiTransport:
         "_busy",
         "_close_timeout",
         "_closing",
+        "_direct",
+        "_direct_writes",
         "_limit",
         "_on_lost",
         "_send",
@@ -111,6 +114,7 @@ class AsgiTransport:
         on_lost: Callable[[], None],
         limit: int,
         close_timeout: float,
+        direct_writes: bool = True,
     ) -> None:
         self._websocket = websocket
         # Starlette's WebSocket.send only checks its state machine before calling the raw
@@ -127,6 +131,10 @@ class AsgiTransport:
         # True while a writer task owns the sending or the transport is closing: the one
         # attribute the per-recipient fast path looks at.
         self._busy = False
+        self._direct_writes = direct_writes
+        # uvicorn's protocol object when frames may be written to it directly (see
+        # roomcast.uvicorn_direct); found after the handshake.
+        self._direct: Any = None
         self._writer: asyncio.Task[None] | None = None
         # Created on the first back-pressure only: most connections never need one, and an
         # empty deque costs ~600 bytes.
@@ -141,10 +149,23 @@ class AsgiTransport:
         """Accept the WebSocket unless the application already did."""
         if getattr(self._websocket.application_state, "name", None) == "CONNECTING":
             await self._websocket.accept()
+        if self._direct_writes:
+            protocol = find_uvicorn_protocol(self._send)
+            if protocol is not None and protocol.handshake_complete:
+                self._direct = protocol
 
     def send(self, frame: Frame) -> Delivery:
         if self._busy:
             return self._enqueue(frame)
+        direct = self._direct
+        # Direct write while uvicorn would write at once; when it is paused or has sent a
+        # close, the ASGI path below waits or reports it properly.
+        if direct is not None and direct.writable.is_set() and not direct.close_sent:
+            if direct.transport.is_closing():
+                self._closing = self._busy = True
+                return Delivery.CLOSED
+            direct.transport.write(frame.wire)
+            return _ACCEPTED
         coro = self._send(frame.asgi_event)
         try:
             waiting_on = coro.send(None)

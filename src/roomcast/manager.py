@@ -67,6 +67,9 @@ class ConnectionManager:
         overflow: What to do with a connection that exceeds ``send_buffer_limit``.
         close_timeout: Seconds allowed for writing a close event before giving up on it.
         max_id_length: Longest accepted room or user id, in characters.
+        direct_writes: Under uvicorn's default WebSocket implementation, write each frame's
+            bytes (built once) straight to the socket instead of one ASGI event per
+            recipient; see ``roomcast.uvicorn_direct``.  False forces the ASGI path.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class ConnectionManager:
         overflow: OverflowPolicy = OverflowPolicy.CLOSE,
         close_timeout: float = 5.0,
         max_id_length: int = 256,
+        direct_writes: bool = True,
     ) -> None:
         if send_buffer_limit <= 0:
             raise ValueError("send_buffer_limit must be positive")
@@ -83,6 +87,7 @@ class ConnectionManager:
         self._overflow = overflow
         self._close_timeout = close_timeout
         self._max_id_length = max_id_length
+        self._direct_writes = direct_writes
         self._registry = Registry()
         # Starlette's WebSocket is a Mapping and so unhashable: index it by identity.  The
         # Connection holds the websocket, so its id() cannot be reused while registered.
@@ -136,6 +141,7 @@ class ConnectionManager:
             on_lost=functools.partial(self._lost, connection),
             limit=self._send_buffer_limit,
             close_timeout=self._close_timeout,
+            direct_writes=self._direct_writes,
         )
         connection.transport = transport
         await transport.open()
