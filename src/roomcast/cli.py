@@ -66,8 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--host", default=_env("host", defaults.host), help="address to bind")
-    serve.add_argument("--port", type=int, default=_env("port", defaults.port), help="port")
+    # The limits: each flag's default is ServerConfig's field of the same name.
+    limits: list[tuple[str, type, str]] = [
+        ("host", str, "address to bind"),
+        ("port", int, "port of the WebSocket listener (and GET /healthz /readyz /metrics)"),
+        ("max_message_size", int, "largest incoming message in bytes (larger: close 1009)"),
+        (
+            "send_buffer_limit",
+            int,
+            "bytes that may wait for one client before it is closed as slow (4008)",
+        ),
+        ("max_connections", int, "connections this process accepts (more: HTTP 503)"),
+        (
+            "shutdown_timeout",
+            float,
+            "seconds SIGTERM/SIGINT may take to close clients (1001) before aborting them",
+        ),
+    ]
+    for name, kind, text in limits:
+        serve.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=_env(name, getattr(defaults, name)),
+            help=text,
+        )
     serve.add_argument(
         "--log-level",
         default=_env("log_level", "info"),
@@ -79,30 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("log_format", "text"),
         choices=["text", "json"],
         help="'json' writes one JSON object per line",
-    )
-    serve.add_argument(
-        "--max-message-size",
-        type=int,
-        default=_env("max_message_size", defaults.max_message_size),
-        help="largest incoming message in bytes (larger: close 1009)",
-    )
-    serve.add_argument(
-        "--send-buffer-limit",
-        type=int,
-        default=_env("send_buffer_limit", defaults.send_buffer_limit),
-        help="bytes that may wait for one client before it is closed as slow (4008)",
-    )
-    serve.add_argument(
-        "--max-connections",
-        type=int,
-        default=_env("max_connections", defaults.max_connections),
-        help="connections this process accepts (more: HTTP 503 on upgrade)",
-    )
-    serve.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        default=_env("shutdown_timeout", defaults.shutdown_timeout),
-        help="seconds SIGTERM/SIGINT may take to close clients (1001) before aborting them",
     )
     serve.add_argument(
         "--api-port",
