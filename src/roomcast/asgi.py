@@ -17,6 +17,10 @@ write once the client reads again; a client that never reads keeps its socket (a
 buffer) until it goes away.  roomcast detaches it at once, so it costs the hub nothing, and gives
 up on the close after ``close_timeout``.  The native server aborts such sockets outright.
 
+Under uvicorn's default WebSocket protocol the fast path is shorter still: the frame's bytes,
+built once, are written straight to the socket (``roomcast.uvicorn_direct``); the ASGI path
+here takes over whenever uvicorn would not write at once.
+
 This module imports nothing from Starlette: it needs only ``send(event)``, ``close(code,
 reason)``, ``accept()`` and ``application_state``, which Starlette's and FastAPI's WebSocket
 both have.
