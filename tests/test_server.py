@@ -351,3 +351,55 @@ async def test_api_answers_bad_requests_with_4xx(raw: bytes, status: int) -> Non
     async with running(api_port=0, api_key="sesame") as server:
         assert (await http_request(server.api_port, raw))[0] == status
         assert (await http_request(server.api_port, b"GET /readyz HTTP/1.1\r\n\r\n"))[0] == 200
+
+
+def _raw_frames(client: ClientConnection, *frames: Any) -> None:
+    """Write frames as they are, bypassing websockets' own checks on what it sends."""
+    for frame in frames:
+        client.protocol.send_frame(frame)
+    client.transport.write(b"".join(client.protocol.data_to_send()))
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        (["cont:x"], CloseCode.PROTOCOL_ERROR),
+        (["text-start:{", "text:{}"], CloseCode.PROTOCOL_ERROR),
+        (["text-start:" + "x" * 800, "cont-more:" + "x" * 800], CloseCode.MESSAGE_TOO_BIG),
+    ],
+)
+async def test_broken_fragmentation_closes_the_sender(frames: list[str], code: int) -> None:
+    """A stray continuation, a new message inside a fragmented one, or fragments adding up
+    past the size limit close the sender with 1002/1002/1009."""
+    from websockets.frames import Frame as WsFrame
+    from websockets.frames import Opcode
+
+    kinds = {
+        "cont": (Opcode.CONT, True),
+        "cont-more": (Opcode.CONT, False),
+        "text-start": (Opcode.TEXT, False),
+        "text": (Opcode.TEXT, True),
+    }
+    async with running(max_message_size=1024) as server:
+        client = await connect(url(server))
+        built = []
+        for spec in frames:
+            kind, _, payload = spec.partition(":")
+            opcode, fin = kinds[kind]
+            built.append(WsFrame(opcode, payload.encode(), fin=fin))
+        _raw_frames(client, *built)
+        with pytest.raises(ConnectionClosed):
+            await recv(client)
+        assert client.close_code == code
+
+
+async def test_a_burst_in_one_iteration_arrives_whole_and_in_order() -> None:
+    """Ten broadcasts queued in one loop iteration reach every member, in order."""
+    async with running() as server:
+        clients = [await connect(url(server, "/ws/r")) for _ in range(5)]
+        await eventually(lambda: server.manager.active_connections == 5)
+        for seq in range(10):
+            await server.manager.broadcast_to_room("r", str(seq))
+        for client in clients:
+            assert [await recv(client) for _ in range(10)] == [str(i) for i in range(10)]
+            await client.close()

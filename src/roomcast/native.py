@@ -248,7 +248,9 @@ class NativeTransport(WSListener):
         ws = self._ws
         if ws is None:
             return
-        ws.send_close(code, reason.encode()[:123])  # type: ignore[arg-type]
+        # A close reason may take 123 bytes; cut at a character boundary.
+        message = reason.encode()[:123].decode(errors="ignore").encode()
+        ws.send_close(code, message)  # type: ignore[arg-type]
         ws.disconnect(graceful=True)
         # A client that reads nothing would keep the socket (and its buffer) forever.
         asyncio.get_running_loop().call_later(self._owner.close_timeout, self.abort)
