@@ -57,21 +57,19 @@ def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
-    """A SIGTERM closes every client with 1001 and the process exits 0 within its deadline."""
-    port = free_port()
+    """As a real process on uvloop: the publish API reaches clients; a SIGTERM closes every
+    client with 1001 and the process exits 0 within its deadline."""
+    port, api_port = free_port(), free_port()
+    command = ["serve", "--port", str(port), "--api-port", str(api_port), "--log-format", "json"]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "roomcast.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--log-format",
-        "json",
+        *command,
         "--shutdown-timeout",
         "5",
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "ROOMCAST_API_KEY": "k"},
     )
     try:
         assert process.stderr is not None
@@ -79,6 +77,18 @@ async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
             while b"listening" not in await process.stderr.readline():
                 pass
         clients = [await connect(f"ws://127.0.0.1:{port}/ws/r?user_id=u{i}") for i in range(20)]
+        body = b'{"room": "r", "data": "hello"}'
+        reader, writer = await asyncio.open_connection("127.0.0.1", api_port)
+        writer.write(
+            b"POST /api/publish HTTP/1.1\r\nX-API-Key: k\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        async with asyncio.timeout(seconds(5)):
+            answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"delivered": 20}\n')
+        for client in clients:
+            assert '"hello"' in str(await recv(client))
         process.send_signal(signal.SIGTERM)
         for client in clients:
             with pytest.raises(ConnectionClosed):

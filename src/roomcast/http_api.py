@@ -23,7 +23,7 @@ import hmac
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -94,8 +94,9 @@ class _HttpConnection(asyncio.Protocol):
         self._transport = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport, but not necessarily an asyncio.Transport subclass (uvloop's is
+        # not), so no isinstance check.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
