@@ -1,0 +1,1 @@
+"""Bench-only peer servers that ``serve.py`` compares with ``roomcast serve``."""

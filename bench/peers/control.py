@@ -1,0 +1,117 @@
+"""The control port every asyncio peer server opens, so ``serve.py`` drives them alike.
+
+It is served by ``roomcast.http_api.serve_api``, the same small HTTP/1.1 server that answers
+``roomcast serve``'s ``POST /api/publish``: a publish request costs every server the same, and
+only what the server does with the messages differs.  Routes:
+
+- ``POST /bench/publish`` with ``{"batch": ["m1", "m2", ...]}``: broadcast the messages to every
+  client, back to back, in order.  A synchronous broadcast runs before the answer
+  (``{"delivered": clients x messages}``); an asynchronous one (a coroutine) runs in a task
+  started before the answer (``{"scheduled": messages}``).
+- ``GET /bench/count``: ``{"connections": N}``.
+- ``GET /bench/stats``: connections, asyncio tasks, cyclic-GC passes and seconds per generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from roomcast.http_api import ApiRequest, ApiResponse, serve_api
+
+__all__ = ["GcClock", "asgi_with_control", "raise_nofile_limit", "start_control"]
+
+Publish = Callable[[list[str]], "int | Awaitable[Any]"]
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+def raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class GcClock:
+    """Counts the cyclic collector's passes and time per generation."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.collections[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._started
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"gc_collections": list(self.collections), "gc_seconds": list(self.seconds)}
+
+
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _handler(
+    publish: Publish, count: Callable[[], int], clock: GcClock
+) -> Callable[[ApiRequest], ApiResponse]:
+    def handle(request: ApiRequest) -> ApiResponse:
+        if request.method == "POST" and request.path == "/bench/publish":
+            batch = json.loads(request.body)["batch"]
+            result = publish(batch)
+            if isinstance(result, int):
+                return ApiResponse.json(200, {"delivered": result})
+            task = asyncio.ensure_future(result)
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
+            return ApiResponse.json(200, {"scheduled": len(batch)})
+        if request.path == "/bench/count":
+            return ApiResponse.json(200, {"connections": count()})
+        if request.path == "/bench/stats":
+            stats = {"connections": count(), "tasks": len(asyncio.all_tasks()), **clock.snapshot()}
+            return ApiResponse.json(200, stats)
+        return ApiResponse.json(404, {"error": "not found"})
+
+    return handle
+
+
+async def start_control(
+    port: int, publish: Publish, count: Callable[[], int], clock: GcClock | None = None
+) -> asyncio.Server:
+    """Open the control port on 127.0.0.1 (call it from the server's event loop)."""
+    return await serve_api(_handler(publish, count, clock or GcClock()), "127.0.0.1", port)
+
+
+def asgi_with_control(app: ASGIApp, publish: Publish, count: Callable[[], int]) -> ASGIApp:
+    """Wrap an ASGI app: its lifespan opens the control port (``BENCH_CONTROL_PORT``) on the
+    server's loop; every other scope goes to ``app``."""
+    port = int(os.environ.get("BENCH_CONTROL_PORT", "0"))
+    clock = GcClock()
+    raise_nofile_limit()
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        server: asyncio.Server | None = None
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                server = await start_control(port, publish, count, clock)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if server is not None:
+                    server.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return wrapped
