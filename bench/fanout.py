@@ -47,6 +47,20 @@ WANTED_PORT_RANGE = "1024 65000"
 # ------------------------------------------------------------------ small helpers
 
 
+def run_meta(script: str, nofile: int) -> dict[str, Any]:
+    """What every results file records about the run: when, how, on what, at which commit."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([".venv/bin/python", script, *sys.argv[1:]]),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "nofile": nofile,
+        "git": git_state(),
+        "versions": package_versions(),
+    }
+
+
 def raise_nofile_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -861,14 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [int(n) for n in args.connections.split(",") if n]
     started = time.monotonic()
     meta: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", "bench/fanout.py", *sys.argv[1:]]),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "nofile": nofile,
-        "git": git_state(),
-        "versions": package_versions(),
+        **run_meta("bench/fanout.py", nofile),
         "cpu_probe_ms_before": cpu_probe(),
         "args": vars(args),
     }

@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import http.client
 import importlib.util
 import json
 import math
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -49,6 +47,7 @@ from fanout import (
     median,
     percentile_at,
     raise_nofile_limit,
+    run_meta,
     wait_delivery,
     wide_port_range,
 )
@@ -1009,14 +1008,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [int(n) for n in args.connections.split(",") if n]
     started = time.monotonic()
     meta: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", "bench/serve.py", *sys.argv[1:]]),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "nofile": nofile,
-        "git": git_state(),
-        "versions": package_versions(),
+        **run_meta("bench/serve.py", nofile),
+        "versions": package_versions(),  # this benchmark's peers, not fanout.py's
         "servers": {s.name: s.what for s in specs},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "cpu_probe_ms_before": cpu_probe(),
