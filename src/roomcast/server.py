@@ -102,6 +102,9 @@ class Server:
             overflow=OverflowPolicy.CLOSE,
             close_timeout=config.close_timeout,
         )
+        self.send_buffer_limit = config.send_buffer_limit
+        self.close_timeout = config.close_timeout
+        self.max_message_size = config.max_message_size
         self.counters = ServerCounters()
         self._metrics = metrics_registry(self.manager, self.counters, self._buffered_bytes)
         self._server: asyncio.Server | None = None
@@ -222,19 +225,8 @@ class Server:
 
     # ------------------------------------------------------------------ connection events
 
-    # TransportOwner: limits every transport reads, and the events they report.
-
-    @property
-    def send_buffer_limit(self) -> int:
-        return self.config.send_buffer_limit
-
-    @property
-    def close_timeout(self) -> float:
-        return self.config.close_timeout
-
-    @property
-    def max_message_size(self) -> int:
-        return self.config.max_message_size
+    # TransportOwner: the events transports report (their limits are attributes, set in
+    # __init__, because send() reads one per recipient).
 
     def opened(self, transport: NativeTransport) -> None:
         connection = transport.connection
