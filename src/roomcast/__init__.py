@@ -5,8 +5,13 @@ The public names are the seed specification's (see the README); they are also im
 dependency: Starlette, Redis and JWT support load only where they are used.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from roomcast.broker import Broker, BrokerStats, MemoryBroker, MemoryBus
 from roomcast.connection import Connection, Delivery, Transport
+from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import (
+    BrokerUnavailable,
     CloseCode,
     ConnectionStateError,
     InvalidIdentifier,
@@ -24,20 +29,50 @@ from roomcast.messages import (
     WSMessage,
 )
 
+if TYPE_CHECKING:
+    from roomcast.redis_pubsub import RedisPubSub as RedisPubSub
+
 __version__ = "0.1.0"
+
+_LAZY = {"RedisPubSub": "roomcast.redis_pubsub"}
+"""Public names whose modules import an optional dependency (redis), loaded on first use.
+
+They are not in ``__all__``, so that ``from roomcast import *`` works without the extra."""
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'roomcast' has no attribute {name!r}")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"roomcast.{name} needs the redis extra: pip install 'roomcast[redis]' ({exc})"
+        ) from exc
+    return getattr(module, name)
+
 
 __all__ = [
     "AckMessage",
+    "Broker",
+    "BrokerStats",
+    "BrokerUnavailable",
     "CloseCode",
     "Connection",
     "ConnectionManager",
     "ConnectionStateError",
     "Delivery",
+    "DistributedWebSocketManager",
     "ErrorMessage",
     "Frame",
     "InvalidIdentifier",
     "InvalidMessage",
     "ManagerStats",
+    "MemoryBroker",
+    "MemoryBus",
     "MessageType",
     "OverflowPolicy",
     "PingMessage",

@@ -115,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="key POST /api/publish requires in the X-API-Key header; prefer the "
         "ROOMCAST_API_KEY variable, which other users cannot see in the process list",
     )
+    serve.add_argument(
+        "--redis-url",
+        default=_env("redis_url", None),
+        help="Redis shared by every instance of the hub (redis://[user:password@]host:port/db, "
+        "rediss:// for TLS); without it the hub is in memory, in this process only. A URL "
+        "with a password belongs in ROOMCAST_REDIS_URL",
+    )
+    serve.add_argument(
+        "--channel-prefix",
+        default=_env("channel_prefix", defaults.channel_prefix),
+        help="prefix of the Redis channels; hubs with different prefixes share a Redis "
+        "without seeing each other's messages",
+    )
     return parser
 
 
@@ -150,6 +163,8 @@ async def _serve(args: argparse.Namespace) -> None:
         shutdown_timeout=args.shutdown_timeout,
         api_port=None if args.api_port < 0 else args.api_port,
         api_key=args.api_key,
+        redis_url=args.redis_url,
+        channel_prefix=args.channel_prefix,
     )
     server = Server(config)
     await server.start()

@@ -7,8 +7,12 @@ Error tree (blame is in the name, as in h11: misuse by the caller vs bad data fr
     │                             (also a ValueError, so generic handlers still work)
     ├── InvalidIdentifier         a room or user id that is not a short non-empty str
     │                             (also a ValueError)
-    └── ConnectionStateError      a call that does not fit the connection's state, such as
-                                  connecting the same websocket twice
+    ├── ConnectionStateError      a call that does not fit the connection's state, such as
+    │                             connecting the same websocket twice
+    └── BrokerUnavailable         the message broker (Redis) cannot take a publish now
+                                  (also a ConnectionError)
+
+``roomcast.envelope.InvalidEnvelope`` (an InvalidMessage) is a bad message on a broker channel.
 
 Close codes are named values so that clients, docs and tests agree on them.  1000-1015 are
 RFC 6455's; 4000-4999 is the range the RFC leaves to applications.
@@ -37,6 +41,14 @@ class InvalidIdentifier(RoomcastError, ValueError):
 
 class ConnectionStateError(RoomcastError):
     """The call does not fit the connection's current state."""
+
+
+class BrokerUnavailable(RoomcastError, ConnectionError):
+    """The broker is unreachable or refused a publish; the message did not leave this instance.
+
+    Raised only by calls that wait for the broker (``RedisPubSub.publish_*``).  The
+    distributed manager delivers locally anyway and counts the failure instead.
+    """
 
 
 class CloseCode(IntEnum):

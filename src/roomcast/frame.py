@@ -42,6 +42,19 @@ class Frame:
         self._wire: bytes | None = None
         self._asgi_event: dict[str, Any] | None = None
 
+    @classmethod
+    def from_payload(cls, payload: bytes, binary: bool) -> Frame:
+        """A frame around payload bytes encoded elsewhere (by another instance), without
+        encoding again; text payloads must already be valid UTF-8."""
+        frame = cls.__new__(cls)
+        frame.payload = payload
+        frame.binary = binary
+        frame.size = len(payload)
+        frame._text = None
+        frame._wire = None
+        frame._asgi_event = None
+        return frame
+
     @property
     def asgi_event(self) -> dict[str, Any]:
         """A ``websocket.send`` ASGI event, built on first use and then passed to every ASGI
@@ -51,7 +64,8 @@ class Frame:
             if self.binary:
                 event = {"type": "websocket.send", "bytes": self.payload}
             else:
-                event = {"type": "websocket.send", "text": self._text}
+                text = self._text if self._text is not None else self.payload.decode()
+                event = {"type": "websocket.send", "text": text}
             self._asgi_event = event
         return event
 

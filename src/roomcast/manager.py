@@ -22,7 +22,7 @@ from roomcast.connection import Connection, Delivery
 from roomcast.errors import CloseCode, ConnectionStateError, InvalidIdentifier
 from roomcast.frame import Frame, encode
 from roomcast.messages import MessageType, preview
-from roomcast.registry import Registry, RoomChange
+from roomcast.registry import Departure, Registry, RoomChange
 from roomcast.tasks import TaskSet
 
 __all__ = ["ConnectionManager", "ManagerStats", "OverflowPolicy"]
@@ -149,7 +149,7 @@ class ConnectionManager:
             raise ConnectionStateError("this websocket is already connected")
         self._register(connection)
         if room is not None:
-            self._registry.join(connection.connection_id, room)
+            self._join(connection, room)
         task = asyncio.current_task()
         if task is not None:
             callback = functools.partial(self._endpoint_done, connection)
@@ -158,8 +158,9 @@ class ConnectionManager:
         return connection
 
     def _register(self, connection: Connection) -> None:
-        self._registry.add(connection)
+        first_of_user = self._registry.add(connection)
         self._by_socket[id(connection.websocket)] = connection
+        self._on_added(connection, first_of_user)
 
     def attach(self, connection: Connection) -> None:
         """Register a connection whose transport is already set up (e.g. by the native server).
@@ -192,7 +193,8 @@ class ConnectionManager:
 
     def _forget(self, connection: Connection) -> bool:
         """Unregister ``connection`` if it still is; True if it was."""
-        if self._registry.remove(connection.connection_id) is None:
+        departure = self._registry.remove(connection.connection_id)
+        if departure is None:
             return False
         del self._by_socket[id(connection.websocket)]
         bound = self._bound_tasks.pop(connection.connection_id, None)
@@ -200,6 +202,7 @@ class ConnectionManager:
             task, callback = bound
             task.remove_done_callback(callback)
         connection.transport.detach()
+        self._on_removed(departure)
         return True
 
     def _endpoint_done(self, connection: Connection, _: asyncio.Task[Any]) -> None:
@@ -246,11 +249,35 @@ class ConnectionManager:
             ConnectionStateError: ``connection`` is not registered.
         """
         self.check_id("room", room)
-        return self._registry.join(connection.connection_id, room) is not RoomChange.UNCHANGED
+        return self._join(connection, room)
+
+    def _join(self, connection: Connection, room: str) -> bool:
+        change = self._registry.join(connection.connection_id, room)
+        if change is RoomChange.OPENED:
+            self._on_room_opened(room)
+        return change is not RoomChange.UNCHANGED
 
     def leave(self, connection: Connection, room: str) -> bool:
         """Synchronous ``leave_room`` for a registered connection."""
-        return self._registry.leave(connection.connection_id, room) is not RoomChange.UNCHANGED
+        change = self._registry.leave(connection.connection_id, room)
+        if change is RoomChange.EMPTIED:
+            self._on_room_emptied(room)
+        return change is not RoomChange.UNCHANGED
+
+    # Interest hooks: the registry's edge transitions, for a subclass that must follow them
+    # (the distributed manager subscribes to a room's channel while the room exists here).
+
+    def _on_added(self, connection: Connection, first_of_user: bool) -> None:
+        """``connection`` was registered (``first_of_user``: its user's first one here)."""
+
+    def _on_removed(self, departure: Departure) -> None:
+        """A connection was unregistered; ``departure`` says which rooms and user it ended."""
+
+    def _on_room_opened(self, room: str) -> None:
+        """``room`` got its first local member."""
+
+    def _on_room_emptied(self, room: str) -> None:
+        """``room`` lost its last local member by a leave (departures report their own)."""
 
     def get_room_members(self, room: str) -> list[Connection]:
         """Connections in ``room`` (empty if the room does not exist)."""

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from roomcast.distributed import DistributedWebSocketManager
 from roomcast.manager import ConnectionManager
 
 __all__ = ["ServerCounters", "metrics_registry", "render"]
@@ -87,6 +88,27 @@ class _HubCollector(Collector):
         )
         for name, documentation, value in counter_values:
             yield CounterMetricFamily(name, documentation, value)
+        if isinstance(manager, DistributedWebSocketManager):
+            yield from _broker_metrics(manager)
+
+
+def _broker_metrics(manager: DistributedWebSocketManager) -> Iterator[Metric]:
+    broker, stats = manager.broker, manager.broker_stats
+    yield GaugeMetricFamily(
+        "roomcast_broker_ready", "1 while connected and subscribed to the broker.", broker.ready
+    )
+    counter_values = (
+        ("published", "Envelopes the broker accepted.", stats.published),
+        ("publish_failures", "Envelopes that could not be published.", stats.publish_failures),
+        ("received", "Envelopes received from other instances.", stats.received),
+        ("missed", "Envelopes published by others but never received.", stats.missed),
+        ("duplicates", "Envelopes received twice and dropped.", stats.duplicates),
+        ("malformed", "Messages on subscribed channels that were not envelopes.", stats.malformed),
+        ("handler_errors", "Errors raised while handling envelopes.", stats.handler_errors),
+        ("reconnects", "Broker connections lost and re-established.", stats.reconnects),
+    )
+    for name, documentation, value in counter_values:
+        yield CounterMetricFamily(f"roomcast_broker_{name}", documentation, value)
 
 
 def metrics_registry(

@@ -31,6 +31,7 @@ from picows import (
 )
 
 from roomcast.connection import Connection
+from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import CloseCode, InvalidIdentifier, InvalidMessage
 from roomcast.frame import encode
 from roomcast.http_api import ApiRequest, ApiResponse, key_matches, serve_api
@@ -82,6 +83,10 @@ class ServerConfig:
     api_key: str | None = None
     """Key that ``POST /api/publish`` requires in ``X-API-Key``; without one, every publish
     is refused with 401."""
+    redis_url: str | None = None
+    """Redis shared by the instances of one hub; None serves an in-memory hub alone."""
+    channel_prefix: str = "ws"
+    """Prefix of the Redis channels (instances with different prefixes are separate hubs)."""
 
 
 _NOT_FOUND = b"not found\n"
@@ -97,11 +102,7 @@ class Server:
 
     def __init__(self, config: ServerConfig, manager: ConnectionManager | None = None) -> None:
         self.config = config
-        self.manager = manager or ConnectionManager(
-            send_buffer_limit=config.send_buffer_limit,
-            overflow=OverflowPolicy.CLOSE,
-            close_timeout=config.close_timeout,
-        )
+        self.manager = manager or _new_manager(config)
         self.send_buffer_limit = config.send_buffer_limit
         self.close_timeout = config.close_timeout
         self.max_message_size = config.max_message_size
@@ -130,6 +131,8 @@ class Server:
         )
         if sock is None:
             where["backlog"] = self.config.backlog
+        if isinstance(self.manager, DistributedWebSocketManager):
+            await self.manager.start()
         self._server = await ws_create_server(
             self._route,
             websocket_handshake_timeout=self.config.handshake_timeout,
@@ -176,6 +179,8 @@ class Server:
                 for transport in list(self._open):
                     transport.abort()
         await self.manager.close_all()
+        if isinstance(self.manager, DistributedWebSocketManager):
+            await self.manager.stop()
         if self._server is not None:
             await self._server.wait_closed()
         if self._api is not None:
@@ -215,7 +220,11 @@ class Server:
         if path == "/healthz":
             return 200, b"ok\n", _TEXT
         if path == "/readyz":
-            return (200, b"ready\n", _TEXT) if self._accepting else (503, b"draining\n", _TEXT)
+            if not self._accepting:
+                return 503, b"draining\n", _TEXT
+            if isinstance(self.manager, DistributedWebSocketManager) and not self.manager.ready:
+                return 503, b"broker unavailable\n", _TEXT
+            return 200, b"ready\n", _TEXT
         if path == "/metrics":
             return 200, render(self._metrics), _PROMETHEUS
         return 404, _NOT_FOUND, _TEXT
@@ -341,6 +350,17 @@ class Server:
         except (InvalidIdentifier, InvalidMessage) as exc:
             return ApiResponse.json(400, {"error": str(exc)})
         return ApiResponse.json(200, {"delivered": delivered})
+
+
+def _new_manager(config: ServerConfig) -> ConnectionManager:
+    options: dict[str, Any] = {
+        "send_buffer_limit": config.send_buffer_limit,
+        "overflow": OverflowPolicy.CLOSE,
+        "close_timeout": config.close_timeout,
+    }
+    if config.redis_url is None:
+        return ConnectionManager(**options)
+    return DistributedWebSocketManager(config.redis_url, prefix=config.channel_prefix, **options)
 
 
 MAX_BATCH = 1000

@@ -4,5 +4,13 @@
 packages (no ``__init__.py``), so an application's own ``library`` package can coexist.
 """
 
+from typing import Any
+
+import roomcast
 from roomcast import *  # noqa: F403
 from roomcast import __all__ as __all__
+
+
+def __getattr__(name: str) -> Any:
+    # Names that roomcast loads lazily (RedisPubSub imports redis).
+    return getattr(roomcast, name)
