@@ -124,6 +124,16 @@ class Broker(Protocol):
         ...
 
     @property
+    def settled(self) -> bool:
+        """Ready, with every subscription change confirmed by the broker."""
+        ...
+
+    @property
+    def subscriptions(self) -> int:
+        """Channels subscribed at the broker."""
+        ...
+
+    @property
     def stats(self) -> BrokerStats: ...
 
     async def initialize(self) -> None:
@@ -330,6 +340,14 @@ class MemoryBroker:
     @property
     def ready(self) -> bool:
         return self._open
+
+    @property
+    def settled(self) -> bool:
+        return self._open
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self.inbound.subscribed()) if self._open else 0
 
     @property
     def stats(self) -> BrokerStats:

@@ -97,6 +97,9 @@ def _broker_metrics(manager: DistributedWebSocketManager) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "roomcast_broker_ready", "1 while connected and subscribed to the broker.", broker.ready
     )
+    yield GaugeMetricFamily(
+        "roomcast_broker_subscriptions", "Channels subscribed at the broker.", broker.subscriptions
+    )
     counter_values = (
         ("published", "Envelopes the broker accepted.", stats.published),
         ("publish_failures", "Envelopes that could not be published.", stats.publish_failures),

@@ -115,6 +115,7 @@ class RedisPubSub:
         # Subscriptions: what Redis was asked for on the current connection, and when it
         # confirmed; the interest set itself is ``inbound.subscribed()``.
         self._requested: set[str] = set()
+        self._confirmed_channels: set[str] = set()
         self._interest_changed = asyncio.Event()
         self._confirm_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._connected = False
@@ -147,6 +148,17 @@ class RedisPubSub:
     def ready(self) -> bool:
         """Connected, and subscribed to every channel of interest (confirmed by Redis)."""
         return self._ready
+
+    @property
+    def settled(self) -> bool:
+        """Ready, and Redis confirmed a subscription to exactly the interest set (no change
+        on its way): what a test waits for before publishing from another instance."""
+        return self._ready and self.inbound.subscribed() == self._confirmed_channels
+
+    @property
+    def subscriptions(self) -> int:
+        """Channels Redis confirmed this instance is subscribed to."""
+        return len(self._confirmed_channels)
 
     @property
     def connected(self) -> bool:
@@ -368,6 +380,7 @@ class RedisPubSub:
                 await publisher.connect()  # type: ignore[no-untyped-call]
                 await subscriber.connect()  # type: ignore[no-untyped-call]
             self._requested.clear()
+            self._confirmed_channels.clear()
             self._connected = True
             self._awaiting_ready_pong = True
             self._last_reply = asyncio.get_running_loop().time()
@@ -403,6 +416,8 @@ class RedisPubSub:
                 deliver(reply[1].decode("utf-8", "surrogatepass"), reply[2])
             elif kind == b"subscribe":
                 self._on_subscribed(reply[1].decode("utf-8", "surrogatepass"))
+            elif kind == b"unsubscribe":
+                self._confirmed_channels.discard(reply[1].decode("utf-8", "surrogatepass"))
             elif kind == b"pong" and self._awaiting_ready_pong:
                 self._awaiting_ready_pong = False
                 self._ready = True
@@ -417,6 +432,7 @@ class RedisPubSub:
                     self._lost_at = None
 
     def _on_subscribed(self, channel: str) -> None:
+        self._confirmed_channels.add(channel)
         for waiter in self._confirm_waiters.pop(channel, ()):
             if not waiter.done():
                 waiter.set_result(None)
