@@ -46,6 +46,25 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=True)
 
 
+_LIMITS: tuple[tuple[str, type, str], ...] = (
+    ("host", str, "address to bind"),
+    ("port", int, "port of the WebSocket listener (and GET /healthz /readyz /metrics)"),
+    ("max_message_size", int, "largest incoming message in bytes (larger: close 1009)"),
+    (
+        "send_buffer_limit",
+        int,
+        "bytes that may wait for one client before it is closed as slow (4008)",
+    ),
+    ("max_connections", int, "connections this process accepts (more: HTTP 503)"),
+    (
+        "shutdown_timeout",
+        float,
+        "seconds SIGTERM/SIGINT may take to close clients (1001) before aborting them",
+    ),
+)
+"""Flags of ServerConfig's limits: (field name, type, help); defaults come from ServerConfig."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate so the docs and tests can read its help)."""
     from roomcast.server import ServerConfig
@@ -66,24 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    # The limits: each flag's default is ServerConfig's field of the same name.
-    limits: list[tuple[str, type, str]] = [
-        ("host", str, "address to bind"),
-        ("port", int, "port of the WebSocket listener (and GET /healthz /readyz /metrics)"),
-        ("max_message_size", int, "largest incoming message in bytes (larger: close 1009)"),
-        (
-            "send_buffer_limit",
-            int,
-            "bytes that may wait for one client before it is closed as slow (4008)",
-        ),
-        ("max_connections", int, "connections this process accepts (more: HTTP 503)"),
-        (
-            "shutdown_timeout",
-            float,
-            "seconds SIGTERM/SIGINT may take to close clients (1001) before aborting them",
-        ),
-    ]
-    for name, kind, text in limits:
+    for name, kind, text in _LIMITS:
         serve.add_argument(
             "--" + name.replace("_", "-"),
             type=kind,
@@ -128,7 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefix of the Redis channels; hubs with different prefixes share a Redis "
         "without seeing each other's messages",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=_env("workers", 1),
+        help="worker processes sharing the ports (SO_REUSEPORT), restarted if they die; "
+        "more than 1 needs --redis-url, which makes them one hub",
+    )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The arguments and environment of one worker: the supervisor's own settings, with the
+    secrets (API key, Redis URL with its password) in the environment, not the process list."""
+    argv: list[str] = []
+    names = [name for name, _, _ in _LIMITS]
+    for name in (*names, "log_level", "log_format", "api_port", "channel_prefix"):
+        argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    env = dict(os.environ)
+    for name in ("api_key", "redis_url"):
+        value = getattr(args, name)
+        if value is not None:
+            env["ROOMCAST_" + name.upper()] = value
+    return argv, env
 
 
 def _configure_logging(level: str, style: str) -> None:
@@ -165,17 +190,20 @@ async def _serve(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         redis_url=args.redis_url,
         channel_prefix=args.channel_prefix,
+        reuse_port=args.worker,
     )
+    # Signals first: a SIGTERM that arrives while starting (connecting to Redis, say) then
+    # stops the server cleanly once it is up, instead of killing the process.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     server = Server(config)
     await server.start()
     # Everything allocated so far lives as long as the process: keep the cyclic GC from
     # walking it again and again.
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     began = time.monotonic()
     logging.getLogger("roomcast.server").info("shutting down")
@@ -185,9 +213,24 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``roomcast`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.workers > 1 and args.redis_url is None:
+        parser.error(
+            "--workers > 1 needs --redis-url: without Redis each worker would be a hub of its own"
+        )
     _configure_logging(args.log_level, args.log_format)
     _raise_open_file_limit()
+    if args.workers > 1 and not args.worker:
+        from roomcast.supervisor import Supervisor
+
+        worker_args, worker_env = _worker_command(args)
+        supervisor = Supervisor(
+            args.workers, worker_args, worker_env, shutdown_timeout=args.shutdown_timeout
+        )
+        return asyncio.run(supervisor.run())
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is part of the server extra

@@ -168,10 +168,18 @@ class _HttpConnection(asyncio.Protocol):
 
 
 async def serve_api(
-    handler: Callable[[ApiRequest], ApiResponse], host: str, port: int
+    handler: Callable[[ApiRequest], ApiResponse], host: str, port: int, reuse_port: bool = False
 ) -> asyncio.Server:
-    """Listen for API requests; each is answered by ``handler`` (synchronous, non-blocking)."""
+    """Listen for API requests; each is answered by ``handler`` (synchronous, non-blocking).
+
+    ``reuse_port``: share the port with other processes (SO_REUSEPORT), as workers do.
+    """
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _HttpConnection(handler), host, port, reuse_address=True, backlog=1024
+        lambda: _HttpConnection(handler),
+        host,
+        port,
+        reuse_address=True,
+        reuse_port=reuse_port or None,
+        backlog=1024,
     )

@@ -87,6 +87,8 @@ class ServerConfig:
     """Redis shared by the instances of one hub; None serves an in-memory hub alone."""
     channel_prefix: str = "ws"
     """Prefix of the Redis channels (instances with different prefixes are separate hubs)."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT, so several processes share the ports (``--workers``)."""
 
 
 _NOT_FOUND = b"not found\n"
@@ -127,7 +129,12 @@ class Server:
         where: dict[str, Any] = (
             {"sock": sock}
             if sock is not None
-            else {"host": self.config.host, "port": self.config.port, "reuse_address": True}
+            else {
+                "host": self.config.host,
+                "port": self.config.port,
+                "reuse_address": True,
+                "reuse_port": self.config.reuse_port or None,
+            }
         )
         if sock is None:
             where["backlog"] = self.config.backlog
@@ -145,7 +152,9 @@ class Server:
             **where,
         )
         if self.config.api_port is not None:
-            self._api = await serve_api(self._api_request, self.config.host, self.config.api_port)
+            self._api = await serve_api(
+                self._api_request, self.config.host, self.config.api_port, self.config.reuse_port
+            )
         self._accepting = True
         logger.info("listening on port %d", self.port)
         if self._api is not None:
