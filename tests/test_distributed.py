@@ -8,6 +8,7 @@ clients.  The test calls the managers' methods directly, as an application would
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -202,3 +203,21 @@ async def test_a_stopped_broker_fails_publishes_but_local_delivery_goes_on(hub: 
     assert await recv(a) == "local only"
     await nothing_more(b)
     assert hub.managers[0].broker_stats.publish_failures == 1
+
+
+async def test_leaving_and_rejoining_at_once_keeps_the_subscription(hub: Hub) -> None:
+    """A room emptied and reopened before the broker confirmed the unsubscribe ends up
+    subscribed, without the broker connection being restarted."""
+    client, connection_id = await hub.client(1, "lobby", "bob")
+    instance = hub.managers[1]
+    connection = instance.get_connection(connection_id)
+    assert connection is not None
+    for _ in range(20):
+        instance.leave(connection, "lobby")
+        await asyncio.sleep(0)
+        instance.join(connection, "lobby")
+        await asyncio.sleep(0)
+    await hub.settle()
+    assert instance.ready and instance.broker_stats.reconnects == 0
+    await hub.managers[0].broadcast_to_room("lobby", "still subscribed")
+    assert await recv(client) == "still subscribed"

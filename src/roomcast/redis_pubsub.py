@@ -22,11 +22,10 @@ So the subscriber cannot die silently (python-socketio #1581) or hang on a half-
 from __future__ import annotations
 
 import asyncio
-import collections
+import functools
 import inspect
 import json
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
@@ -39,6 +38,7 @@ from roomcast.broker import BrokerStats, Channels, EnvelopeHandler, Inbound, Out
 from roomcast.envelope import Envelope, Target
 from roomcast.errors import BrokerUnavailable
 from roomcast.frame import encode
+from roomcast.redis_link import Link, Topology, discover, encode_channel
 from roomcast.tasks import TaskSet
 
 __all__ = ["RedisPubSub"]
@@ -47,9 +47,6 @@ logger = logging.getLogger("roomcast.redis")
 
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
 """A seed-style handler: receives each message as a dict (see ``RedisPubSub.subscribe``)."""
-
-_PUBLISH = b"PUBLISH"
-_PING = b"PING"
 
 
 class RedisPubSub:
@@ -106,23 +103,16 @@ class RedisPubSub:
         self._health_check_interval = health_check_interval
         self._reconnect_delay = reconnect_delay
         self._reconnect_max_delay = reconnect_max_delay
-        # Publishing: (channel, envelope, future of the receiver count or None).
-        self._queue: collections.deque[tuple[bytes, bytes, asyncio.Future[int] | None]] = (
-            collections.deque()
-        )
-        self._in_flight: list[tuple[bytes, bytes, asyncio.Future[int] | None]] = []
-        self._queued = asyncio.Event()
-        # Subscriptions: what Redis was asked for on the current connection, and when it
-        # confirmed; the interest set itself is ``inbound.subscribed()``.
-        self._requested: set[str] = set()
-        self._confirmed_channels: set[str] = set()
+        # One Link per Redis node while connected; the topology says which node has a channel.
+        self._topology: Topology | None = None
+        self._links: list[Link] = []
+        # Interest changes not yet sent to Redis: channel -> subscribe (True) or not.
+        self._changes: dict[str, bool] = {}
         self._interest_changed = asyncio.Event()
         self._confirm_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._connected = False
         self._ready = False
         self._ready_event = asyncio.Event()
-        self._awaiting_ready_pong = False
-        self._last_reply = 0.0
         self._lost_at: float | None = None
         self._handler_queue: asyncio.Queue[tuple[MessageHandler, Envelope]] = asyncio.Queue(
             handler_queue_limit
@@ -153,12 +143,21 @@ class RedisPubSub:
     def settled(self) -> bool:
         """Ready, and Redis confirmed a subscription to exactly the interest set (no change
         on its way): what a test waits for before publishing from another instance."""
-        return self._ready and self.inbound.subscribed() == self._confirmed_channels
+        return (
+            self._ready
+            and not self._changes
+            and all(link.confirmed == link.requested for link in self._links)
+        )
 
     @property
     def subscriptions(self) -> int:
         """Channels Redis confirmed this instance is subscribed to."""
-        return len(self._confirmed_channels)
+        return sum(len(link.confirmed) for link in self._links)
+
+    @property
+    def shards(self) -> int:
+        """Redis nodes in use: 1 for a plain Redis, the masters of a cluster (0 if down)."""
+        return len(self._links)
 
     @property
     def connected(self) -> bool:
@@ -173,7 +172,7 @@ class RedisPubSub:
     @property
     def queued(self) -> int:
         """Envelopes waiting to be written to Redis."""
-        return len(self._queue) + len(self._in_flight)
+        return sum(link.queued for link in self._links)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -202,6 +201,7 @@ class RedisPubSub:
         await self._tasks.cancel_all()
         self._set_down()
         self._fail_pending("RedisPubSub closed")
+        self._links = []
         await self._pool.disconnect()
 
     # ---------------------------------------------------------------- subscriptions
@@ -209,11 +209,13 @@ class RedisPubSub:
     def listen(self, channel: str, handler: EnvelopeHandler) -> None:
         """Call ``handler`` (synchronously, in the reader) for every envelope on ``channel``."""
         if self.inbound.add(channel, handler):
+            self._changes[channel] = True
             self._interest_changed.set()
 
     def unlisten(self, channel: str, handler: EnvelopeHandler) -> None:
         """Stop calling ``handler``; Redis is unsubscribed after the last handler goes."""
         if self.inbound.remove(channel, handler):
+            self._changes[channel] = False
             self._interest_changed.set()
 
     async def subscribe(self, channel: str, handler: MessageHandler) -> None:
@@ -254,7 +256,7 @@ class RedisPubSub:
                 self.unlisten(channel, self._seed_handlers.pop(key))
 
     async def _confirmed(self, channel: str) -> None:
-        if channel in self._requested and channel not in self._confirm_waiters:
+        if any(channel in link.confirmed for link in self._links):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._confirm_waiters.setdefault(channel, []).append(waiter)
@@ -322,13 +324,16 @@ class RedisPubSub:
         return await result
 
     def _enqueue(self, channel: str, data: bytes, result: asyncio.Future[int] | None) -> None:
-        if not self._connected:
+        topology = self._topology
+        if not self._connected or topology is None:
             self._failed(result, "Redis is not connected")
-        elif len(self._queue) >= self._publish_queue_limit:
+            return
+        name = encode_channel(channel)
+        link = self._links[topology.node_of(name)]
+        if link.queued >= self._publish_queue_limit:
             self._failed(result, "publish queue is full")
         else:
-            self._queue.append((_encode_channel(channel), data, result))
-            self._queued.set()
+            link.enqueue((name, data, result))
 
     def _failed(self, result: asyncio.Future[int] | None, why: str) -> None:
         self._stats.publish_failures += 1
@@ -338,9 +343,7 @@ class RedisPubSub:
             result.set_exception(BrokerUnavailable(why))
 
     def _fail_pending(self, why: str) -> None:
-        pending = self._in_flight + list(self._queue)
-        self._in_flight = []
-        self._queue.clear()
+        pending = [item for link in self._links for item in link.take_pending()]
         for _, _, result in pending:
             self._failed(result, why)
         if pending:
@@ -359,6 +362,7 @@ class RedisPubSub:
             was_ready = self._ready
             self._set_down()
             self._fail_pending("Redis connection lost")
+            self._links = []
             if was_ready:
                 self._lost_at = loop.time()
                 attempt = 0
@@ -373,29 +377,46 @@ class RedisPubSub:
 
     async def _session(self) -> None:
         """One connected period: returns only by raising."""
-        publisher = self._new_connection()
-        subscriber = self._new_connection()
+        probe = self._new_connection()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                await publisher.connect()  # type: ignore[no-untyped-call]
-                await subscriber.connect()  # type: ignore[no-untyped-call]
-            self._requested.clear()
-            self._confirmed_channels.clear()
-            self._connected = True
-            self._awaiting_ready_pong = True
-            self._last_reply = asyncio.get_running_loop().time()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._read(subscriber))
-                group.create_task(self._reconcile(subscriber))
-                group.create_task(self._watch(subscriber))
-                group.create_task(self._write(publisher))
+                await probe.connect()  # type: ignore[no-untyped-call]
+                topology = await discover(probe, probe.host, probe.port)  # type: ignore[attr-defined]
         finally:
-            await publisher.disconnect(nowait=True)
-            await subscriber.disconnect(nowait=True)
+            await probe.disconnect(nowait=True)
+        links = [
+            Link(
+                self,
+                functools.partial(self._new_connection, *node),
+                topology.dialect,
+                health_check_interval=self._health_check_interval,
+                socket_timeout=self._socket_timeout,
+            )
+            for node in topology.nodes
+        ]
+        self._topology, self._links = topology, links
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                for link in links:
+                    await link.connect()
+            self._connected = True
+            async with asyncio.TaskGroup() as group:
+                for link in links:
+                    link.start(group)
+                group.create_task(self._reconcile(topology, links))
+        finally:
+            for link in links:
+                await link.disconnect()
 
-    def _new_connection(self) -> AbstractConnection:
-        # A connection of our own, outside the pool's accounting: the pool only parses the URL.
-        connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+    def _new_connection(
+        self, host: str | None = None, port: int | None = None
+    ) -> AbstractConnection:
+        # A connection of our own, outside the pool's accounting: the pool only parses the
+        # URL (and its credentials, TLS and db apply to every node).
+        options = dict(self._pool.connection_kwargs)
+        if host is not None:
+            options.update(host=host, port=port)
+        connection: AbstractConnection = self._pool.connection_class(**options)
         return connection
 
     def _set_down(self) -> None:
@@ -403,96 +424,56 @@ class RedisPubSub:
         self._ready = False
         self._ready_event.clear()
 
-    async def _read(self, connection: AbstractConnection) -> None:
-        loop = asyncio.get_running_loop()
-        deliver = self.inbound.deliver
+    async def _reconcile(self, topology: Topology, links: list[Link]) -> None:
+        """Subscribe every link to its share of the interest set, then follow the changes."""
+        self._changes.clear()
+        everything: list[list[str]] = [[] for _ in links]
+        for channel in self.inbound.subscribed():
+            everything[topology.node_of(encode_channel(channel))].append(channel)
+        for link, channels in zip(links, everything, strict=True):
+            await link.change(channels, ())
+            await link.confirm_ready()
         while True:
-            reply = await connection.read_response(timeout=math.inf, push_request=True)
-            self._last_reply = loop.time()
-            # RESP2 (and RESP3 pushes): [kind, channel, data]; PING: [b"pong", b""] when
-            # subscribed, b"PONG" when not (and always in RESP3).
-            kind = reply[0] if isinstance(reply, list) else b"pong"
-            if kind == b"message":
-                deliver(reply[1].decode("utf-8", "surrogatepass"), reply[2])
-            elif kind == b"subscribe":
-                self._on_subscribed(reply[1].decode("utf-8", "surrogatepass"))
-            elif kind == b"unsubscribe":
-                self._confirmed_channels.discard(reply[1].decode("utf-8", "surrogatepass"))
-            elif kind == b"pong" and self._awaiting_ready_pong:
-                self._awaiting_ready_pong = False
-                self._ready = True
-                self._ready_event.set()
-                if self._lost_at is not None:
-                    self._stats.reconnects += 1
-                    logger.warning(
-                        "Redis back after %.1f s; subscribed to %d channel(s)",
-                        loop.time() - self._lost_at,
-                        len(self._requested),
-                    )
-                    self._lost_at = None
+            await self._interest_changed.wait()
+            self._interest_changed.clear()
+            changes, self._changes = self._changes, {}
+            added: list[list[str]] = [[] for _ in links]
+            removed: list[list[str]] = [[] for _ in links]
+            for channel, wanted in changes.items():
+                index = topology.node_of(encode_channel(channel))
+                if wanted != (channel in links[index].requested):
+                    (added if wanted else removed)[index].append(channel)
+            for link, more, fewer in zip(links, added, removed, strict=True):
+                if more or fewer:
+                    await link.change(more, fewer)
 
-    def _on_subscribed(self, channel: str) -> None:
-        self._confirmed_channels.add(channel)
+    # ---------------------------------------------------------------- LinkOwner
+
+    def delivered(self, channel: str, data: bytes) -> None:
+        self.inbound.deliver(channel, data)
+
+    def confirmed(self, channel: str) -> None:
         for waiter in self._confirm_waiters.pop(channel, ()):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _reconcile(self, connection: AbstractConnection) -> None:
-        """Keep Redis' subscriptions equal to the interest set, in batches."""
-        first = True
-        while True:
-            self._interest_changed.clear()
-            wanted = self.inbound.subscribed()
-            requested = self._requested
-            added = [channel for channel in wanted if channel not in requested]
-            removed = [channel for channel in requested if channel not in wanted]
-            for command, channels in ((b"SUBSCRIBE", added), (b"UNSUBSCRIBE", removed)):
-                for start in range(0, len(channels), 1000):
-                    batch = channels[start : start + 1000]
-                    if command == b"SUBSCRIBE":
-                        requested.update(batch)
-                    else:
-                        requested.difference_update(batch)
-                    names = [_encode_channel(channel) for channel in batch]
-                    await connection.send_command(command, *names, check_health=False)
-            if first:
-                # Redis answers in order: this PING's reply follows every confirmation.
-                first = False
-                await connection.send_command(_PING, check_health=False)
-            await self._interest_changed.wait()
-
-    async def _watch(self, connection: AbstractConnection) -> None:
-        """PING the subscribed connection; a silent Redis is a dead one (half-open socket)."""
-        loop = asyncio.get_running_loop()
-        interval = self._health_check_interval
-        while True:
-            await asyncio.sleep(interval)
-            silent = loop.time() - self._last_reply
-            if silent > 2 * interval:
-                raise BrokerUnavailable(f"no reply from Redis for {silent:.1f} s")
-            await connection.send_command(_PING, check_health=False)
-
-    async def _write(self, connection: AbstractConnection) -> None:
-        """Write queued publishes as pipelines; their order is the order they were queued."""
-        queue = self._queue
-        while True:
-            if not queue:
-                self._queued.clear()
-                await self._queued.wait()
-                continue
-            batch = [queue.popleft() for _ in range(min(len(queue), 512))]
-            self._in_flight = batch
-            commands = [(_PUBLISH, channel, data) for channel, data, _ in batch]
-            await connection.send_packed_command(
-                connection.pack_commands(commands), check_health=False
+    def link_ready(self) -> None:
+        if self._ready or not all(link.ready for link in self._links):
+            return
+        self._ready = True
+        self._ready_event.set()
+        if self._lost_at is not None:
+            self._stats.reconnects += 1
+            logger.warning(
+                "Redis back after %.1f s; subscribed to %d channel(s) on %d node(s)",
+                asyncio.get_running_loop().time() - self._lost_at,
+                sum(len(link.requested) for link in self._links),
+                len(self._links),
             )
-            async with asyncio.timeout(self._socket_timeout):
-                for _, _, result in batch:
-                    receivers = await connection.read_response(timeout=math.inf)
-                    if result is not None and not result.done():
-                        result.set_result(int(receivers))
-            self._in_flight = []
-            self._stats.published += len(batch)
+            self._lost_at = None
+
+    def published(self, count: int) -> None:
+        self._stats.published += count
 
     # ---------------------------------------------------------------- seed-style handlers
 
@@ -507,11 +488,6 @@ class RedisPubSub:
             except Exception:
                 self._stats.handler_errors += 1
                 logger.exception("subscribe handler failed")
-
-
-def _encode_channel(channel: str) -> bytes:
-    # surrogatepass: ids are arbitrary str; a lone surrogate must not break the connection.
-    return channel.encode("utf-8", "surrogatepass")
 
 
 def _as_dict(envelope: Envelope) -> dict[str, Any]:
