@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.parse
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,16 +179,38 @@ def make_message(seq: int, size: int) -> str:
     return head + "x" * max(0, size - len(head))
 
 
+def cpu_ns_of(pid: int) -> int:
+    """Nanoseconds process ``pid`` spent on CPU, user + system, all threads
+    (``/proc/PID/task/*/schedstat``)."""
+    total = 0
+    task_dir = Path(f"/proc/{pid}/task")
+    with contextlib.suppress(OSError):
+        for task in task_dir.iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
 class Target:
     """One server process, its publish trigger, its connection count."""
 
-    def __init__(self, spec: Spec, port: int, log_path: Path, stats_path: Path) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        port: int,
+        log_path: Path,
+        stats_path: Path,
+        extra_args: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``extra_args`` go at the end of the command line, ``extra_env`` into its
+        environment (``scaleout.py``: ``--redis-url``, the peers' Redis URL)."""
         self.spec = spec
         self.port = port
         self.control_port = port if spec.kind == "socketify" else port + 1
         self.stats_path = stats_path
         self.log_path = log_path
-        env: dict[str, str] = {}
+        env: dict[str, str] = dict(extra_env or {})
         common = ["--port", str(port)]
         if spec.kind == "roomcast":
             env["ROOMCAST_API_KEY"] = API_KEY
@@ -210,6 +232,7 @@ class Target:
         else:
             command = [sys.executable, "-m", spec.module, *common]
             command += ["--control-port", str(port + 1)]
+        command += extra_args
         self.command = command
         self._log = log_path.open("wb")
 
@@ -315,13 +338,7 @@ class Target:
     def cpu_ns(self) -> int:
         """Nanoseconds on CPU, user + system, all threads (``/proc/PID/task/*/schedstat``):
         the same time as utime + stime without their 10 ms clock-tick steps."""
-        total = 0
-        task_dir = Path(f"/proc/{self.proc.pid}/task")
-        with contextlib.suppress(OSError):
-            for task in task_dir.iterdir():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    total += int((task / "schedstat").read_text().split()[0])
-        return total
+        return cpu_ns_of(self.proc.pid)
 
     def user_sys_s(self) -> tuple[float, float]:
         times = self.proc.cpu_times()

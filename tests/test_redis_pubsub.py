@@ -133,6 +133,7 @@ async def test_redis_restart_resubscribes_and_counts_the_gap(own_redis: RedisSer
         inbox = Inbox()
         await receiver.subscribe("ws:room:r", inbox)
         await receiver.subscribe("ws:user:u", inbox)
+        await sender.subscribe("ws:room:r", Inbox())  # its own echo: never counted as missed
         await sender.publish_to_room("r", "before")
         await inbox.wait_for(1)
 
@@ -148,9 +149,11 @@ async def test_redis_restart_resubscribes_and_counts_the_gap(own_redis: RedisSer
         await eventually(lambda: sender.ready and receiver.settled, timeout_units=10)
         assert asyncio.get_running_loop().time() - began < 2 * seconds(1)
         assert own_redis.channels() == {"ws:room:r", "ws:user:u"}
+        await eventually(lambda: sender.settled)
         await sender.publish_to_room("r", "after")
         assert [item["data"] for item in await inbox.wait_for(2)] == ["before", "after"]
         assert receiver.stats.missed == 2
+        assert sender.stats.missed == 0
         assert receiver.stats.reconnects == 1
 
 
@@ -234,5 +237,21 @@ async def test_slow_seed_handler_queue_is_bounded(shared_redis: RedisServer, pre
         for n in range(10):
             await a.publish_broadcast(n)
         await eventually(lambda: a.stats.received == 10)
-        assert a.stats.handler_errors == 10 - 3 - 1  # one is being handled, three wait
+        assert a.stats.handler_drops == 10 - 3 - 1  # one is being handled, three wait
         release.set()
+
+
+async def test_unix_socket_url() -> None:
+    """A unix:// URL works (such a connection has no host or port to discover)."""
+    server = RedisServer()
+    socket_path = server.directory / "redis.sock"
+    server.extra = ("--unixsocket", str(socket_path))
+    try:
+        server.start()
+        async with pubsub(f"unix://{socket_path}") as a:
+            inbox = Inbox()
+            await a.subscribe("ws:broadcast", inbox)
+            assert await a.publish_broadcast("over a unix socket") == 1
+            assert await inbox.wait_for(1) == [{"data": "over a unix socket"}]
+    finally:
+        server.close()

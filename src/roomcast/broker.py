@@ -68,6 +68,8 @@ class BrokerStats:
     """Messages on a subscribed channel that were not valid envelopes for it; dropped."""
     handler_errors: int = 0
     """Exceptions raised by handlers (logged; the subscriber goes on)."""
+    handler_drops: int = 0
+    """Messages dropped because a slow seed-style handler's bounded queue was full."""
     reconnects: int = 0
     """Times the broker connection was lost and re-established."""
 
@@ -206,11 +208,12 @@ class Inbound:
     was missed; a handler that raises is logged and the others still run.
     """
 
-    __slots__ = ("_gaps", "_handlers", "_logged", "channels", "stats")
+    __slots__ = ("_gaps", "_handlers", "_logged", "_origin", "channels", "stats")
 
-    def __init__(self, channels: Channels, stats: BrokerStats) -> None:
+    def __init__(self, channels: Channels, stats: BrokerStats, origin: bytes) -> None:
         self.channels = channels
         self.stats = stats
+        self._origin = origin
         self._handlers: dict[str, list[EnvelopeHandler]] = {}
         self._gaps = GapTracker()
         self._logged = 0
@@ -253,7 +256,13 @@ class Inbound:
             self.stats.malformed += 1
             self._warn("dropped a message on %s: %s (%s)", channel, exc, preview(data[:64]))
             return
-        verdict, missed = self._gaps.check(channel, envelope.origin, envelope.stream, envelope.seq)
+        if envelope.origin == self._origin:
+            # Our own echo: what we failed to publish is counted as such, not as missed.
+            verdict, missed = Verdict.DELIVER, 0
+        else:
+            verdict, missed = self._gaps.check(
+                channel, envelope.origin, envelope.stream, envelope.seq
+            )
         if missed:
             self.stats.missed += missed
             self._warn(
@@ -326,7 +335,7 @@ class MemoryBroker:
         self._channels = Channels(prefix)
         self._outbound = Outbound(self._channels)
         self._stats = BrokerStats()
-        self.inbound = Inbound(self._channels, self._stats)
+        self.inbound = Inbound(self._channels, self._stats, self._outbound.origin)
         self._open = False
 
     @property

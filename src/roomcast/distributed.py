@@ -62,6 +62,7 @@ class DistributedWebSocketManager(ConnectionManager):
         self.broker: Broker = broker
         self._channels = broker.channels
         self._handler = self._arrived
+        self._started = False
 
     @property
     def pubsub(self) -> RedisPubSub:
@@ -88,13 +89,17 @@ class DistributedWebSocketManager(ConnectionManager):
         Returns once subscribed, or after the broker's connect timeout if it is unreachable;
         then the instance serves its own clients and catches up when the broker returns.
         """
+        if self._started:
+            return
+        self._started = True
         self.broker.listen(self._channels.broadcast, self._handler)
         await self.broker.initialize()
 
     async def stop(self) -> None:
         """Disconnect from the broker.  Local connections stay; close them with
         ``close_all`` if the process is going away."""
-        self.broker.unlisten(self._channels.broadcast, self._handler)
+        if self._started:
+            self.broker.unlisten(self._channels.broadcast, self._handler)
         await self.broker.close()
 
     # ---------------------------------------------------------------- interest

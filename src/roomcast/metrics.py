@@ -108,6 +108,7 @@ def _broker_metrics(manager: DistributedWebSocketManager) -> Iterator[Metric]:
         ("duplicates", "Envelopes received twice and dropped.", stats.duplicates),
         ("malformed", "Messages on subscribed channels that were not envelopes.", stats.malformed),
         ("handler_errors", "Errors raised while handling envelopes.", stats.handler_errors),
+        ("handler_drops", "Messages dropped for a full handler queue.", stats.handler_drops),
         ("reconnects", "Broker connections lost and re-established.", stats.reconnects),
     )
     for name, documentation, value in counter_values:

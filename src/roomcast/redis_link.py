@@ -148,6 +148,9 @@ class Link:
         """Channels the node confirmed."""
         self._unsubscribing: collections.Counter[str] = collections.Counter()
         """Unsubscribes sent and not yet confirmed, per channel."""
+        self.unanswered = 0
+        """(Un)subscriptions sent and not yet answered: while any are, ``confirmed`` may be
+        about to change (an unsubscribe answered after a newer subscribe was sent)."""
         self.ready = False
         self._last_reply = 0.0
 
@@ -190,6 +193,7 @@ class Link:
         self.requested.update(added)
         self.requested.difference_update(removed)
         self._unsubscribing.update(removed)
+        self.unanswered += len(added) + len(removed)
         commands: list[tuple[bytes, ...]] = []
         for command, channels in ((dialect.subscribe, added), (dialect.unsubscribe, removed)):
             names = [encode_channel(channel) for channel in channels]
@@ -228,10 +232,12 @@ class Link:
             if kind == dialect.message:
                 owner.delivered(decode_channel(reply[1]), reply[2])
             elif kind == dialect.subscribed:
+                self.unanswered -= 1
                 channel = decode_channel(reply[1])
                 self.confirmed.add(channel)
                 owner.confirmed(channel)
             elif kind == dialect.unsubscribed:
+                self.unanswered -= 1
                 channel = decode_channel(reply[1])
                 self.confirmed.discard(channel)
                 if self._unsubscribing[channel] > 0:

@@ -83,20 +83,21 @@ class RedisPubSub:
         reconnect_delay: float = 0.05,
         reconnect_max_delay: float = 1.0,
     ) -> None:
-        self._pool = ConnectionPool.from_url(
-            redis_url,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=None,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            client_name="roomcast",
-            protocol=2,  # pub/sub replies as plain arrays (a URL may still ask for RESP3)
-        )
+        options: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": None,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            "client_name": "roomcast",
+            "protocol": 2,  # pub/sub replies as plain arrays (a URL may still ask for RESP3)
+        }
+        if not redis_url.startswith("unix:"):
+            options["socket_keepalive"] = True  # TCP only
+        self._pool = ConnectionPool.from_url(redis_url, **options)
         self._channels = Channels(prefix)
         self._outbound = Outbound(self._channels)
         self._stats = BrokerStats()
-        self.inbound = Inbound(self._channels, self._stats)
+        self.inbound = Inbound(self._channels, self._stats, self._outbound.origin)
         self._publish_queue_limit = publish_queue_limit
         self._connect_timeout = connect_timeout
         self._socket_timeout = socket_timeout
@@ -146,7 +147,9 @@ class RedisPubSub:
         return (
             self._ready
             and not self._changes
-            and all(link.confirmed == link.requested for link in self._links)
+            and all(
+                not link.unanswered and link.confirmed == link.requested for link in self._links
+            )
         )
 
     @property
@@ -225,7 +228,7 @@ class RedisPubSub:
         ``{"data": value}`` (``bytes`` for a binary message); closes arrive as
         ``{"type": "close", "reason": ...}``.  It may be sync or async; handlers run one at a
         time in publish order, off the reader, through a bounded queue (a full queue drops
-        the message, counted in ``stats.handler_errors``).  Messages this instance published
+        the message, counted in ``stats.handler_drops``).  Messages this instance published
         itself are delivered too, as Redis does.
 
         Returns once Redis confirmed the subscription, or at once if Redis is unreachable
@@ -241,7 +244,7 @@ class RedisPubSub:
             try:
                 queue.put_nowait((handler, envelope))
             except asyncio.QueueFull:
-                stats.handler_errors += 1
+                stats.handler_drops += 1
                 logger.warning("handler queue full; dropped a message on %s", channel)
 
         self._seed_handlers[key] = enqueue
@@ -355,6 +358,7 @@ class RedisPubSub:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
+            error = "session ended"
             try:
                 await self._session()
             except Exception as exc:  # whatever broke the session, start a new one
@@ -381,13 +385,19 @@ class RedisPubSub:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await probe.connect()  # type: ignore[no-untyped-call]
-                topology = await discover(probe, probe.host, probe.port)  # type: ignore[attr-defined]
+                # (A unix:// connection has no host or port; it is never a cluster node.)
+                topology = await discover(
+                    probe, getattr(probe, "host", ""), getattr(probe, "port", 0)
+                )
         finally:
             await probe.disconnect(nowait=True)
         links = [
             Link(
                 self,
-                functools.partial(self._new_connection, *node),
+                # A plain Redis is reached exactly as the URL says; cluster nodes by address.
+                functools.partial(self._new_connection, *node)
+                if topology.slots is not None
+                else self._new_connection,
                 topology.dialect,
                 health_check_interval=self._health_check_interval,
                 socket_timeout=self._socket_timeout,
