@@ -183,12 +183,13 @@ async def test_redis_restart_mid_stream(own_redis: RedisServer) -> None:
         )
 
         stop = asyncio.Event()
+        sent = [0]
 
         async def stream() -> None:
-            n = 0
             while not stop.is_set():
-                assert (await p0.publish({"room": "lobby", "data": str(n)})).status_code == 200
-                n += 1
+                response = await p0.publish({"room": "lobby", "data": str(sent[0])})
+                assert response.status_code == 200
+                sent[0] += 1
                 await asyncio.sleep(0.02)
 
         streaming = asyncio.ensure_future(stream())
@@ -197,6 +198,8 @@ async def test_redis_restart_mid_stream(own_redis: RedisServer) -> None:
             own_redis.kill()
             for instance in (p0, p1):
                 await eventually_async(instance.ready, 503)
+            during = sent[0]
+            await eventually(lambda: sent[0] >= during + 3)  # published while Redis is away
             own_redis.start()
             began = asyncio.get_running_loop().time()
             for instance in (p0, p1):
@@ -218,7 +221,7 @@ async def test_redis_restart_mid_stream(own_redis: RedisServer) -> None:
         assert await p1.metric("roomcast_broker_reconnects_total") == 1
 
 
-async def eventually_async(probe: Callable[[], Awaitable[int]], expected: int) -> None:
+async def eventually_async(probe: Callable[[], Awaitable[object]], expected: object) -> None:
     """Poll an async ``probe()`` until it returns ``expected`` (10 units at most)."""
     async with asyncio.timeout(seconds(10)):
         while await probe() != expected:  # noqa: ASYNC110 - polls another process
@@ -235,3 +238,75 @@ async def drain_until_remote_gets_new(remote: ClientConnection) -> None:
                 first = number
             elif number > first + 5:  # a steady flow again
                 return
+
+
+class AppInstance:
+    """``tests/distributed_app.py`` under uvicorn, in its own process."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tests.distributed_app:app",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env={**os.environ, "ROOMCAST_TEST_REDIS_URL": redis_url},
+        )
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+
+    async def settled(self) -> bool:
+        with contextlib.suppress(httpx.TransportError):
+            return bool((await self.http.get("/state")).json()["settled"])
+        return False
+
+    async def client(self, room: str, user: str) -> tuple[ClientConnection, str]:
+        client = await connect(f"ws://127.0.0.1:{self.port}/ws/{room}?user_id={user}")
+        return client, json.loads(await recv(client))["connection_id"]
+
+    async def send(self, **body: object) -> int:
+        response = await self.http.post("/send", json=body)
+        assert response.status_code == 200, response.text
+        return int(response.json()["local"])
+
+    async def stop(self) -> None:
+        await self.http.aclose()
+        self.process.terminate()
+        try:
+            await asyncio.to_thread(self.process.wait, 20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def test_library_paths_across_three_fastapi_processes(own_redis: RedisServer) -> None:
+    """Three FastAPI processes on DistributedWebSocketManager: exclude names connections on
+    other processes, send_to_connection and send_to_user reach other processes, nothing is
+    delivered twice or to non-targets."""
+    apps = [AppInstance(own_redis.url) for _ in range(3)]
+    try:
+        for app in apps:
+            await eventually_async(app.settled, True)
+        a, a_id = await apps[0].client("lobby", "ann")
+        b, b_id = await apps[1].client("lobby", "bob")
+        c, c_id = await apps[2].client("lobby", "cid")
+        d, _ = await apps[2].client("games", "dan")
+        for app in apps:
+            await eventually_async(app.settled, True)
+
+        assert await apps[0].send(op="room", room="lobby", data="not bob", exclude=[b_id]) == 1
+        assert await recv(a) == "not bob" and await recv(c) == "not bob"
+        assert await apps[1].send(op="all", data="b and d", exclude=[a_id, c_id]) == 1
+        assert await recv(b) == "b and d" and await recv(d) == "b and d"
+        assert await apps[2].send(op="connection", id=a_id, data="just ann") == 1
+        assert await recv(a) == "just ann"
+        assert await apps[0].send(op="user", user="dan", data="for dan") == 0
+        assert await recv(d) == "for dan"
+        await nothing_more(a, b, c, d)
+    finally:
+        await asyncio.gather(*(app.stop() for app in apps))

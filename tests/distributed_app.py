@@ -1,0 +1,59 @@
+"""A FastAPI app on ``DistributedWebSocketManager``, served by uvicorn in a subprocess.
+
+``test_scaleout`` runs three of these on one Redis and drives every cross-instance path of the
+library API through ``POST /send``, as an application's own routes would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from roomcast import DistributedWebSocketManager
+
+manager = DistributedWebSocketManager(os.environ["ROOMCAST_TEST_REDIS_URL"])
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    await manager.start()
+    yield
+    await manager.stop()
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.websocket("/ws/{room}")
+async def endpoint(websocket: WebSocket, room: str, user_id: str) -> None:
+    connection = await manager.connect(websocket, room, user_id)
+    await websocket.send_json({"connection_id": connection.connection_id})
+    try:
+        while True:
+            await websocket.receive_text()
+    except WebSocketDisconnect:
+        manager.disconnect(websocket)
+
+
+@app.post("/send")
+async def send(body: dict[str, Any]) -> dict[str, int]:
+    exclude = set(body.get("exclude", []))
+    operation = body["op"]
+    if operation == "room":
+        local = await manager.broadcast_to_room(body["room"], body["data"], exclude=exclude)
+    elif operation == "all":
+        local = await manager.broadcast(body["data"], exclude=exclude)
+    elif operation == "user":
+        local = await manager.send_to_user(body["user"], body["data"])
+    else:
+        local = int(await manager.send_to_connection(body["id"], body["data"]))
+    return {"local": local}
+
+
+@app.get("/state")
+async def state() -> dict[str, Any]:
+    return {"settled": manager.broker.settled, "connections": manager.active_connections}
