@@ -403,3 +403,34 @@ async def test_a_burst_in_one_iteration_arrives_whole_and_in_order() -> None:
         for client in clients:
             assert [await recv(client) for _ in range(10)] == [str(i) for i in range(10)]
             await client.close()
+
+
+async def test_heartbeat_drops_a_client_that_stops_answering_and_keeps_the_others() -> None:
+    """A client that completed the handshake but answers no ping (a raw socket that went
+    quiet) is dropped within ping_interval + pong_timeout and counted; a websockets client,
+    which answers protocol pings, stays."""
+    interval = seconds(0.2)
+    async with running(ping_interval=interval, pong_timeout=interval) as server:
+        healthy = await connect(url(server, "/ws/r?user_id=ok"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET /ws/r?user_id=mute HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        async with asyncio.timeout(seconds(5)):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        await eventually(lambda: server.manager.active_connections == 2)
+        began = asyncio.get_running_loop().time()
+        await eventually(lambda: server.manager.active_connections == 1, timeout_units=10)
+        assert asyncio.get_running_loop().time() - began <= 2 * interval + seconds(1.5)
+        assert server.manager.get_user_connections("ok")
+        assert server.counters.heartbeat_timeouts == 1
+        assert server.heartbeat is not None and server.heartbeat.watched == 1
+        await asyncio.sleep(3 * interval)
+        assert server.manager.get_user_connections("ok")  # still answering
+        health = server.heartbeat.get_all_health_metrics()
+        (only,) = health.values()
+        assert only.alive and only.rtt is not None
+        writer.close()
+        await healthy.close()

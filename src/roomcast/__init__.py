@@ -19,6 +19,7 @@ from roomcast.errors import (
     RoomcastError,
 )
 from roomcast.frame import Frame, encode
+from roomcast.heartbeat import ConnectionHealth, HeartbeatManager
 from roomcast.manager import ConnectionManager, ManagerStats, OverflowPolicy
 from roomcast.messages import (
     AckMessage,
@@ -62,12 +63,14 @@ __all__ = [
     "BrokerUnavailable",
     "CloseCode",
     "Connection",
+    "ConnectionHealth",
     "ConnectionManager",
     "ConnectionStateError",
     "Delivery",
     "DistributedWebSocketManager",
     "ErrorMessage",
     "Frame",
+    "HeartbeatManager",
     "InvalidIdentifier",
     "InvalidMessage",
     "ManagerStats",

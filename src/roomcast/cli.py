@@ -61,6 +61,12 @@ _LIMITS: tuple[tuple[str, type, str], ...] = (
         float,
         "seconds SIGTERM/SIGINT may take to close clients (1001) before aborting them",
     ),
+    ("ping_interval", float, "seconds between protocol pings to each client (0: no heartbeat)"),
+    (
+        "pong_timeout",
+        float,
+        "a client silent for ping-interval + pong-timeout seconds is disconnected",
+    ),
 )
 """Flags of ServerConfig's limits: (field name, type, help); defaults come from ServerConfig."""
 
@@ -186,6 +192,8 @@ async def _serve(args: argparse.Namespace) -> None:
         send_buffer_limit=args.send_buffer_limit,
         max_connections=args.max_connections,
         shutdown_timeout=args.shutdown_timeout,
+        ping_interval=args.ping_interval,
+        pong_timeout=args.pong_timeout,
         api_port=None if args.api_port < 0 else args.api_port,
         api_key=args.api_key,
         redis_url=args.redis_url,

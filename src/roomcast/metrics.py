@@ -31,6 +31,8 @@ class ServerCounters:
     """Client messages answered with an ErrorMessage."""
     refused_upgrades: int = 0
     """Upgrade requests answered with 4xx/5xx (bad ids, capacity, draining)."""
+    heartbeat_timeouts: int = 0
+    """Clients dropped because they stopped answering pings."""
 
 
 class _HubCollector(Collector):
@@ -79,6 +81,11 @@ class _HubCollector(Collector):
                 "roomcast_protocol_errors",
                 "Client messages refused with an error.",
                 counters.protocol_errors,
+            ),
+            (
+                "roomcast_heartbeat_timeouts",
+                "Clients dropped for not answering pings.",
+                counters.heartbeat_timeouts,
             ),
             (
                 "roomcast_refused_upgrades",

@@ -84,6 +84,9 @@ class TransportOwner(Protocol):
     def gone(self, transport: NativeTransport) -> None:
         """The socket closed, whoever closed it."""
 
+    def ponged(self, transport: NativeTransport) -> None:
+        """A PONG frame arrived (the answer to ``NativeTransport.ping``)."""
+
 
 class NativeTransport(WSListener):
     """picows listener of one client, and roomcast's ``Transport`` for it.
@@ -153,7 +156,9 @@ class NativeTransport(WSListener):
             self._pending_bytes = 0
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
-        # PING is answered by picows (enable_auto_pong); PONG needs nothing here.
+        elif opcode is WSMsgType.PONG:
+            self._owner.ponged(self)
+        # PING is answered by picows (enable_auto_pong).
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._closing = True
@@ -254,6 +259,12 @@ class NativeTransport(WSListener):
         ws.disconnect(graceful=True)
         # A client that reads nothing would keep the socket (and its buffer) forever.
         asyncio.get_running_loop().call_later(self._owner.close_timeout, self.abort)
+
+    def ping(self) -> None:
+        """Send a protocol PING (browsers and WebSocket libraries answer it by themselves)."""
+        ws = self._ws
+        if ws is not None and not self._closing:
+            ws.send_ping()
 
     def abort(self) -> None:
         """Drop the socket now, without a close handshake."""

@@ -34,6 +34,7 @@ from roomcast.connection import Connection
 from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import CloseCode, InvalidIdentifier, InvalidMessage
 from roomcast.frame import encode
+from roomcast.heartbeat import HeartbeatManager
 from roomcast.http_api import ApiRequest, ApiResponse, key_matches, serve_api
 from roomcast.manager import ConnectionManager, OverflowPolicy
 from roomcast.messages import (
@@ -89,6 +90,10 @@ class ServerConfig:
     """Prefix of the Redis channels (instances with different prefixes are separate hubs)."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT, so several processes share the ports (``--workers``)."""
+    ping_interval: float = 20.0
+    """Seconds between protocol PINGs to each client; 0 turns the heartbeat off."""
+    pong_timeout: float = 20.0
+    """A client silent (no pong, no message) for ping_interval + pong_timeout is dropped."""
 
 
 _NOT_FOUND = b"not found\n"
@@ -113,6 +118,11 @@ class Server:
         self._server: asyncio.Server | None = None
         self._api: asyncio.Server | None = None
         self.scheduler = FlushScheduler()
+        self.heartbeat: HeartbeatManager | None = None
+        if config.ping_interval > 0:
+            self.heartbeat = HeartbeatManager(
+                config.ping_interval, config.pong_timeout, send_ping=_protocol_ping
+            )
         self._accepting = False
         self._started_at = time.monotonic()
         self._open: set[NativeTransport] = set()
@@ -187,6 +197,8 @@ class Server:
                 logger.warning("%d clients did not close in time; aborting", len(self._open))
                 for transport in list(self._open):
                     transport.abort()
+        if self.heartbeat is not None:
+            await self.heartbeat.close()
         await self.manager.close_all()
         if isinstance(self.manager, DistributedWebSocketManager):
             await self.manager.stop()
@@ -254,15 +266,32 @@ class Server:
         if transport.initial_room is not None:
             self.manager.join(connection, transport.initial_room)
             transport.initial_room = None
+        if self.heartbeat is not None:
+            self.heartbeat.start_heartbeat(connection.connection_id, transport, self._silent)
 
     def gone(self, transport: NativeTransport) -> None:
         self._open.discard(transport)
         self.manager.forget(transport.connection)
+        if self.heartbeat is not None:
+            self.heartbeat.stop_heartbeat(transport.connection.connection_id)
         if not self._open:
             self._all_gone.set()
 
+    def ponged(self, transport: NativeTransport) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.record_pong(transport.connection.connection_id)
+
+    def _silent(self, connection_id: str) -> None:
+        """The heartbeat gave up on a client: drop the socket (it would not read a close)."""
+        connection = self.manager.get_connection(connection_id)
+        if connection is not None and isinstance(connection.transport, NativeTransport):
+            self.counters.heartbeat_timeouts += 1
+            connection.transport.abort()
+
     def received(self, transport: NativeTransport, message: str | bytes, size: int) -> None:
         connection = transport.connection
+        if self.heartbeat is not None:
+            self.heartbeat.record_pong(connection.connection_id)  # any message is life
         self.counters.messages_in += 1
         self.counters.bytes_in += size
         if isinstance(message, bytes):
@@ -359,6 +388,10 @@ class Server:
         except (InvalidIdentifier, InvalidMessage) as exc:
             return ApiResponse.json(400, {"error": str(exc)})
         return ApiResponse.json(200, {"delivered": delivered})
+
+
+def _protocol_ping(connection_id: str, transport: NativeTransport, message: object) -> None:
+    transport.ping()
 
 
 def _new_manager(config: ServerConfig) -> ConnectionManager:
