@@ -102,3 +102,16 @@ async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_bad_authentication_options_stop_at_start(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unsafe algorithm list or a missing key file is refused before serving (exit 2)."""
+    from roomcast.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--jwt-secret", "x" * 32, "--jwt-algorithms", "HS256,RS256"])
+    assert exit_info.value.code == 2
+    assert "key confusion" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--jwt-public-key", "/nonexistent/key.pem"])
+    assert "authentication options" in capsys.readouterr().err

@@ -434,3 +434,61 @@ async def test_heartbeat_drops_a_client_that_stops_answering_and_keeps_the_other
         assert only.alive and only.rtt is not None
         writer.close()
         await healthy.close()
+
+
+JWT_SECRET = "serve-secret-serve-secret-serve-secret"
+
+
+def jwt_token(**claims: Any) -> str:
+    import time
+
+    import jwt
+
+    payload = {"sub": "alice", "exp": int(time.time()) + 60, **claims}
+    return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
+
+
+async def test_jwt_on_the_upgrade_refuses_before_anything_is_registered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Missing, expired and forged tokens get HTTP 401 with nothing registered and the token
+    never logged; a valid one (header, subprotocol or query) connects as its 'sub', whatever
+    ?user_id= says."""
+    from websockets.exceptions import InvalidStatus
+
+    from roomcast import JWTAuthenticator
+
+    expired = jwt_token(exp=1)
+    async with running(authenticator=JWTAuthenticator(JWT_SECRET)) as server:
+        for headers in (
+            {},
+            {"Authorization": f"Bearer {expired}"},
+            {"Authorization": "Bearer x.y.z"},
+        ):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url(server, "/ws/r?user_id=mallory"), additional_headers=headers)
+            assert refused.value.response.status_code == 401
+            assert expired.encode() not in refused.value.response.body
+        assert server.manager.active_connections == 0
+        assert server.counters.auth_failures == 3
+        assert expired not in caplog.text
+
+        by_header = await connect(
+            url(server, "/ws/r?user_id=mallory"),
+            additional_headers={"Authorization": f"Bearer {jwt_token()}"},
+        )
+        by_protocol = await connect(
+            url(server, "/ws/r"),
+            subprotocols=["bearer", jwt_token(sub="bob")],
+        )
+        assert by_protocol.subprotocol == "bearer"
+        by_query = await connect(url(server, f"/ws/r?token={jwt_token(sub='carol')}"))
+        await eventually(lambda: server.manager.active_connections == 3)
+        users = {c.user_id for c in server.manager.get_room_members("r")}
+        assert users == {"alice", "bob", "carol"}
+        for client in (by_header, by_protocol, by_query):
+            await client.close()
+
+    async with running(authenticator=JWTAuthenticator(JWT_SECRET), token_in_query=False) as server:
+        with pytest.raises(InvalidStatus):
+            await connect(url(server, f"/ws/r?token={jwt_token()}"))

@@ -7,6 +7,7 @@ dependency: Starlette, Redis and JWT support load only where they are used.
 
 from typing import TYPE_CHECKING, Any
 
+from roomcast.auth import AuthenticationError, Authenticator, Identity, JWTAuthenticator
 from roomcast.broker import Broker, BrokerStats, MemoryBroker, MemoryBus
 from roomcast.connection import Connection, Delivery, Transport
 from roomcast.distributed import DistributedWebSocketManager
@@ -58,6 +59,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AckMessage",
+    "AuthenticationError",
+    "Authenticator",
     "Broker",
     "BrokerStats",
     "BrokerUnavailable",
@@ -71,8 +74,10 @@ __all__ = [
     "ErrorMessage",
     "Frame",
     "HeartbeatManager",
+    "Identity",
     "InvalidIdentifier",
     "InvalidMessage",
+    "JWTAuthenticator",
     "ManagerStats",
     "MemoryBroker",
     "MemoryBus",

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from roomcast import __version__
+from roomcast.auth import Authenticator
 
 __all__ = ["main"]
 
@@ -136,6 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefix of the Redis channels; hubs with different prefixes share a Redis "
         "without seeing each other's messages",
     )
+    auth = serve.add_argument_group(
+        "authentication",
+        "With --jwt-secret, --jwt-public-key or --jwt-jwks, every upgrade must present a JWT "
+        "(Authorization: Bearer, the subprotocols 'bearer, TOKEN', or ?token=); its 'sub' "
+        "claim is the user id and ?user_id= is ignored. Refusals get HTTP 401.",
+    )
+    auth.add_argument(
+        "--jwt-secret",
+        default=_env("jwt_secret", None),
+        help="HMAC secret (HS256/384/512); prefer the ROOMCAST_JWT_SECRET variable",
+    )
+    auth.add_argument(
+        "--jwt-public-key", default=_env("jwt_public_key", None), help="PEM file of a public key"
+    )
+    auth.add_argument("--jwt-jwks", default=_env("jwt_jwks", None), help="JWKS JSON file")
+    auth.add_argument(
+        "--jwt-algorithms",
+        default=_env("jwt_algorithms", None),
+        help="comma-separated allow-list (default: HS256 with a secret, RS256 otherwise)",
+    )
+    auth.add_argument("--jwt-audience", default=_env("jwt_audience", None))
+    auth.add_argument("--jwt-issuer", default=_env("jwt_issuer", None))
+    auth.add_argument(
+        "--no-token-in-query",
+        action="store_true",
+        default=bool(_env("no_token_in_query", "")),
+        help="refuse ?token= (query strings end up in access logs)",
+    )
     serve.add_argument(
         "--workers",
         type=int,
@@ -154,12 +183,42 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
     names = [name for name, _, _ in _LIMITS]
     for name in (*names, "log_level", "log_format", "api_port", "channel_prefix"):
         argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    for name in ("jwt_public_key", "jwt_jwks", "jwt_algorithms", "jwt_audience", "jwt_issuer"):
+        if getattr(args, name) is not None:
+            argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    if args.no_token_in_query:
+        argv.append("--no-token-in-query")
     env = dict(os.environ)
-    for name in ("api_key", "redis_url"):
+    for name in ("api_key", "redis_url", "jwt_secret"):
         value = getattr(args, name)
         if value is not None:
             env["ROOMCAST_" + name.upper()] = value
     return argv, env
+
+
+def _authenticator(args: argparse.Namespace) -> Authenticator | None:
+    """A JWTAuthenticator from the --jwt-* options, or None if none names a key."""
+    from pathlib import Path
+
+    from roomcast.auth import JWTAuthenticator
+
+    keys: list[Any] = []
+    if args.jwt_secret:
+        keys.append(args.jwt_secret)
+    if args.jwt_public_key:
+        keys.append(Path(args.jwt_public_key).read_bytes())
+    jwks = json.loads(Path(args.jwt_jwks).read_text()) if args.jwt_jwks else None
+    if not keys and jwks is None:
+        return None
+    default = "HS256" if args.jwt_secret else "RS256"
+    algorithms = [a.strip() for a in (args.jwt_algorithms or default).split(",") if a.strip()]
+    return JWTAuthenticator(
+        keys or None,
+        jwks=jwks,
+        algorithms=algorithms,
+        audience=args.jwt_audience,
+        issuer=args.jwt_issuer,
+    )
 
 
 def _configure_logging(level: str, style: str) -> None:
@@ -199,6 +258,8 @@ async def _serve(args: argparse.Namespace) -> None:
         redis_url=args.redis_url,
         channel_prefix=args.channel_prefix,
         reuse_port=args.worker,
+        authenticator=_authenticator(args),
+        token_in_query=not args.no_token_in_query,
     )
     # Signals first: a SIGTERM that arrives while starting (connecting to Redis, say) then
     # stops the server cleanly once it is up, instead of killing the process.
@@ -229,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "--workers > 1 needs --redis-url: without Redis each worker would be a hub of its own"
         )
+    try:
+        _authenticator(args)  # fail now, with a message, on a bad key or algorithm list
+    except (ValueError, OSError) as exc:
+        parser.error(f"authentication options: {exc}")
     _configure_logging(args.log_level, args.log_format)
     _raise_open_file_limit()
     if args.workers > 1 and not args.worker:

@@ -33,6 +33,8 @@ class ServerCounters:
     """Upgrade requests answered with 4xx/5xx (bad ids, capacity, draining)."""
     heartbeat_timeouts: int = 0
     """Clients dropped because they stopped answering pings."""
+    auth_failures: int = 0
+    """Upgrades refused for a missing or invalid token."""
 
 
 class _HubCollector(Collector):
@@ -81,6 +83,11 @@ class _HubCollector(Collector):
                 "roomcast_protocol_errors",
                 "Client messages refused with an error.",
                 counters.protocol_errors,
+            ),
+            (
+                "roomcast_auth_failures",
+                "Upgrades refused for a missing or invalid token.",
+                counters.auth_failures,
             ),
             (
                 "roomcast_heartbeat_timeouts",

@@ -30,6 +30,7 @@ from picows import (
     ws_create_server,
 )
 
+from roomcast.auth import AuthenticationError, Authenticator, Identity, token_from_request
 from roomcast.connection import Connection
 from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import CloseCode, InvalidIdentifier, InvalidMessage
@@ -90,6 +91,12 @@ class ServerConfig:
     """Prefix of the Redis channels (instances with different prefixes are separate hubs)."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT, so several processes share the ports (``--workers``)."""
+    authenticator: Authenticator | None = None
+    """Verifies a token on every upgrade (must be synchronous here, e.g. JWTAuthenticator);
+    the identity's user id replaces ``?user_id=``.  None: no authentication."""
+    token_in_query: bool = True
+    """Accept ``?token=`` besides the Authorization header and the bearer subprotocol
+    (browsers cannot set headers; query strings end up in access logs)."""
     ping_interval: float = 20.0
     """Seconds between protocol PINGs to each client; 0 turns the heartbeat off."""
     pong_timeout: float = 20.0
@@ -220,8 +227,17 @@ class Server:
         if len(self._open) >= self.config.max_connections:
             return self._refuse_upgrade(503, b"server at capacity\n")
         room = unquote(path[4:]) if path.startswith("/ws/") else None
-        users = parse_qs(query).get("user_id")
-        user_id = users[0] if users else None
+        protocol = None
+        user_id: str | None
+        if self.config.authenticator is not None:
+            try:
+                user_id, protocol = self._authenticate(request, query)
+            except AuthenticationError as exc:
+                self.counters.auth_failures += 1
+                return self._refuse_upgrade(exc.status, f"{exc}\n".encode())
+        else:
+            users = parse_qs(query).get("user_id")
+            user_id = users[0] if users else None
         try:
             for what, value in (("room", room), ("user_id", user_id)):
                 if value is not None:
@@ -230,7 +246,22 @@ class Server:
             return self._refuse_upgrade(400, f"{exc}\n".encode())
         transport = NativeTransport(self, Connection(None, user_id), room)
         transport.connection.websocket = transport
+        if protocol is not None:  # the token came as a subprotocol: select "bearer"
+            accept = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": protocol})
+            return WSUpgradeResponseWithListener(accept, transport)
         return transport
+
+    def _authenticate(self, request: WSUpgradeRequest, query: str) -> tuple[str, str | None]:
+        """The user id a valid token proves, and the subprotocol to accept."""
+        assert self.config.authenticator is not None
+        headers = [(str(name), str(value)) for name, value in request.headers.items()]
+        token, protocol = token_from_request(headers, query, allow_query=self.config.token_in_query)
+        if not token:
+            raise AuthenticationError("a token is required")
+        identity = self.config.authenticator(token)
+        if not isinstance(identity, Identity):
+            raise AuthenticationError("server misconfigured: the authenticator must be sync", 500)
+        return identity.user_id, protocol
 
     def _refuse_upgrade(self, status: int, body: bytes) -> WSUpgradeResponseWithListener:
         self.counters.refused_upgrades += 1
