@@ -8,6 +8,7 @@ dependency: Starlette, Redis and JWT support load only where they are used.
 from typing import TYPE_CHECKING, Any
 
 from roomcast.auth import AuthenticationError, Authenticator, Identity, JWTAuthenticator
+from roomcast.auth_manager import AuthConnectionManager, ConnectionConfig
 from roomcast.broker import Broker, BrokerStats, MemoryBroker, MemoryBus
 from roomcast.connection import Connection, Delivery, Transport
 from roomcast.distributed import DistributedWebSocketManager
@@ -59,6 +60,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AckMessage",
+    "AuthConnectionManager",
     "AuthenticationError",
     "Authenticator",
     "Broker",
@@ -66,6 +68,7 @@ __all__ = [
     "BrokerUnavailable",
     "CloseCode",
     "Connection",
+    "ConnectionConfig",
     "ConnectionHealth",
     "ConnectionManager",
     "ConnectionStateError",
