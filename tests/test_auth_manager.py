@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,11 +12,12 @@ from typing import Any
 import jwt
 import pytest
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from roomcast import (
     AuthConnectionManager,
     AuthenticationError,
+    CloseCode,
     ConnectionConfig,
     Identity,
     JWTAuthenticator,
@@ -56,7 +58,13 @@ def make_app(manager: AuthConnectionManager) -> FastAPI:
             return
         try:
             while True:
-                await websocket.receive_text()
+                text = await websocket.receive_text()
+                if text.startswith("auth "):  # the app's own way to pass a fresh token
+                    try:
+                        await manager.refresh_token(conn_id, text[5:], authenticator)
+                        await websocket.send_text("refreshed")
+                    except AuthenticationError as exc:
+                        await websocket.send_text(f"refused: {exc}")
         except WebSocketDisconnect:
             await manager.disconnect(conn_id)
 
@@ -249,3 +257,26 @@ async def test_join_and_leave_keep_the_registry_in_step(own_redis: RedisServer) 
         assert await recv(client) == "hi"
         assert not await manager.disconnect("unknown")
         await client.close()
+
+
+async def test_expiring_tokens_are_announced_closed_or_refreshed(own_redis: RedisServer) -> None:
+    """At expiry the client is told (error 4001); without a fresh token it is closed with
+    4001 after the grace; with one (same user) it stays; another user's token is refused."""
+    soon = int(time.time()) + 2
+    async with instances(own_redis, 1, token_grace=seconds(0.5)) as ((manager,), (base,)):
+        lapsing = await connect(f"{base}/ws/lobby?token={token('ann', exp=soon)}")
+        renewing = await connect(f"{base}/ws/lobby?token={token('bob', exp=soon)}")
+        await registered(manager, "bob", 1)
+        await renewing.send(f"auth {token('eve')}")
+        assert str(await recv(renewing)).startswith("refused: the token is for another user")
+        warning = json.loads(await recv(renewing, timeout_units=5))
+        assert warning["code"] == CloseCode.TOKEN_EXPIRED
+        await renewing.send(f"auth {token('bob')}")
+        assert await recv(renewing) == "refreshed"
+        assert json.loads(await recv(lapsing, timeout_units=5))["code"] == 4001
+        with pytest.raises(ConnectionClosed):
+            await recv(lapsing, timeout_units=5)
+        assert lapsing.close_code == CloseCode.TOKEN_EXPIRED
+        await asyncio.sleep(seconds(1))
+        assert manager.hub.get_user_connections("bob")
+        await renewing.close()

@@ -492,3 +492,34 @@ async def test_jwt_on_the_upgrade_refuses_before_anything_is_registered(
     async with running(authenticator=JWTAuthenticator(JWT_SECRET), token_in_query=False) as server:
         with pytest.raises(InvalidStatus):
             await connect(url(server, f"/ws/r?token={jwt_token()}"))
+
+
+async def test_token_expiry_warns_then_closes_unless_a_fresh_token_arrives() -> None:
+    """A client whose token expires is told (error 4001) and closed with 4001 after the
+    grace period; one that sends a fresh token for the same user stays; a token for another
+    user, or a bad one, is refused without changing anything."""
+    import time
+
+    from roomcast import JWTAuthenticator
+
+    soon = int(time.time()) + 2  # at least 1 s away: the refusals below come first
+    async with running(
+        authenticator=JWTAuthenticator(JWT_SECRET, leeway=0), token_grace=seconds(0.5)
+    ) as server:
+        lapsing = await connect(url(server, f"/ws/r?token={jwt_token(sub='ann', exp=soon)}"))
+        renewing = await connect(url(server, f"/ws/r?token={jwt_token(sub='bob', exp=soon)}"))
+        assert (await call(renewing, type="auth", token=jwt_token(sub="eve")))["type"] == "error"
+        assert (await call(renewing, type="auth", token="x.y.z"))["type"] == "error"
+        warning = json.loads(await recv(renewing, timeout_units=5))
+        assert warning["type"] == "error" and warning["code"] == 4001
+        reply = await call(renewing, type="auth", token=jwt_token(sub="bob"))
+        assert reply["type"] == "ack"
+        notice = json.loads(await recv(lapsing, timeout_units=5))
+        assert notice["code"] == CloseCode.TOKEN_EXPIRED
+        with pytest.raises(ConnectionClosed):
+            await recv(lapsing, timeout_units=5)
+        assert lapsing.close_code == CloseCode.TOKEN_EXPIRED
+        assert server.counters.token_expiries == 1
+        await asyncio.sleep(seconds(1))
+        assert server.manager.get_user_connections("bob")  # renewed: still connected
+        await renewing.close()

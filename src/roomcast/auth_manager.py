@@ -12,6 +12,7 @@ coroutine taking a connection id.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
@@ -20,8 +21,11 @@ from typing import Any
 from roomcast.auth import AuthenticationError, Authenticator, Identity, authenticate
 from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import CloseCode
+from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
+from roomcast.frame import encode
 from roomcast.messages import MessageType
 from roomcast.presence import PresenceRegistry, StaleCallback
+from roomcast.tasks import TaskSet
 
 __all__ = ["AuthConnectionManager", "ConnectionConfig"]
 
@@ -47,6 +51,8 @@ class ConnectionConfig:
             accepts any (including none: non-browser clients send no Origin).
         room_authorizer: Decides whether a user may join a room; None allows all.
         on_stale: Called for each connection purged from a dead instance.
+        token_grace: Seconds a client whose token expired gets to present a new one
+            (``refresh_token``) before it is closed with 4001; it is told at expiry.
     """
 
     redis_url: str = "redis://localhost:6379"
@@ -59,6 +65,7 @@ class ConnectionConfig:
     allowed_origins: frozenset[str] | None = None
     room_authorizer: RoomAuthorizer | None = None
     on_stale: StaleCallback | None = None
+    token_grace: float = 30.0
 
 
 class AuthConnectionManager:
@@ -89,14 +96,22 @@ class AuthConnectionManager:
             on_stale=config.on_stale,
         )
         self._identities: dict[str, Identity] = {}
+        self._expiry = ExpiryClock(config.token_grace)
+        self._expiry_changed = asyncio.Event()
+        self._tasks = TaskSet()
 
     async def initialize(self) -> None:
-        """Connect to Redis (pub/sub and registry) and start the refresh loop."""
+        """Connect to Redis (pub/sub and registry) and start the refresh and expiry loops."""
         await self.hub.start()
         await self.presence.start()
+        self._tasks.spawn(
+            run_expiry(self._expiry, self._expiry_changed, self._expiry_step),
+            name="roomcast-token-expiry",
+        )
 
     async def close(self) -> None:
         """Close local connections (1001), remove this instance's records, disconnect."""
+        await self._tasks.cancel_all()
         await self.hub.close_all()
         await self.presence.stop()
         await self.hub.stop()
@@ -144,6 +159,7 @@ class AuthConnectionManager:
             raise AuthenticationError("too many connections for this user", 403)
         # Known (and joinable) from here on, once the registry has its record.
         self._identities[connection_id] = identity
+        self._arm_expiry(connection_id, identity.expires_at)
         if room is not None:
             await self._join(connection_id, room)
         return connection_id, identity.user_id
@@ -152,12 +168,46 @@ class AuthConnectionManager:
         """Unregister ``conn_id`` here and in Redis, closing its socket if still open."""
         connection = self.hub.get_connection(conn_id)
         self._identities.pop(conn_id, None)
+        self._expiry.forget(conn_id)
         await self.presence.remove(conn_id)
         if connection is None:
             return False
         connection.transport.close(CloseCode.NORMAL, "")
         self.hub.forget(connection)
         return True
+
+    async def refresh_token(
+        self, conn_id: str, token: str, authenticator: Authenticator
+    ) -> Identity:
+        """Accept a fresh token for a connected client (same user): its expiry moves, and a
+        close already announced is called off.
+
+        Raises:
+            AuthenticationError: the token is bad (401) or for another user (403); the old
+                expiry stands.
+        """
+        current = self._identities.get(conn_id)
+        if current is None:
+            raise AuthenticationError("not connected here", 403)
+        identity = await authenticate(authenticator, token)
+        if identity.user_id != current.user_id:
+            raise AuthenticationError("the token is for another user", 403)
+        self._identities[conn_id] = identity
+        self._arm_expiry(conn_id, identity.expires_at)
+        return identity
+
+    def _arm_expiry(self, conn_id: str, expires_at: float | None) -> None:
+        self._expiry.set(conn_id, expires_at)
+        self._expiry_changed.set()
+
+    def _expiry_step(self, conn_id: str, step: Step) -> None:
+        connection = self.hub.get_connection(conn_id)
+        if connection is None:
+            return
+        if step is Step.WARN:
+            self.hub.deliver_to(connection, encode(expiry_warning(self.config.token_grace)))
+        else:
+            connection.transport.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
     def identity(self, conn_id: str) -> Identity | None:
         """Who a local connection authenticated as."""

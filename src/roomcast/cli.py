@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument("--jwt-audience", default=_env("jwt_audience", None))
     auth.add_argument("--jwt-issuer", default=_env("jwt_issuer", None))
     auth.add_argument(
+        "--token-grace",
+        type=float,
+        default=_env("token_grace", 30.0),
+        help="seconds a client whose token expired gets to send a new one "
+        '({"type": "auth", "token": ...}) before it is closed with 4001',
+    )
+    auth.add_argument(
         "--no-token-in-query",
         action="store_true",
         default=bool(_env("no_token_in_query", "")),
@@ -188,6 +195,7 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
             argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.no_token_in_query:
         argv.append("--no-token-in-query")
+    argv += ["--token-grace", str(args.token_grace)]
     env = dict(os.environ)
     for name in ("api_key", "redis_url", "jwt_secret"):
         value = getattr(args, name)
@@ -260,6 +268,7 @@ async def _serve(args: argparse.Namespace) -> None:
         reuse_port=args.worker,
         authenticator=_authenticator(args),
         token_in_query=not args.no_token_in_query,
+        token_grace=args.token_grace,
     )
     # Signals first: a SIGTERM that arrives while starting (connecting to Redis, say) then
     # stops the server cleanly once it is up, instead of killing the process.

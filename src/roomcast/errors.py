@@ -69,6 +69,8 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
     """The server is at capacity."""
+    TOKEN_EXPIRED = 4001
+    """The client's token expired and no new one came within the grace period."""
     SLOW_CONSUMER = 4008
     """The client did not read fast enough: its send buffer overflowed.
 

@@ -34,7 +34,9 @@ class ServerCounters:
     heartbeat_timeouts: int = 0
     """Clients dropped because they stopped answering pings."""
     auth_failures: int = 0
-    """Upgrades refused for a missing or invalid token."""
+    """Upgrades refused (and token refreshes rejected) for a missing or invalid token."""
+    token_expiries: int = 0
+    """Clients closed (4001) because their token expired and no new one came in time."""
 
 
 class _HubCollector(Collector):
@@ -88,6 +90,11 @@ class _HubCollector(Collector):
                 "roomcast_auth_failures",
                 "Upgrades refused for a missing or invalid token.",
                 counters.auth_failures,
+            ),
+            (
+                "roomcast_token_expiries",
+                "Clients closed because their token expired.",
+                counters.token_expiries,
             ),
             (
                 "roomcast_heartbeat_timeouts",

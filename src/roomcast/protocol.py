@@ -7,6 +7,7 @@ Client -> server (JSON text frames; ``event_id`` optional, echoed in the answer)
     {"type": "publish", "room": "lobby", "data": {...}, "event_id": "e3"}
     {"type": "ping",    "event_id": "e4"}
     {"type": "pong",    "ping_event_id": "..."}
+    {"type": "auth",    "token": "...", "event_id": "e5"}   a fresh token (authenticated servers)
 
 Server -> client::
 
@@ -14,6 +15,7 @@ Server -> client::
     {"type": "error",        "error": "...", "code": 1008, "ref_event_id": "e3", ...}
     {"type": "room_message", "room": "lobby", "sender": "alice", "data": {...}, ...}
     {"type": "pong",         "ping_event_id": "e4", ...}
+    {"type": "error",        "code": 4001, ...}              the token expired: send a new one
 
 This module is pure: ``interpret`` turns one incoming frame into a ``Command`` or the
 ``ErrorMessage`` to send back, and never touches a socket.
@@ -28,6 +30,7 @@ from roomcast.errors import CloseCode, InvalidMessage
 from roomcast.messages import ErrorMessage, PingMessage, PongMessage, WSMessage
 
 __all__ = [
+    "AuthMessage",
     "Command",
     "JoinMessage",
     "LeaveMessage",
@@ -62,6 +65,17 @@ class PublishMessage(WSMessage):
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
+class AuthMessage(WSMessage):
+    """Client presents a fresh token (same user) before or after the old one expires."""
+
+    TYPE: ClassVar[str] = "auth"
+    token: str
+
+    def __repr__(self) -> str:  # never show the token in logs or tracebacks
+        return f"AuthMessage(event_id={self.event_id!r}, token=<{len(self.token)} chars>)"
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
 class RoomMessage(WSMessage):
     """What members of a room receive when someone publishes to it.
 
@@ -75,10 +89,10 @@ class RoomMessage(WSMessage):
     sender: str | None = None
 
 
-Command = JoinMessage | LeaveMessage | PublishMessage | PingMessage | PongMessage
+Command = JoinMessage | LeaveMessage | PublishMessage | PingMessage | PongMessage | AuthMessage
 """Messages a client may send."""
 
-_COMMANDS = (JoinMessage, LeaveMessage, PublishMessage, PingMessage, PongMessage)
+_COMMANDS = (JoinMessage, LeaveMessage, PublishMessage, PingMessage, PongMessage, AuthMessage)
 
 
 def interpret(raw: str | bytes | bytearray) -> Command | ErrorMessage:

@@ -34,6 +34,7 @@ from roomcast.auth import AuthenticationError, Authenticator, Identity, token_fr
 from roomcast.connection import Connection
 from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import CloseCode, InvalidIdentifier, InvalidMessage
+from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
 from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
 from roomcast.http_api import ApiRequest, ApiResponse, key_matches, serve_api
@@ -49,12 +50,14 @@ from roomcast.messages import (
 from roomcast.metrics import ServerCounters, metrics_registry, render
 from roomcast.native import FlushScheduler, NativeTransport
 from roomcast.protocol import (
+    AuthMessage,
     JoinMessage,
     LeaveMessage,
     PublishMessage,
     RoomMessage,
     interpret,
 )
+from roomcast.tasks import TaskSet
 
 __all__ = ["Server", "ServerConfig"]
 
@@ -94,6 +97,9 @@ class ServerConfig:
     authenticator: Authenticator | None = None
     """Verifies a token on every upgrade (must be synchronous here, e.g. JWTAuthenticator);
     the identity's user id replaces ``?user_id=``.  None: no authentication."""
+    token_grace: float = 30.0
+    """Seconds a client whose token expired gets to send a new one (``{"type": "auth"}``)
+    before it is closed with 4001."""
     token_in_query: bool = True
     """Accept ``?token=`` besides the Authorization header and the bearer subprotocol
     (browsers cannot set headers; query strings end up in access logs)."""
@@ -125,6 +131,9 @@ class Server:
         self._server: asyncio.Server | None = None
         self._api: asyncio.Server | None = None
         self.scheduler = FlushScheduler()
+        self._expiry = ExpiryClock(config.token_grace)
+        self._expiry_changed = asyncio.Event()
+        self._tasks = TaskSet()
         self.heartbeat: HeartbeatManager | None = None
         if config.ping_interval > 0:
             self.heartbeat = HeartbeatManager(
@@ -172,6 +181,11 @@ class Server:
             self._api = await serve_api(
                 self._api_request, self.config.host, self.config.api_port, self.config.reuse_port
             )
+        if self.config.authenticator is not None:
+            self._tasks.spawn(
+                run_expiry(self._expiry, self._expiry_changed, self._expiry_step),
+                name="roomcast-token-expiry",
+            )
         self._accepting = True
         logger.info("listening on port %d", self.port)
         if self._api is not None:
@@ -206,6 +220,7 @@ class Server:
                     transport.abort()
         if self.heartbeat is not None:
             await self.heartbeat.close()
+        await self._tasks.cancel_all()
         await self.manager.close_all()
         if isinstance(self.manager, DistributedWebSocketManager):
             await self.manager.stop()
@@ -228,13 +243,15 @@ class Server:
             return self._refuse_upgrade(503, b"server at capacity\n")
         room = unquote(path[4:]) if path.startswith("/ws/") else None
         protocol = None
+        expires_at = None
         user_id: str | None
         if self.config.authenticator is not None:
             try:
-                user_id, protocol = self._authenticate(request, query)
+                identity, protocol = self._authenticate(request, query)
             except AuthenticationError as exc:
                 self.counters.auth_failures += 1
                 return self._refuse_upgrade(exc.status, f"{exc}\n".encode())
+            user_id, expires_at = identity.user_id, identity.expires_at
         else:
             users = parse_qs(query).get("user_id")
             user_id = users[0] if users else None
@@ -246,22 +263,28 @@ class Server:
             return self._refuse_upgrade(400, f"{exc}\n".encode())
         transport = NativeTransport(self, Connection(None, user_id), room)
         transport.connection.websocket = transport
+        if expires_at is not None:
+            transport.connection.metadata["token_expires_at"] = expires_at
         if protocol is not None:  # the token came as a subprotocol: select "bearer"
             accept = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": protocol})
             return WSUpgradeResponseWithListener(accept, transport)
         return transport
 
-    def _authenticate(self, request: WSUpgradeRequest, query: str) -> tuple[str, str | None]:
-        """The user id a valid token proves, and the subprotocol to accept."""
+    def _authenticate(self, request: WSUpgradeRequest, query: str) -> tuple[Identity, str | None]:
+        """The identity a valid token proves, and the subprotocol to accept."""
         assert self.config.authenticator is not None
         headers = [(str(name), str(value)) for name, value in request.headers.items()]
         token, protocol = token_from_request(headers, query, allow_query=self.config.token_in_query)
         if not token:
             raise AuthenticationError("a token is required")
+        return self._verify(token), protocol
+
+    def _verify(self, token: str) -> Identity:
+        assert self.config.authenticator is not None
         identity = self.config.authenticator(token)
         if not isinstance(identity, Identity):
             raise AuthenticationError("server misconfigured: the authenticator must be sync", 500)
-        return identity.user_id, protocol
+        return identity
 
     def _refuse_upgrade(self, status: int, body: bytes) -> WSUpgradeResponseWithListener:
         self.counters.refused_upgrades += 1
@@ -299,12 +322,16 @@ class Server:
             transport.initial_room = None
         if self.heartbeat is not None:
             self.heartbeat.start_heartbeat(connection.connection_id, transport, self._silent)
+        expires_at = connection.metadata.get("token_expires_at")
+        if expires_at is not None:
+            self._arm_expiry(connection.connection_id, expires_at)
 
     def gone(self, transport: NativeTransport) -> None:
         self._open.discard(transport)
         self.manager.forget(transport.connection)
         if self.heartbeat is not None:
             self.heartbeat.stop_heartbeat(transport.connection.connection_id)
+        self._expiry.forget(transport.connection.connection_id)
         if not self._open:
             self._all_gone.set()
 
@@ -338,7 +365,45 @@ class Server:
             self._membership(connection, command)
         elif isinstance(command, PingMessage):
             self._reply(connection, PongMessage(ping_event_id=command.event_id))
+        elif isinstance(command, AuthMessage):
+            self._reauthenticate(connection, command)
         # PongMessage: answers to application pings; the heartbeat issue will record them.
+
+    # ------------------------------------------------------------------ token expiry
+
+    def _reauthenticate(self, connection: Connection, command: AuthMessage) -> None:
+        """A fresh token for the same user moves the connection's expiry; anything else is
+        refused (and the old expiry stands)."""
+        if self.config.authenticator is None:
+            self._refuse(connection, command.event_id, "this server does not take tokens")
+            return
+        try:
+            identity = self._verify(command.token)
+        except AuthenticationError as exc:
+            self.counters.auth_failures += 1
+            self._refuse(connection, command.event_id, str(exc))
+            return
+        if identity.user_id != connection.user_id:
+            self._refuse(connection, command.event_id, "the token is for another user")
+            return
+        connection.metadata["token_expires_at"] = identity.expires_at
+        self._arm_expiry(connection.connection_id, identity.expires_at)
+        self._reply(connection, AckMessage(ack_event_id=command.event_id))
+
+    def _arm_expiry(self, connection_id: str, expires_at: float | None) -> None:
+        self._expiry.set(connection_id, expires_at)
+        self._expiry_changed.set()
+
+    def _expiry_step(self, connection_id: str, step: Step) -> None:
+        """Warn at expiry; close (4001) after the grace."""
+        connection = self.manager.get_connection(connection_id)
+        if connection is None:
+            return
+        if step is Step.WARN:
+            self._reply(connection, expiry_warning(self.config.token_grace))
+        else:
+            self.counters.token_expiries += 1
+            connection.transport.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
     def _membership(self, connection: Connection, command: JoinMessage | LeaveMessage) -> None:
         try:
