@@ -71,6 +71,9 @@ class CloseCode(IntEnum):
     """The server is at capacity."""
     TOKEN_EXPIRED = 4001
     """The client's token expired and no new one came within the grace period."""
+    HEARTBEAT_TIMEOUT = 4002
+    """The client answered no ping for ping_interval + pong_timeout (ASGI path; the native
+    server drops such sockets without a close frame, since nobody would read it)."""
     SLOW_CONSUMER = 4008
     """The client did not read fast enough: its send buffer overflowed.
 

@@ -21,7 +21,8 @@ from roomcast.asgi import AsgiTransport, AsgiWebSocket
 from roomcast.connection import Connection, Delivery
 from roomcast.errors import CloseCode, ConnectionStateError, InvalidIdentifier
 from roomcast.frame import Frame, encode
-from roomcast.messages import MessageType, preview
+from roomcast.heartbeat import HeartbeatManager
+from roomcast.messages import MessageType, PingMessage, preview
 from roomcast.registry import Departure, Registry, RoomChange
 from roomcast.tasks import TaskSet
 
@@ -56,6 +57,8 @@ class ManagerStats:
     """Frames not delivered to a connection because its buffer was full (DROP policy)."""
     lost_connections: int = 0
     """Connections found gone while sending (client vanished before it was unregistered)."""
+    heartbeat_timeouts: int = 0
+    """Connections closed because they stopped answering pings (``ping_interval``)."""
 
 
 class ConnectionManager:
@@ -70,6 +73,10 @@ class ConnectionManager:
         direct_writes: Under uvicorn's default WebSocket implementation, write each frame's
             bytes (built once) straight to the socket instead of one ASGI event per
             recipient; see ``roomcast.uvicorn_direct``.  False forces the ASGI path.
+        ping_interval: Send every connection an application-level ``PingMessage`` this
+            often (seconds); a connection silent (no pong, no message) for ``ping_interval +
+            pong_timeout`` is closed with 4002 and unregistered.  None: no heartbeat.
+        pong_timeout: See ``ping_interval``.
     """
 
     def __init__(
@@ -80,6 +87,8 @@ class ConnectionManager:
         close_timeout: float = 5.0,
         max_id_length: int = 256,
         direct_writes: bool = True,
+        ping_interval: float | None = None,
+        pong_timeout: float = 20.0,
     ) -> None:
         if send_buffer_limit <= 0:
             raise ValueError("send_buffer_limit must be positive")
@@ -96,6 +105,13 @@ class ConnectionManager:
         self._bound_tasks: dict[str, tuple[asyncio.Task[Any], Callable[..., None]]] = {}
         self._tasks = TaskSet()
         self.stats = ManagerStats()
+        self.heartbeat: HeartbeatManager | None = None
+        """Pings every connection (application-level PingMessage) when ``ping_interval`` is
+        set; see ``connect``."""
+        if ping_interval:
+            self.heartbeat = HeartbeatManager(
+                ping_interval, pong_timeout, send_ping=self._send_app_ping
+            )
 
     # ---------------------------------------------------------------- properties
 
@@ -150,6 +166,9 @@ class ConnectionManager:
         self._register(connection)
         if room is not None:
             self._join(connection, room)
+        if self.heartbeat is not None:
+            self.heartbeat.start_heartbeat(connection.connection_id, websocket, self._silent)
+            _watch_incoming(websocket, functools.partial(self._heard, connection.connection_id))
         task = asyncio.current_task()
         if task is not None:
             callback = functools.partial(self._endpoint_done, connection)
@@ -202,6 +221,8 @@ class ConnectionManager:
             task, callback = bound
             task.remove_done_callback(callback)
         connection.transport.detach()
+        if self.heartbeat is not None:
+            self.heartbeat.stop_heartbeat(connection.connection_id)
         self._on_removed(departure)
         return True
 
@@ -213,11 +234,30 @@ class ConnectionManager:
         if self._forget(connection):
             self.stats.lost_connections += 1
 
+    # ---------------------------------------------------------------- heartbeat
+
+    def _send_app_ping(self, connection_id: str, websocket: Any, message: PingMessage) -> None:
+        connection = self._registry.get(connection_id)
+        if connection is not None:
+            self._fan_out(encode(message), (connection,))
+
+    def _heard(self, connection_id: str, is_pong: bool) -> None:
+        assert self.heartbeat is not None
+        self.heartbeat.record_pong(connection_id)
+
+    def _silent(self, connection_id: str) -> None:
+        connection = self._registry.get(connection_id)
+        if connection is not None:
+            self.stats.heartbeat_timeouts += 1
+            self._close(connection, CloseCode.HEARTBEAT_TIMEOUT, "no pong")
+
     async def close_all(
         self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down"
     ) -> None:
         """Close every connection with ``code`` and wait for the closes (bounded by
         ``close_timeout``); then cancel whatever background work is left."""
+        if self.heartbeat is not None:
+            await self.heartbeat.close()
         for connection in list(self._registry):
             self._close(connection, code, reason)
         await self._tasks.wait(within=self._close_timeout + 1)
@@ -423,3 +463,33 @@ class ConnectionManager:
                 f"{what} is {len(value)} characters long; the limit is {self._max_id_length}"
             )
         return value
+
+
+_PONG_PREFIXES = ('{"type":"pong"', '{"type": "pong"')
+
+
+def _watch_incoming(websocket: Any, heard: Callable[[bool], None]) -> None:
+    """Let the heartbeat see what the client sends, without the application's help.
+
+    Starlette's WebSocket reads every event through its ``_receive`` callable; wrapping it
+    means any message from the client counts as a sign of life, and application-level pongs
+    (``{"type": "pong", ...}``) are consumed here instead of reaching the endpoint's
+    ``receive_text()``.  Without that attribute (another framework) the application reports
+    pongs itself with ``heartbeat.record_pong``.
+    """
+    receive = getattr(websocket, "_receive", None)
+    if receive is None:
+        return
+
+    async def receive_and_listen() -> Any:
+        while True:
+            event = await receive()
+            if event.get("type") != "websocket.receive":
+                return event
+            text = event.get("text")
+            is_pong = isinstance(text, str) and text.startswith(_PONG_PREFIXES)
+            heard(is_pong)
+            if not is_pong:
+                return event
+
+    websocket._receive = receive_and_listen
