@@ -53,6 +53,9 @@ class ConnectionConfig:
         on_stale: Called for each connection purged from a dead instance.
         token_grace: Seconds a client whose token expired gets to present a new one
             (``refresh_token``) before it is closed with 4001; it is told at expiry.
+        ping_interval: Application-level heartbeat (see ``ConnectionManager``); a client
+            silent for ``ping_interval + pong_timeout`` is closed with 4002.  None: off.
+        pong_timeout: See ``ping_interval``.
     """
 
     redis_url: str = "redis://localhost:6379"
@@ -66,6 +69,8 @@ class ConnectionConfig:
     room_authorizer: RoomAuthorizer | None = None
     on_stale: StaleCallback | None = None
     token_grace: float = 30.0
+    ping_interval: float | None = 30.0
+    pong_timeout: float = 60.0
 
 
 class AuthConnectionManager:
@@ -80,6 +85,8 @@ class AuthConnectionManager:
         import redis.asyncio
 
         self.config = config
+        hub_options.setdefault("ping_interval", config.ping_interval)
+        hub_options.setdefault("pong_timeout", config.pong_timeout)
         self.hub = DistributedWebSocketManager(
             config.redis_url, prefix=config.key_prefix, **hub_options
         )
