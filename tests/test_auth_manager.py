@@ -280,3 +280,65 @@ async def test_expiring_tokens_are_announced_closed_or_refreshed(own_redis: Redi
         await asyncio.sleep(seconds(1))
         assert manager.hub.get_user_connections("bob")
         await renewing.close()
+
+
+async def test_kill_9_of_an_instance_leaves_no_registry_entries(own_redis: RedisServer) -> None:
+    """An instance process killed with SIGKILL cleans nothing up; a survivor purges its
+    entries within instance_ttl + refresh_interval (+ slack), reports each as stale, and its
+    queries show only the live members."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.redis_support import free_port
+
+    stale: list[StaleConnection] = []
+    port = free_port()
+    victim = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.auth_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env={
+            **os.environ,
+            "ROOMCAST_TEST_REDIS_URL": own_redis.url,
+            "ROOMCAST_TEST_JWT_SECRET": SECRET,
+        },
+    )
+    try:
+        async with instances(own_redis, 1, on_stale=stale.append) as ((survivor,), (base,)):
+            local = await connect(f"{base}/ws/lobby?token={token('ann')}")
+            remote = None
+            # The victim's authenticator expects no audience.
+            plain = jwt.encode({"sub": "bob", "exp": int(time.time()) + 60}, SECRET)
+            async with asyncio.timeout(seconds(20)):
+                while remote is None:
+                    with contextlib.suppress(OSError, InvalidStatus):
+                        remote = await connect(f"ws://127.0.0.1:{port}/ws/lobby?token={plain}")
+                    await asyncio.sleep(0.05)
+            await registered(survivor, "bob", 1)
+            await registered(survivor, "ann", 1)
+            assert len(await survivor.get_room_members("lobby")) == 2
+            assert len(await survivor.presence.instances()) == 2
+
+            victim.kill()
+            victim.wait()
+            began = asyncio.get_running_loop().time()
+            await eventually(lambda: len(stale) == 1, timeout_units=10)
+            assert asyncio.get_running_loop().time() - began < 1.0 + 0.3 + 2
+            assert (stale[0].user_id, stale[0].rooms) == ("bob", ("lobby",))
+            assert not await survivor.is_user_online("bob")
+            (ann,) = survivor.hub.get_user_connections("ann")
+            assert await survivor.get_room_members("lobby") == {ann.connection_id}
+            assert await survivor.presence.instances() == {survivor.presence.instance_id}
+            await local.close()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
