@@ -46,6 +46,8 @@ DisconnectCallback = Callable[[str], Awaitable[None] | None]
 @dataclasses.dataclass(slots=True)
 class _Entry:
     started: float
+    next_ping: float
+    """When the next ping is due: start + k * interval, so late ticks do not add up."""
     last_ping: float | None = None
     last_pong: float | None = None
     rtt: float | None = None
@@ -95,9 +97,9 @@ class HeartbeatSchedule:
     def add(self, connection_id: str, now: float) -> None:
         """Start watching ``connection_id`` (again, if it already was)."""
         self.remove(connection_id)
-        entry = _Entry(started=now)
+        entry = _Entry(started=now, next_ping=now + self.ping_interval)
         self._entries[connection_id] = entry
-        self._file(connection_id, entry, now + self.ping_interval)
+        self._file(connection_id, entry, entry.next_ping)
 
     def remove(self, connection_id: str) -> bool:
         """Stop watching; False if it was not watched."""
@@ -153,13 +155,14 @@ class HeartbeatSchedule:
                     del self._entries[connection_id]
                     dead.append(connection_id)
                     continue
-                next_ping = self._next_ping(entry)
-                if now >= next_ping:
+                if now >= entry.next_ping:
                     entry.last_ping = now
                     entry.pings_since_pong += 1
                     to_ping.append(connection_id)
-                    next_ping = now + self.ping_interval
-                self._file(connection_id, entry, min(next_ping, deadline))
+                    entry.next_ping += self.ping_interval
+                    if entry.next_ping <= now:  # the loop stalled for a whole interval
+                        entry.next_ping = now + self.ping_interval
+                self._file(connection_id, entry, min(entry.next_ping, deadline))
         return to_ping, dead
 
     def next_event(self) -> float | None:
@@ -171,11 +174,6 @@ class HeartbeatSchedule:
     def _deadline(self, entry: _Entry) -> float:
         last = entry.last_pong if entry.last_pong is not None else entry.started
         return last + self.ping_interval + self.pong_timeout
-
-    def _next_ping(self, entry: _Entry) -> float:
-        if entry.last_ping is None:
-            return entry.started + self.ping_interval
-        return entry.last_ping + self.ping_interval
 
     def _tick(self, when: float) -> int:
         return math.ceil(when / self.resolution)
