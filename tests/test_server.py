@@ -523,3 +523,18 @@ async def test_token_expiry_warns_then_closes_unless_a_fresh_token_arrives() -> 
         await asyncio.sleep(seconds(1))
         assert server.manager.get_user_connections("bob")  # renewed: still connected
         await renewing.close()
+
+
+async def test_foreign_origins_are_refused() -> None:
+    """With an Origin allow-list, a browser upgrade from another Origin gets HTTP 403 and
+    is counted; listed Origins and clients without an Origin connect."""
+    async with running(allowed_origins=frozenset({"https://chat.example"})) as server:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url(server), origin="https://evil.example")
+        assert refused.value.response.status_code == 403
+        good = await connect(url(server), origin="https://chat.example")
+        plain = await connect(url(server))
+        await eventually(lambda: server.manager.active_connections == 2)
+        assert server.counters.refused_upgrades == 1
+        await good.close()
+        await plain.close()

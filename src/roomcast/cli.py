@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument("--jwt-audience", default=_env("jwt_audience", None))
     auth.add_argument("--jwt-issuer", default=_env("jwt_issuer", None))
     auth.add_argument(
+        "--allowed-origins",
+        default=_env("allowed_origins", None),
+        help="comma-separated Origins browsers may connect from (others: HTTP 403); default: any",
+    )
+    auth.add_argument(
         "--token-grace",
         type=float,
         default=_env("token_grace", 30.0),
@@ -190,7 +195,8 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
     names = [name for name, _, _ in _LIMITS]
     for name in (*names, "log_level", "log_format", "api_port", "channel_prefix"):
         argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
-    for name in ("jwt_public_key", "jwt_jwks", "jwt_algorithms", "jwt_audience", "jwt_issuer"):
+    optional = ("jwt_public_key", "jwt_jwks", "jwt_algorithms", "jwt_audience", "jwt_issuer")
+    for name in (*optional, "allowed_origins"):
         if getattr(args, name) is not None:
             argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.no_token_in_query:
@@ -269,6 +275,11 @@ async def _serve(args: argparse.Namespace) -> None:
         authenticator=_authenticator(args),
         token_in_query=not args.no_token_in_query,
         token_grace=args.token_grace,
+        allowed_origins=(
+            frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
+            if args.allowed_origins
+            else None
+        ),
     )
     # Signals first: a SIGTERM that arrives while starting (connecting to Redis, say) then
     # stops the server cleanly once it is up, instead of killing the process.

@@ -97,6 +97,10 @@ class ServerConfig:
     authenticator: Authenticator | None = None
     """Verifies a token on every upgrade (must be synchronous here, e.g. JWTAuthenticator);
     the identity's user id replaces ``?user_id=``.  None: no authentication."""
+    allowed_origins: frozenset[str] | None = None
+    """Origins browsers may connect from (cross-site WebSocket hijacking); an upgrade with
+    another Origin gets HTTP 403.  None accepts any; clients that send no Origin (not
+    browsers) are always accepted."""
     token_grace: float = 30.0
     """Seconds a client whose token expired gets to send a new one (``{"type": "auth"}``)
     before it is closed with 4001."""
@@ -241,6 +245,11 @@ class Server:
             return self._refuse_upgrade(503, b"shutting down\n")
         if len(self._open) >= self.config.max_connections:
             return self._refuse_upgrade(503, b"server at capacity\n")
+        allowed = self.config.allowed_origins
+        if allowed is not None:
+            origin = request.headers.get("origin")
+            if origin is not None and origin not in allowed:
+                return self._refuse_upgrade(403, b"origin not allowed\n")
         room = unquote(path[4:]) if path.startswith("/ws/") else None
         protocol = None
         expires_at = None
