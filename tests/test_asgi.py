@@ -34,7 +34,7 @@ class Peer:
             raise OSError("peer went away")
         self.events.append(event)
 
-    async def accept(self) -> None:
+    async def accept(self, subprotocol: str | None = None) -> None:
         raise AssertionError("already accepted")
 
     async def close(self, code: int = 1000, reason: str | None = None) -> None:

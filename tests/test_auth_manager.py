@@ -342,3 +342,34 @@ async def test_kill_9_of_an_instance_leaves_no_registry_entries(own_redis: Redis
         if victim.poll() is None:
             victim.kill()
             victim.wait()
+
+
+async def test_token_taken_from_the_request_as_a_browser_sends_it(own_redis: RedisServer) -> None:
+    """connect(token=None) reads the token from the bearer subprotocol (and selects
+    "bearer", which browsers require) or from the Authorization header."""
+    async with instances(own_redis, 1) as ((manager,), _):
+        app = FastAPI()
+
+        @app.websocket("/ws")
+        async def endpoint(websocket: WebSocket) -> None:
+            try:
+                await manager.connect(websocket=websocket, authenticator=authenticator)
+            except AuthenticationError:
+                return
+            with contextlib.suppress(WebSocketDisconnect):
+                while True:
+                    await websocket.receive_text()
+
+        async with running_server(app) as base:
+            browser = await connect(f"{base}/ws", subprotocols=["bearer", token("ann")])
+            assert browser.subprotocol == "bearer"
+            service = await connect(
+                f"{base}/ws", additional_headers={"Authorization": f"Bearer {token('bob')}"}
+            )
+            await registered(manager, "ann", 1)
+            await registered(manager, "bob", 1)
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(f"{base}/ws")
+            assert refused.value.response.status_code == 401
+            await browser.close()
+            await service.close()

@@ -54,7 +54,7 @@ class AsgiWebSocket(Protocol):
 
     def send(self, message: Any) -> Awaitable[None]: ...
 
-    def accept(self) -> Awaitable[None]: ...
+    def accept(self, subprotocol: str | None = None) -> Awaitable[None]: ...
 
     def close(self, code: int = 1000, reason: str | None = None) -> Awaitable[None]: ...
 
@@ -149,10 +149,14 @@ class AsgiTransport:
     def buffered_bytes(self) -> int:
         return self._backlog_bytes
 
-    async def open(self) -> None:
-        """Accept the WebSocket unless the application already did."""
+    async def open(self, subprotocol: str | None = None) -> None:
+        """Accept the WebSocket (selecting ``subprotocol``) unless the application already
+        did."""
         if getattr(self._websocket.application_state, "name", None) == "CONNECTING":
-            await self._websocket.accept()
+            if subprotocol is None:
+                await self._websocket.accept()
+            else:
+                await self._websocket.accept(subprotocol=subprotocol)
         if self._direct_writes:
             protocol = find_uvicorn_protocol(self._send)
             if protocol is not None and protocol.handshake_complete:

@@ -18,7 +18,13 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from roomcast.auth import AuthenticationError, Authenticator, Identity, authenticate
+from roomcast.auth import (
+    AuthenticationError,
+    Authenticator,
+    Identity,
+    authenticate,
+    token_from_request,
+)
 from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import CloseCode
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
@@ -56,6 +62,8 @@ class ConnectionConfig:
         ping_interval: Application-level heartbeat (see ``ConnectionManager``); a client
             silent for ``ping_interval + pong_timeout`` is closed with 4002.  None: off.
         pong_timeout: See ``ping_interval``.
+        token_in_query: With ``connect(token=None)``, also accept ``?token=`` (query
+            strings end up in access logs).
     """
 
     redis_url: str = "redis://localhost:6379"
@@ -71,6 +79,7 @@ class ConnectionConfig:
     token_grace: float = 30.0
     ping_interval: float | None = 30.0
     pong_timeout: float = 60.0
+    token_in_query: bool = True
 
 
 class AuthConnectionManager:
@@ -129,12 +138,16 @@ class AuthConnectionManager:
     async def connect(
         self,
         websocket: Any,
-        token: str | None,
-        authenticator: Authenticator,
+        token: str | None = None,
+        authenticator: Authenticator | None = None,
         room: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> tuple[str, str]:
         """Authenticate, check the limits, accept and register; ``(conn_id, user_id)``.
+
+        With ``token=None`` the token is taken from the request: ``Authorization: Bearer``,
+        the subprotocols ``bearer, TOKEN`` (then ``bearer`` is selected, as browsers
+        require), or ``?token=`` unless ``config.token_in_query`` is off.
 
         Refusals happen before the connection is accepted: HTTP 401/403 where the ASGI
         server supports denial responses (uvicorn does), close 1008 otherwise; nothing is
@@ -145,7 +158,16 @@ class AuthConnectionManager:
             AuthenticationError: bad token, foreign Origin, user at the connection cap, or a
                 room the user may not join (``status`` says which HTTP status was sent).
         """
+        protocol = None
+        if token is None:
+            token, protocol = token_from_request(
+                websocket.headers.items(),
+                websocket.url.query,
+                allow_query=self.config.token_in_query,
+            )
         try:
+            if authenticator is None:
+                raise TypeError("connect() needs an authenticator")
             self._check_origin(websocket)
             identity = await authenticate(authenticator, token)
             cap = self.config.max_connections_per_user
@@ -156,7 +178,9 @@ class AuthConnectionManager:
         except AuthenticationError as exc:
             await _refuse(websocket, exc)
             raise
-        connection = await self.hub.connect(websocket, None, identity.user_id, metadata)
+        connection = await self.hub.connect(
+            websocket, None, identity.user_id, metadata, subprotocol=protocol
+        )
         connection_id = connection.connection_id
         if not await self.presence.add(
             connection_id, identity.user_id, self.config.max_connections_per_user

@@ -133,8 +133,11 @@ class ConnectionManager:
         room: str | None = None,
         user_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        subprotocol: str | None = None,
     ) -> Connection:
-        """Accept ``websocket`` (unless already accepted) and register it.
+        """Accept ``websocket`` (unless already accepted; selecting ``subprotocol``, if
+        given) and register it.
 
         The connection is tied to the task that calls ``connect`` (the ASGI endpoint's): when
         that task ends, however it ends, the connection is unregistered.  So an endpoint that
@@ -160,7 +163,7 @@ class ConnectionManager:
             direct_writes=self._direct_writes,
         )
         connection.transport = transport
-        await transport.open()
+        await transport.open(subprotocol)
         if id(websocket) in self._by_socket:  # connected concurrently while accepting
             raise ConnectionStateError("this websocket is already connected")
         self._register(connection)
