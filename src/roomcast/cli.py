@@ -178,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse ?token= (query strings end up in access logs)",
     )
     serve.add_argument(
+        "--echo",
+        action="store_true",
+        default=bool(_env("echo", "")),
+        help="also serve /echo, which sends every message back (for protocol test suites "
+        "such as Autobahn)",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         default=_env("workers", 1),
@@ -201,6 +208,8 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
             argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.no_token_in_query:
         argv.append("--no-token-in-query")
+    if args.echo:
+        argv.append("--echo")
     argv += ["--token-grace", str(args.token_grace)]
     env = dict(os.environ)
     for name in ("api_key", "redis_url", "jwt_secret"):
@@ -272,6 +281,7 @@ async def _serve(args: argparse.Namespace) -> None:
         redis_url=args.redis_url,
         channel_prefix=args.channel_prefix,
         reuse_port=args.worker,
+        echo=args.echo,
         authenticator=_authenticator(args),
         token_in_query=not args.no_token_in_query,
         token_grace=args.token_grace,

@@ -26,7 +26,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport
 from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame
 
-__all__ = ["FlushScheduler", "NativeTransport", "TransportOwner"]
+__all__ = ["EchoTransport", "FlushScheduler", "NativeTransport", "TransportOwner", "close_reply"]
 
 _ACCEPTED = Delivery.ACCEPTED
 _NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict())
@@ -139,6 +139,10 @@ class NativeTransport(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self._closing:
             return  # closed by us (limit, bad data) or by the client: nothing more to read
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # No extension is negotiated, so no reserved bit may be set (RFC 6455 5.2).
+            self.close(1002, "reserved bits set")
+            return
         opcode = frame.msg_type
         if opcode is WSMsgType.TEXT or opcode is WSMsgType.BINARY:
             if self._fragments is not None:
@@ -150,11 +154,12 @@ class NativeTransport(WSListener):
         elif opcode is WSMsgType.CONTINUATION:
             self._continue_fragments(frame)
         elif opcode is WSMsgType.CLOSE:
-            # Echo the close and hang up; nothing may follow a close frame.
+            # Answer the close and hang up; nothing may follow a close frame.
             self._closing = True
             self._pending = None
             self._pending_bytes = 0
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            code, reason = close_reply(frame.get_payload_as_bytes())
+            transport.send_close(code, reason)  # type: ignore[arg-type]
             transport.disconnect()
         elif opcode is WSMsgType.PONG:
             self._owner.ponged(self)
@@ -276,3 +281,47 @@ class NativeTransport(WSListener):
         self._closing = True
         self._pending = None
         self._pending_bytes = 0
+
+
+class EchoTransport(NativeTransport):
+    """A connection that sends every message back as it came (``roomcast serve --echo``):
+    what protocol test suites such as Autobahn talk to."""
+
+    __slots__ = ()
+
+    def _deliver_frame(self, opcode: WSMsgType, payload: bytes) -> None:
+        if len(payload) > self._owner.max_message_size:
+            self.close(1009, "message too big")
+        elif opcode is WSMsgType.BINARY:
+            self.send(Frame(data=payload))
+        else:
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                self.close(1007, "invalid UTF-8")
+                return
+            self.send(Frame(text=text))
+
+
+_VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
+
+
+def close_reply(payload: bytes) -> tuple[int, bytes]:
+    """The close frame to answer a client's close with (RFC 6455 section 7.4).
+
+    An empty close is answered with 1000; a well-formed one with its own code; a one-byte
+    payload, a code no endpoint may send (1004-1006, 1015, unassigned ranges) with 1002; a
+    reason that is not UTF-8 with 1007.
+    """
+    if not payload:
+        return 1000, b""
+    if len(payload) < 2:
+        return 1002, b"malformed close frame"
+    code = int.from_bytes(payload[:2], "big")
+    if code not in _VALID_CLOSE_CODES and not 3000 <= code <= 4999:
+        return 1002, b"invalid close code"
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        return 1007, b"close reason is not UTF-8"
+    return code, b""

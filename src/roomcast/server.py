@@ -48,7 +48,7 @@ from roomcast.messages import (
     preview,
 )
 from roomcast.metrics import ServerCounters, metrics_registry, render
-from roomcast.native import FlushScheduler, NativeTransport
+from roomcast.native import EchoTransport, FlushScheduler, NativeTransport
 from roomcast.protocol import (
     AuthMessage,
     JoinMessage,
@@ -97,6 +97,8 @@ class ServerConfig:
     authenticator: Authenticator | None = None
     """Verifies a token on every upgrade (must be synchronous here, e.g. JWTAuthenticator);
     the identity's user id replaces ``?user_id=``.  None: no authentication."""
+    echo: bool = False
+    """Serve ``/echo``: every message is sent back as is (for protocol test suites)."""
     allowed_origins: frozenset[str] | None = None
     """Origins browsers may connect from (cross-site WebSocket hijacking); an upgrade with
     another Origin gets HTTP 403.  None accepts any; clients that send no Origin (not
@@ -238,6 +240,10 @@ class Server:
 
     def _route(self, request: WSUpgradeRequest) -> Any:
         path, _, query = request.path.decode("latin-1").partition("?")
+        if path == "/echo" and self.config.echo and self._accepting:
+            echo = EchoTransport(self, Connection(None, None))
+            echo.connection.websocket = echo
+            return echo
         if path != "/ws" and not path.startswith("/ws/"):
             status, body, content_type = self._plain_get(path)
             return _respond(status, body, content_type)
@@ -356,6 +362,7 @@ class Server:
             connection.transport.abort()
 
     def received(self, transport: NativeTransport, message: str | bytes, size: int) -> None:
+        # (EchoTransport answers by itself and never calls this.)
         connection = transport.connection
         if self.heartbeat is not None:
             self.heartbeat.record_pong(connection.connection_id)  # any message is life
