@@ -538,3 +538,43 @@ async def test_foreign_origins_are_refused() -> None:
         assert server.counters.refused_upgrades == 1
         await good.close()
         await plain.close()
+
+
+async def test_limits_rate_rooms_and_connections_per_user() -> None:
+    """A flooding client is told once (1008), its excess dropped, then closed with 1008 while
+    a neighbour keeps being served; a join beyond the room cap and a connection beyond the
+    per-user cap are refused."""
+    async with running(
+        rate_limit=20, rate_burst=5, max_rooms_per_connection=2, max_connections_per_user=2
+    ) as server:
+        flooder = await connect(url(server, "/ws/r?user_id=flood"))
+        neighbour = await connect(url(server, "/ws/r?user_id=calm"))
+        await eventually(lambda: server.manager.active_connections == 2)
+        for n in range(200):
+            await flooder.send(json.dumps({"type": "publish", "room": "r", "data": n}))
+        answers = []
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                answers.append(json.loads(await recv(flooder)))
+        assert flooder.close_code == CloseCode.POLICY_VIOLATION
+        errors = [a for a in answers if a["type"] == "error"]
+        assert len(errors) == 1 and "rate limit" in errors[0]["error"]
+        assert server.counters.rate_limited >= 50
+        relayed = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                relayed.append(json.loads(await recv(neighbour, timeout_units=0.3)))
+        assert 5 <= len(relayed) < 200  # the burst got through, the flood did not
+        assert (await call(neighbour, type="ping"))["type"] == "pong"  # still served
+
+        assert (await call(neighbour, type="join", room="a"))["type"] == "ack"
+        refused = await call(neighbour, type="join", room="b")
+        assert refused["type"] == "error" and "at most 2 rooms" in refused["error"]
+        assert (await call(neighbour, type="join", room="a"))["type"] == "ack"  # already in
+
+        second = await connect(url(server, "/ws/r?user_id=calm"))
+        with pytest.raises(InvalidStatus) as too_many:
+            await connect(url(server, "/ws/r?user_id=calm"))
+        assert too_many.value.response.status_code == 403
+        for client in (neighbour, second):
+            await client.close()

@@ -63,6 +63,10 @@ _LIMITS: tuple[tuple[str, type, str], ...] = (
         "seconds SIGTERM/SIGINT may take to close clients (1001) before aborting them",
     ),
     ("ping_interval", float, "seconds between protocol pings to each client (0: no heartbeat)"),
+    ("rate_limit", float, "messages per second a client may send on average (0: no limit)"),
+    ("rate_burst", int, "messages a client may send at once before --rate-limit applies"),
+    ("max_rooms_per_connection", int, "rooms one connection may be in"),
+    ("max_connections_per_user", int, "connections per user id in this process (0: no cap)"),
     (
         "pong_timeout",
         float,
@@ -253,9 +257,10 @@ def _configure_logging(level: str, style: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # picows logs every connection at INFO: too much for a server with 50k of them.
+    # picows logs every connection at INFO, and every write pause/resume of a slow client at
+    # WARNING: too much for a server with 50k clients (roomcast counts what matters).
     if level != "debug":
-        logging.getLogger("roomcast.picows").setLevel(logging.WARNING)
+        logging.getLogger("roomcast.picows").setLevel(logging.ERROR)
 
 
 def _raise_open_file_limit() -> None:
@@ -274,6 +279,10 @@ async def _serve(args: argparse.Namespace) -> None:
         send_buffer_limit=args.send_buffer_limit,
         max_connections=args.max_connections,
         shutdown_timeout=args.shutdown_timeout,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        max_rooms_per_connection=args.max_rooms_per_connection,
+        max_connections_per_user=args.max_connections_per_user,
         ping_interval=args.ping_interval,
         pong_timeout=args.pong_timeout,
         api_port=None if args.api_port < 0 else args.api_port,

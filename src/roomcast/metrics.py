@@ -35,6 +35,8 @@ class ServerCounters:
     """Clients dropped because they stopped answering pings."""
     auth_failures: int = 0
     """Upgrades refused (and token refreshes rejected) for a missing or invalid token."""
+    rate_limited: int = 0
+    """Client messages dropped for exceeding the rate limit."""
     token_expiries: int = 0
     """Clients closed (4001) because their token expired and no new one came in time."""
 
@@ -90,6 +92,11 @@ class _HubCollector(Collector):
                 "roomcast_auth_failures",
                 "Upgrades refused for a missing or invalid token.",
                 counters.auth_failures,
+            ),
+            (
+                "roomcast_rate_limited",
+                "Client messages dropped for exceeding the rate limit.",
+                counters.rate_limited,
             ),
             (
                 "roomcast_token_expiries",

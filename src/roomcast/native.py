@@ -110,6 +110,7 @@ class NativeTransport(WSListener):
         "_ws",
         "connection",
         "initial_room",
+        "rate_state",
     )
 
     def __init__(
@@ -124,6 +125,8 @@ class NativeTransport(WSListener):
         self._fragments: list[bytes] | None = None
         self._ws: WSTransport | None = None
         self._raw: Any = None
+        self.rate_state: tuple[float, float, int] | None = None
+        """The server's rate-limit bookkeeping for this client (tokens, time, strikes)."""
 
     # ------------------------------------------------------------------ picows callbacks
 

@@ -38,6 +38,8 @@ from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
 from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
 from roomcast.http_api import ApiRequest, ApiResponse, key_matches, serve_api
+from roomcast.limits import RateLimit
+from roomcast.limits import Verdict as RateVerdict
 from roomcast.manager import ConnectionManager, OverflowPolicy
 from roomcast.messages import (
     AckMessage,
@@ -97,6 +99,15 @@ class ServerConfig:
     authenticator: Authenticator | None = None
     """Verifies a token on every upgrade (must be synchronous here, e.g. JWTAuthenticator);
     the identity's user id replaces ``?user_id=``.  None: no authentication."""
+    rate_limit: float = 100.0
+    """Messages per second a client may send on average (0: no limit); over it, messages
+    are refused with an error (1008), and a client that keeps going is closed with 1008."""
+    rate_burst: int = 200
+    """Messages a client may send at once before the rate applies."""
+    max_rooms_per_connection: int = 100
+    """Rooms one connection may be in; a join beyond gets an error (1008)."""
+    max_connections_per_user: int = 0
+    """Connections one user id may hold in this process (0: no cap); more get HTTP 403."""
     echo: bool = False
     """Serve ``/echo``: every message is sent back as is (for protocol test suites)."""
     allowed_origins: frozenset[str] | None = None
@@ -137,6 +148,9 @@ class Server:
         self._server: asyncio.Server | None = None
         self._api: asyncio.Server | None = None
         self.scheduler = FlushScheduler()
+        self._rate = (
+            RateLimit(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
+        )
         self._expiry = ExpiryClock(config.token_grace)
         self._expiry_changed = asyncio.Event()
         self._tasks = TaskSet()
@@ -276,6 +290,9 @@ class Server:
                     self.manager.check_id(what, value)
         except InvalidIdentifier as exc:
             return self._refuse_upgrade(400, f"{exc}\n".encode())
+        cap = self.config.max_connections_per_user
+        if cap and user_id is not None and len(self.manager.get_user_connections(user_id)) >= cap:
+            return self._refuse_upgrade(403, b"too many connections for this user\n")
         transport = NativeTransport(self, Connection(None, user_id), room)
         transport.connection.websocket = transport
         if expires_at is not None:
@@ -368,6 +385,8 @@ class Server:
             self.heartbeat.record_pong(connection.connection_id)  # any message is life
         self.counters.messages_in += 1
         self.counters.bytes_in += size
+        if self._rate is not None and not self._within_rate(transport):
+            return
         if isinstance(message, bytes):
             transport.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
             return
@@ -384,6 +403,28 @@ class Server:
         elif isinstance(command, AuthMessage):
             self._reauthenticate(connection, command)
         # PongMessage: answers to application pings; the heartbeat issue will record them.
+
+    def _within_rate(self, transport: NativeTransport) -> bool:
+        """Charge one message to the client's bucket; refuse or cut off when it is empty."""
+        assert self._rate is not None
+        now = time.monotonic()
+        state = transport.rate_state or (self._rate.burst, now, 0)
+        verdict, tokens, stamp, strikes = self._rate.check(*state, now)
+        transport.rate_state = (tokens, stamp, strikes)
+        if verdict is RateVerdict.ALLOW:
+            return True
+        self.counters.rate_limited += 1
+        if verdict is RateVerdict.CUT_OFF:
+            transport.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+        elif strikes == 1:  # say it once per episode, not per dropped message
+            self._reply(
+                transport.connection,
+                ErrorMessage(
+                    error=f"rate limit exceeded ({self._rate.rate:g}/s); messages dropped",
+                    code=CloseCode.POLICY_VIOLATION,
+                ),
+            )
+        return False
 
     # ------------------------------------------------------------------ token expiry
 
@@ -424,6 +465,10 @@ class Server:
     def _membership(self, connection: Connection, command: JoinMessage | LeaveMessage) -> None:
         try:
             if isinstance(command, JoinMessage):
+                limit = self.config.max_rooms_per_connection
+                if command.room not in connection.rooms and len(connection.rooms) >= limit:
+                    self._refuse(connection, command.event_id, f"at most {limit} rooms")
+                    return
                 self.manager.join(connection, command.room)
             elif not self.manager.leave(connection, command.room):
                 self._refuse(connection, command.event_id, f"not in room {preview(command.room)}")
