@@ -255,3 +255,40 @@ async def test_unix_socket_url() -> None:
             assert await inbox.wait_for(1) == [{"data": "over a unix socket"}]
     finally:
         server.close()
+
+
+async def test_oversized_garbage_and_killed_subscriber_connections() -> None:
+    """A 5 MB foreign message is dropped as malformed; CLIENT KILL TYPE pubsub (Redis drops
+    the subscriber) and DEBUG SLEEP (Redis hangs) are both survived: the instance
+    reconnects, resubscribes, and delivers again."""
+    interval = seconds(0.2)
+    own_redis = RedisServer(extra=("--enable-debug-command", "yes"))
+    own_redis.start()
+    try:
+        await drill(own_redis, interval)
+    finally:
+        own_redis.close()
+
+
+async def drill(own_redis: RedisServer, interval: float) -> None:
+    async with pubsub(own_redis.url, health_check_interval=interval) as a:
+        inbox = Inbox()
+        await a.subscribe("ws:broadcast", inbox)
+        foreign = redis.asyncio.Redis.from_url(own_redis.url)
+        try:
+            await foreign.publish("ws:broadcast", b"\x00" * 5_000_000)
+        finally:
+            await foreign.aclose()
+        await eventually(lambda: a.stats.malformed == 1)
+
+        own_redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        await eventually(lambda: a.stats.reconnects == 1 and a.settled, timeout_units=10)
+        await a.publish_broadcast("after kill")
+        await inbox.wait_for(1)
+
+        sleeper = asyncio.ensure_future(asyncio.to_thread(own_redis.cli, "DEBUG", "SLEEP", "2"))
+        await eventually(lambda: not a.ready, timeout_units=10)
+        await sleeper
+        await eventually(lambda: a.settled, timeout_units=10)
+        await a.publish_broadcast("after sleep")
+        assert [item["data"] for item in await inbox.wait_for(2)] == ["after kill", "after sleep"]

@@ -529,13 +529,22 @@ async def test_foreign_origins_are_refused() -> None:
     """With an Origin allow-list, a browser upgrade from another Origin gets HTTP 403 and
     is counted; listed Origins and clients without an Origin connect."""
     async with running(allowed_origins=frozenset({"https://chat.example"})) as server:
-        with pytest.raises(InvalidStatus) as refused:
-            await connect(url(server), origin="https://evil.example")
-        assert refused.value.response.status_code == 403
+        tricks = (
+            "https://evil.example",
+            "https://chat.example.evil.example",  # suffix
+            "https://evil-chat.example",
+            "HTTPS://CHAT.EXAMPLE",  # case
+            "https://chat.example:443",
+            "null",
+        )
+        for origin in tricks:
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url(server), origin=origin)
+            assert refused.value.response.status_code == 403
         good = await connect(url(server), origin="https://chat.example")
         plain = await connect(url(server))
         await eventually(lambda: server.manager.active_connections == 2)
-        assert server.counters.refused_upgrades == 1
+        assert server.counters.refused_upgrades == len(tricks)
         await good.close()
         await plain.close()
 
@@ -578,3 +587,75 @@ async def test_limits_rate_rooms_and_connections_per_user() -> None:
         assert too_many.value.response.status_code == 403
         for client in (neighbour, second):
             await client.close()
+
+
+async def handshake(port: int, request: bytes) -> bytes:
+    """Send raw bytes as an upgrade request; what the server answers before closing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(seconds(5)):
+            return await reader.read(65536)
+    except ConnectionResetError:
+        return b""  # the server hung up on it: also a refusal
+    finally:
+        writer.close()
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        UPGRADE + b"".join(b"X-Filler-%d: y\r\n" % n for n in range(5000)) + b"\r\n",
+        UPGRADE
+        + b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: "
+        + b"p," * 32768
+        + b"\r\n\r\n",
+        UPGRADE + b"Sec-WebSocket-Version: 99\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(500),  # a TLS ClientHello
+        b"GET /ws HTTP/1.1\r\n" + b"A" * 70000 + b"\r\n\r\n",
+    ],
+    ids=["5000-headers", "64KiB-protocol", "bad-version", "missing-key", "tls", "huge-line"],
+)
+async def test_handshake_abuse_is_refused_and_the_server_keeps_serving(
+    request_bytes: bytes,
+) -> None:
+    """Floods of headers, a 64 KiB Sec-WebSocket-Protocol, a bad version, a missing key,
+    TLS bytes or a 70 KB line: answered with an HTTP error or a closed socket, quickly, with
+    nothing registered; a normal client connects right after.  (Bytes that never make a
+    complete request, like TLS, are dropped after the handshake timeout.)"""
+    async with running(handshake_timeout=seconds(1)) as server:
+        answer = await handshake(server.port, request_bytes)
+        assert not answer.startswith(b"HTTP/1.1 101")
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4") or answer.startswith(b"HTTP/1.1 5")
+        assert server.manager.active_connections == 0
+        client = await connect(url(server, "/ws/r?user_id=ok"))
+        assert (await call(client, type="ping"))["type"] == "pong"
+        await client.close()
+
+
+async def test_ids_with_control_characters_or_too_long_are_refused_or_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 10 KB user id is refused with 400; control characters are stored as sent but
+    logged escaped (never raw)."""
+    import urllib.parse
+
+    async with running() as server:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url(server, "/ws/r?user_id=" + "u" * 10_000))
+        assert refused.value.response.status_code == 400
+        nasty = "evil\x1b[31m\r\nINJECTED"
+        client = await connect(url(server, "/ws/r?user_id=" + urllib.parse.quote(nasty)))
+        await eventually(lambda: server.manager.active_connections == 1)
+        (connection,) = server.manager.get_room_members("r")
+        assert connection.user_id == nasty
+        await client.close()
+        assert "\x1b" not in caplog.text and "\r\nINJECTED" not in caplog.text
