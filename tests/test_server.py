@@ -549,7 +549,9 @@ async def test_foreign_origins_are_refused() -> None:
         await plain.close()
 
 
-async def test_limits_rate_rooms_and_connections_per_user() -> None:
+async def test_limits_rate_rooms_and_connections_per_user(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A flooding client is told once (1008), its excess dropped, then closed with 1008 while
     a neighbour keeps being served; a join beyond the room cap and a connection beyond the
     per-user cap are refused."""
@@ -569,6 +571,8 @@ async def test_limits_rate_rooms_and_connections_per_user() -> None:
         errors = [a for a in answers if a["type"] == "error"]
         assert len(errors) == 1 and "rate limit" in errors[0]["error"]
         assert server.counters.rate_limited >= 50
+        assert caplog.text.count("rate_limited #") == 1  # one line per episode
+        assert "rate_limit_close" in caplog.text and '"data"' not in caplog.text
         relayed = []
         with contextlib.suppress(TimeoutError):
             while True:

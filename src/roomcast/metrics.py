@@ -9,6 +9,7 @@ process do not collide.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -18,7 +19,7 @@ from prometheus_client.registry import Collector
 from roomcast.distributed import DistributedWebSocketManager
 from roomcast.manager import ConnectionManager
 
-__all__ = ["ServerCounters", "metrics_registry", "render"]
+__all__ = ["EventLog", "ServerCounters", "metrics_registry", "render"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -39,6 +40,26 @@ class ServerCounters:
     """Client messages dropped for exceeding the rate limit."""
     token_expiries: int = 0
     """Clients closed (4001) because their token expired and no new one came in time."""
+
+
+class EventLog:
+    """One log line per notable event (a refused upgrade, a limit hit, a dropped client), with
+    a budget: the first ``burst`` lines of each kind, then one in ``every`` (with the count), so
+    that a flood of bad clients cannot flood the log.  Lines carry ids and reasons, never
+    tokens or message bodies; ids are escaped and cut by the caller (``preview``).
+    """
+
+    def __init__(self, logger: logging.Logger, burst: int = 20, every: int = 1000) -> None:
+        self._logger = logger
+        self._burst = burst
+        self._every = every
+        self._counts: dict[str, int] = {}
+
+    def event(self, kind: str, message: str, *args: object) -> None:
+        count = self._counts.get(kind, 0) + 1
+        self._counts[kind] = count
+        if count <= self._burst or count % self._every == 0:
+            self._logger.warning("%s (%s #%d): " + message, kind, kind, count, *args)
 
 
 class _HubCollector(Collector):

@@ -49,7 +49,7 @@ from roomcast.messages import (
     WSMessage,
     preview,
 )
-from roomcast.metrics import ServerCounters, metrics_registry, render
+from roomcast.metrics import EventLog, ServerCounters, metrics_registry, render
 from roomcast.native import EchoTransport, FlushScheduler, NativeTransport
 from roomcast.protocol import (
     AuthMessage,
@@ -144,6 +144,7 @@ class Server:
         self.close_timeout = config.close_timeout
         self.max_message_size = config.max_message_size
         self.counters = ServerCounters()
+        self.events = EventLog(logger)
         self._metrics = metrics_registry(self.manager, self.counters, self._buffered_bytes)
         self._server: asyncio.Server | None = None
         self._api: asyncio.Server | None = None
@@ -320,6 +321,7 @@ class Server:
 
     def _refuse_upgrade(self, status: int, body: bytes) -> WSUpgradeResponseWithListener:
         self.counters.refused_upgrades += 1
+        self.events.event("upgrade_refused", "HTTP %d: %s", status, body.decode().strip())
         return _respond(status, body)
 
     def _plain_get(self, path: str) -> tuple[int, bytes, str]:
@@ -376,6 +378,12 @@ class Server:
         connection = self.manager.get_connection(connection_id)
         if connection is not None and isinstance(connection.transport, NativeTransport):
             self.counters.heartbeat_timeouts += 1
+            self.events.event(
+                "heartbeat_timeout",
+                "dropped connection %s (user %s): no pong",
+                connection_id,
+                preview(connection.user_id),
+            )
             connection.transport.abort()
 
     def received(self, transport: NativeTransport, message: str | bytes, size: int) -> None:
@@ -393,6 +401,13 @@ class Server:
         command = interpret(message)
         if isinstance(command, ErrorMessage):
             self.counters.protocol_errors += 1
+            self.events.event(
+                "bad_message",
+                "connection %s (user %s): %s",
+                connection.connection_id,
+                preview(connection.user_id),
+                command.error,
+            )
             self._reply(connection, command)
         elif isinstance(command, PublishMessage):
             self._publish(connection, command)
@@ -415,8 +430,21 @@ class Server:
             return True
         self.counters.rate_limited += 1
         if verdict is RateVerdict.CUT_OFF:
+            self.events.event(
+                "rate_limit_close",
+                "closed connection %s (user %s) with 1008",
+                transport.connection.connection_id,
+                preview(transport.connection.user_id),
+            )
             transport.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         elif strikes == 1:  # say it once per episode, not per dropped message
+            self.events.event(
+                "rate_limited",
+                "connection %s (user %s) over %g messages/s",
+                transport.connection.connection_id,
+                preview(transport.connection.user_id),
+                self._rate.rate,
+            )
             self._reply(
                 transport.connection,
                 ErrorMessage(
@@ -460,6 +488,12 @@ class Server:
             self._reply(connection, expiry_warning(self.config.token_grace))
         else:
             self.counters.token_expiries += 1
+            self.events.event(
+                "token_expired",
+                "closed connection %s (user %s) with 4001",
+                connection_id,
+                preview(connection.user_id),
+            )
             connection.transport.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
     def _membership(self, connection: Connection, command: JoinMessage | LeaveMessage) -> None:
@@ -493,6 +527,13 @@ class Server:
 
     def _refuse(self, connection: Connection, event_id: str, why: str) -> None:
         self.counters.protocol_errors += 1
+        self.events.event(
+            "command_refused",
+            "connection %s (user %s): %s",
+            connection.connection_id,
+            preview(connection.user_id),
+            why,
+        )
         self._reply(
             connection,
             ErrorMessage(error=why, code=CloseCode.POLICY_VIOLATION, ref_event_id=event_id),
