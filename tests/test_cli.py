@@ -57,8 +57,8 @@ def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
-    """As a real process on uvloop: the publish API reaches clients; a SIGTERM closes every
-    client with 1001 and the process exits 0 within its deadline."""
+    """As a real process on uvloop: the publish API reaches 500 clients; a SIGTERM closes
+    every one with 1001 and the process exits 0 within its deadline."""
     port, api_port = free_port(), free_port()
     command = ["serve", "--port", str(port), "--api-port", str(api_port), "--log-format", "json"]
     process = await asyncio.create_subprocess_exec(
@@ -76,7 +76,12 @@ async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
         async with asyncio.timeout(seconds(20)):
             while b"listening" not in await process.stderr.readline():
                 pass
-        clients = [await connect(f"ws://127.0.0.1:{port}/ws/r?user_id=u{i}") for i in range(20)]
+        # 500 clients: the drain closes them in batches within the deadline.
+        clients = list(
+            await asyncio.gather(
+                *(connect(f"ws://127.0.0.1:{port}/ws/r?user_id=u{i}") for i in range(500))
+            )
+        )
         body = b'{"room": "r", "data": "hello"}'
         reader, writer = await asyncio.open_connection("127.0.0.1", api_port)
         writer.write(
@@ -86,7 +91,7 @@ async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
         async with asyncio.timeout(seconds(5)):
             answer = await reader.read()
         writer.close()
-        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"delivered": 20}\n')
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"delivered": 500}\n')
         for client in clients:
             assert '"hello"' in str(await recv(client))
         process.send_signal(signal.SIGTERM)

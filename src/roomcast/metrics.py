@@ -8,6 +8,7 @@ process do not collide.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
@@ -40,6 +41,13 @@ class ServerCounters:
     """Client messages dropped for exceeding the rate limit."""
     token_expiries: int = 0
     """Clients closed (4001) because their token expired and no new one came in time."""
+
+
+def _task_count() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped outside a running loop (tests)
+        return 0
 
 
 class EventLog:
@@ -79,6 +87,9 @@ class _HubCollector(Collector):
             "roomcast_connections", "Open WebSocket connections.", manager.active_connections
         )
         yield GaugeMetricFamily("roomcast_rooms", "Rooms with members.", len(manager.active_rooms))
+        yield GaugeMetricFamily(
+            "roomcast_tasks", "asyncio tasks alive in the process.", _task_count()
+        )
         yield GaugeMetricFamily(
             "roomcast_send_buffer_bytes",
             "Bytes waiting to be written to clients.",
