@@ -663,3 +663,67 @@ async def test_ids_with_control_characters_or_too_long_are_refused_or_escaped(
         assert connection.user_id == nasty
         await client.close()
         assert "\x1b" not in caplog.text and "\r\nINJECTED" not in caplog.text
+
+
+async def test_cross_user_isolation_under_concurrent_sends() -> None:
+    """Concurrent sends to 50 users (two devices each) through the API: every device gets
+    all of its user's messages, in order, and none of anybody else's."""
+    async with running(api_port=0, api_key="k") as server:
+        devices = {
+            f"user{u}": [await connect(url(server, f"/ws?user_id=user{u}")) for _ in range(2)]
+            for u in range(50)
+        }
+        await eventually(lambda: server.manager.active_connections == 100)
+
+        async def send_all(user: str) -> None:
+            for n in range(10):
+                body = json.dumps({"user_id": user, "data": f"{user}:{n}"}).encode()
+                status, _ = await http_request(server.api_port, publish_request(body, "k"))
+                assert status == 200
+
+        await asyncio.gather(*(send_all(user) for user in devices))
+        for user, sockets in devices.items():
+            for ws in sockets:
+                got = [json.loads(await recv(ws))["data"] for _ in range(10)]
+                assert got == [f"{user}:{n}" for n in range(10)]
+        for sockets in devices.values():
+            for ws in sockets:
+                with pytest.raises(TimeoutError):
+                    await recv(ws, timeout_units=0.05)
+                await ws.close()
+
+
+async def test_reconnect_storm_after_a_restart() -> None:
+    """1,000 clients of a server that goes down reconnect all at once to its successor on
+    the same port: every one gets in, nothing is refused."""
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    first = Server(ServerConfig(port=0))
+    await first.start(sock)
+    clients = await asyncio.gather(
+        *(connect(f"ws://127.0.0.1:{port}/ws/r?user_id=u{n}") for n in range(1000))
+    )
+    await first.stop()
+    for client in clients:
+        with contextlib.suppress(ConnectionClosed):
+            await recv(client, timeout_units=5)
+    successor = Server(ServerConfig(port=0))
+    same_port = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    same_port.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    same_port.bind(("127.0.0.1", port))
+    same_port.listen(4096)
+    same_port.setblocking(False)
+    await successor.start(same_port)
+    try:
+        began = asyncio.get_running_loop().time()
+        again = await asyncio.gather(
+            *(connect(f"ws://127.0.0.1:{port}/ws/r?user_id=u{n}") for n in range(1000))
+        )
+        await eventually(lambda: successor.manager.active_connections == 1000)
+        elapsed = asyncio.get_running_loop().time() - began
+        print(f"reconnect storm: 1000 clients back in {elapsed:.2f} s")
+        assert successor.counters.refused_upgrades == 0
+        for client in again:
+            await client.close()
+    finally:
+        await successor.stop()
