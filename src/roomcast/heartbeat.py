@@ -218,9 +218,10 @@ class HeartbeatManager:
             resolution if resolution is not None else min(1.0, ping_interval / 10),
         )
         self._send_ping = send_ping or _send_app_ping
-        self._websockets: dict[str, Any] = {}
-        self._callbacks: dict[str, DisconnectCallback | None] = {}
+        self._watched: dict[str, tuple[Any, DisconnectCallback | None]] = {}
         self._wakeup = asyncio.Event()
+        self._planned: float | None = None
+        """When the timer will wake up next (monotonic), None while it waits for work."""
         self._tasks = TaskSet()
         self._timer: asyncio.Task[None] | None = None
         # monotonic -> wall clock, for the metrics
@@ -235,12 +236,16 @@ class HeartbeatManager:
         """Watch a connection: ping it every ``ping_interval``; if it stays silent for
         ``ping_interval + pong_timeout``, stop watching it and call
         ``on_disconnect_callback(connection_id)`` (sync or async)."""
-        self._schedule.add(connection_id, time.monotonic())
-        self._websockets[connection_id] = websocket
-        self._callbacks[connection_id] = on_disconnect_callback
+        now = time.monotonic()
+        self._schedule.add(connection_id, now)
+        self._watched[connection_id] = (websocket, on_disconnect_callback)
         if self._timer is None or self._timer.done():
             self._timer = self._tasks.spawn(self._run(), name="roomcast-heartbeat")
-        self._wakeup.set()
+        # Wake the timer only if this connection is due before its planned wake-up: new
+        # connections are due last, so a busy server's handshakes cost no task switch.
+        planned = self._planned
+        if planned is None or now + self.ping_interval < planned:
+            self._wakeup.set()
 
     def record_pong(self, connection_id: str) -> float | None:
         """A pong (or any sign of life) from the connection; returns the RTT if known."""
@@ -272,8 +277,7 @@ class HeartbeatManager:
 
     def stop_heartbeat(self, connection_id: str) -> bool:
         """Stop watching; False if it was not watched."""
-        self._websockets.pop(connection_id, None)
-        self._callbacks.pop(connection_id, None)
+        self._watched.pop(connection_id, None)
         return self._schedule.remove(connection_id)
 
     @property
@@ -293,25 +297,29 @@ class HeartbeatManager:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            due = self._schedule.next_event()
-            self._wakeup.clear()
-            if due is None:
-                await self._wakeup.wait()
-                continue
-            if due > time.monotonic():
-                try:
-                    async with asyncio.timeout_at(loop.time() + due - time.monotonic()):
-                        await self._wakeup.wait()
-                    continue  # a new connection may be due sooner
-                except TimeoutError:
-                    pass
-            self._tick(time.monotonic())
+        try:
+            while True:
+                due = self._schedule.next_event()
+                self._wakeup.clear()
+                self._planned = due
+                if due is None:
+                    await self._wakeup.wait()
+                    continue
+                if due > time.monotonic():
+                    try:
+                        async with asyncio.timeout_at(loop.time() + due - time.monotonic()):
+                            await self._wakeup.wait()
+                        continue  # a new connection may be due sooner
+                    except TimeoutError:
+                        pass
+                self._tick(time.monotonic())
+        finally:
+            self._planned = None
 
     def _tick(self, now: float) -> None:
         to_ping, dead = self._schedule.due(now)
         for connection_id in to_ping:
-            websocket = self._websockets.get(connection_id)
+            websocket = self._watched.get(connection_id, (None, None))[0]
             try:
                 outcome = self._send_ping(connection_id, websocket, PingMessage())
                 if inspect.isawaitable(outcome):
@@ -319,8 +327,7 @@ class HeartbeatManager:
             except Exception:
                 logger.exception("sending a ping to %s failed", connection_id)
         for connection_id in dead:
-            self._websockets.pop(connection_id, None)
-            callback = self._callbacks.pop(connection_id, None)
+            callback = self._watched.pop(connection_id, (None, None))[1]
             logger.info("connection %s missed its heartbeat; disconnecting", connection_id)
             if callback is None:
                 continue
