@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from tests.redis_support import free_port
 from tests.support import connect, seconds
@@ -195,6 +197,100 @@ async def test_churn_soak_returns_to_baseline() -> None:
         assert rss <= peak_rss + (16 << 20)
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        await http.aclose()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+async def test_slow_consumer_among_many_at_1_khz() -> None:
+    """8 KiB messages at ~1 kHz to 50 readers and one client that stops reading (enough to
+    fill ~4 MiB of kernel buffers and the 1 MiB send buffer): the readers get every message,
+    the slow one is closed with 4008, the server's RSS stays bounded."""
+    import socket
+
+    from roomcast import CloseCode
+
+    port, api_port = free_port(), free_port()
+    server = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
+        [
+            sys.executable,
+            "-m",
+            "roomcast.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--api-port",
+            str(api_port),
+            "--log-level",
+            "error",
+        ],
+        env={**os.environ, "ROOMCAST_API_KEY": "k"},
+    )
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
+    readers: list[ClientConnection] = []
+    try:
+        async with asyncio.timeout(seconds(20)):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+        process = psutil.Process(server.pid)
+        readers = list(
+            await asyncio.gather(
+                *(connect(f"ws://127.0.0.1:{port}/ws/r?user_id=r{n}") for n in range(50))
+            )
+        )
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        slow = await connect(f"ws://127.0.0.1:{port}/ws/r?user_id=slow", sock=sock, max_queue=1)
+        base_rss = process.memory_info().rss
+        counts = [0] * len(readers)
+
+        async def read(index: int) -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for _ in readers[index]:
+                    counts[index] += 1
+
+        reading = [asyncio.ensure_future(read(i)) for i in range(len(readers))]
+        messages, payload = 600, "x" * 8192
+        began = asyncio.get_running_loop().time()
+        for n in range(0, messages, 5):  # 5 per request every 5 ms: 1 kHz on average
+            response = await http.post(
+                "/api/publish",
+                json={"room": "r", "batch": [payload] * 5},
+                headers={"X-API-Key": "k"},
+            )
+            assert response.status_code == 200
+            next_send = began + (n + 5) / 1000
+            await asyncio.sleep(max(0.0, next_send - asyncio.get_running_loop().time()))
+        sent_in = asyncio.get_running_loop().time() - began
+        async with asyncio.timeout(seconds(30)):
+            while min(counts) < messages:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        peak_rss = process.memory_info().rss
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(seconds(30)):
+                async for _ in slow:
+                    pass
+        print(
+            f"slow consumer: {messages} x 8 KiB in {sent_in:.2f} s; readers got "
+            f"{min(counts)}-{max(counts)} each; slow one closed {slow.close_code}; "
+            f"server RSS {base_rss >> 20} -> {peak_rss >> 20} MiB"
+        )
+        assert min(counts) == messages
+        assert slow.close_code == CloseCode.SLOW_CONSUMER
+        assert peak_rss - base_rss < 64 << 20
+        for task in reading:
+            task.cancel()
+    finally:
+        for reader in readers:
+            await reader.close()
         await http.aclose()
         server.send_signal(signal.SIGTERM)
         try:
