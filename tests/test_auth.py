@@ -178,3 +178,26 @@ def test_an_unusable_key_refuses_instead_of_crashing(rsa_key: rsa.RSAPrivateKey)
     token = jwt.encode(claims(), rsa_key, algorithm="RS256")
     with pytest.raises(AuthenticationError, match="rejected"):
         JWTAuthenticator("not a pem key", algorithms=["RS256"])(token)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "user_id=ann",
+        "a=1&user_id=b%20c&user_id=x",
+        "user_id=a+b",
+        "user_id=&x=1",
+        "x=1",
+        "",
+        "user_idx=1",
+        "user_id=%E2%9C%93",
+    ],
+)
+def test_query_value_agrees_with_parse_qs(query: str) -> None:
+    """The fast query lookup gives what parse_qs would (first non-empty value)."""
+    from urllib.parse import parse_qs
+
+    from roomcast.auth import query_value
+
+    expected = parse_qs(query).get("user_id")
+    assert query_value(query, "user_id") == (expected[0] if expected else None)

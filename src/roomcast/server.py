@@ -21,7 +21,7 @@ import logging
 import socket
 import time
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from picows import (
     WSUpgradeRequest,
@@ -30,7 +30,13 @@ from picows import (
     ws_create_server,
 )
 
-from roomcast.auth import AuthenticationError, Authenticator, Identity, token_from_request
+from roomcast.auth import (
+    AuthenticationError,
+    Authenticator,
+    Identity,
+    query_value,
+    token_from_request,
+)
 from roomcast.connection import Connection
 from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import CloseCode, InvalidIdentifier, InvalidMessage
@@ -283,8 +289,7 @@ class Server:
                 return self._refuse_upgrade(exc.status, f"{exc}\n".encode())
             user_id, expires_at = identity.user_id, identity.expires_at
         else:
-            users = parse_qs(query).get("user_id")
-            user_id = users[0] if users else None
+            user_id = query_value(query, "user_id")
         try:
             for what, value in (("room", room), ("user_id", user_id)):
                 if value is not None:
