@@ -373,3 +373,27 @@ async def test_token_taken_from_the_request_as_a_browser_sends_it(own_redis: Red
             assert refused.value.response.status_code == 401
             await browser.close()
             await service.close()
+
+
+async def test_an_endpoint_that_dies_leaves_no_registry_record(own_redis: RedisServer) -> None:
+    """An endpoint that raises after connect (and never calls disconnect) still has its
+    connection removed from Redis when it ends."""
+    async with instances(own_redis, 1) as ((manager,), _):
+        app = FastAPI()
+
+        @app.websocket("/ws")
+        async def endpoint(websocket: WebSocket) -> None:
+            await manager.connect(websocket=websocket, authenticator=authenticator)
+            await websocket.receive_text()
+            raise RuntimeError("endpoint bug")
+
+        async with running_server(app) as base:
+            client = await connect(f"{base}/ws?token={token('ann')}")
+            await registered(manager, "ann", 1)
+            await client.send("boom")
+            async with asyncio.timeout(seconds(5)):
+                while await manager.is_user_online("ann"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            assert manager.hub.active_connections == 0
+            with contextlib.suppress(Exception):
+                await client.close()

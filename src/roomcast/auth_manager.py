@@ -191,6 +191,10 @@ class AuthConnectionManager:
         # Known (and joinable) from here on, once the registry has its record.
         self._identities[connection_id] = identity
         self._arm_expiry(connection_id, identity.expires_at)
+        endpoint = asyncio.current_task()
+        if endpoint is not None:
+            # However the endpoint ends (even without calling disconnect), the record goes.
+            endpoint.add_done_callback(lambda _: self._forget_later(connection_id))
         if room is not None:
             await self._join(connection_id, room)
         return connection_id, identity.user_id
@@ -239,6 +243,12 @@ class AuthConnectionManager:
             self.hub.deliver_to(connection, encode(expiry_warning(self.config.token_grace)))
         else:
             connection.transport.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+    def _forget_later(self, conn_id: str) -> None:
+        if conn_id in self._identities:
+            self._identities.pop(conn_id, None)
+            self._expiry.forget(conn_id)
+            self._tasks.spawn(self.presence.remove(conn_id), name="roomcast-presence-remove")
 
     def identity(self, conn_id: str) -> Identity | None:
         """Who a local connection authenticated as."""

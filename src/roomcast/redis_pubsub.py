@@ -267,7 +267,12 @@ class RedisPubSub:
             async with asyncio.timeout(self._socket_timeout):
                 await waiter
         except TimeoutError:
-            pass  # Redis went away meanwhile; the subscription is made when it is back
+            # Redis went away meanwhile; the subscription is made when it is back.
+            waiters = self._confirm_waiters.get(channel)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._confirm_waiters[channel]
 
     # ---------------------------------------------------------------- publishing
 
