@@ -137,3 +137,26 @@ async def test_task_set_cancels_what_is_left() -> None:
     assert len(tasks) == 1
     await tasks.cancel_all()
     assert task.cancelled() and len(tasks) == 0
+
+
+async def test_task_set_cancels_again_a_task_that_swallowed_its_cancellation() -> None:
+    """A task that turns its first cancellation into something else (as some I/O libraries
+    do) is cancelled again instead of being waited for forever."""
+    tasks = TaskSet()
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+
+    tasks.spawn(stubborn())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await tasks.cancel_all()
+    assert swallowed == 1 and len(tasks) == 0

@@ -17,6 +17,9 @@ logger = logging.getLogger("roomcast")
 
 T = TypeVar("T")
 
+_RECANCEL = 0.5
+"""Seconds between cancellations of a task that has not ended yet (see ``cancel_all``)."""
+
 
 class TaskSet:
     """A set of running tasks that logs their failures and cancels them on demand."""
@@ -47,9 +50,15 @@ class TaskSet:
             await asyncio.wait(list(self._tasks), timeout=within)
 
     async def cancel_all(self) -> None:
-        """Cancel every task and wait until all have finished."""
+        """Cancel every task and wait until all have finished.
+
+        A task may swallow its cancellation (some libraries turn a CancelledError raised in
+        their I/O into an ordinary error, which a retry loop then handles): such a task is
+        cancelled again every ``_RECANCEL`` seconds until it ends, instead of being waited
+        for forever.
+        """
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(tasks, timeout=_RECANCEL)
