@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tests.redis_support import free_port
-from tests.support import connect, seconds
+from tests.support import connect, eventually, seconds
 
 CLIENTS = int(os.environ.get("ROOMCAST_SOAK_CLIENTS", "2000"))
 CHURN_SECONDS = float(os.environ.get("ROOMCAST_SOAK_SECONDS", "10"))
@@ -66,6 +66,11 @@ class Client:
         self.reader.cancel()
 
 
+def markers(client: Client) -> set[str]:
+    """Rooms whose marker message this client received."""
+    return {m["room"] for m in client.inbox if str(m.get("data", "")).startswith("marker")}
+
+
 async def metric(http: httpx.AsyncClient, name: str) -> float:
     for line in (await http.get("/metrics")).text.splitlines():
         if line.startswith(name + " "):
@@ -73,37 +78,41 @@ async def metric(http: httpx.AsyncClient, name: str) -> float:
     raise AssertionError(name)
 
 
-async def test_churn_soak_returns_to_baseline() -> None:
-    """Join/leave/publish/reconnect churn by thousands of clients: no error, membership as
-    believed, and fds, tasks and RSS back near the baseline once everyone left."""
+async def start_serve(*flags: str) -> tuple[subprocess.Popen[bytes], int, httpx.AsyncClient]:
+    """A ``roomcast serve`` process with an API port (key "k"), once it answers /readyz."""
     port, api_port = free_port(), free_port()
+    command = ["serve", "--port", str(port), "--api-port", str(api_port), "--log-level", "error"]
     server = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
-        [
-            sys.executable,
-            "-m",
-            "roomcast.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--api-port",
-            str(api_port),
-            "--log-level",
-            "error",
-            "--rate-limit",
-            "0",
-        ],
+        [sys.executable, "-m", "roomcast.cli", *command, *flags],
         env={**os.environ, "ROOMCAST_API_KEY": "k"},
     )
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
+    async with asyncio.timeout(seconds(20)):
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get("/readyz")).status_code == 200:
+                    return server, port, http
+            assert server.poll() is None, "roomcast serve exited"
+            await asyncio.sleep(0.05)
+
+
+async def stop_serve(server: subprocess.Popen[bytes], http: httpx.AsyncClient) -> None:
+    await http.aclose()
+    server.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(server.wait, 20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+async def test_churn_soak_returns_to_baseline() -> None:
+    """Join/leave/publish/reconnect churn by thousands of clients: no error, membership as
+    believed, and fds, tasks and RSS back near the baseline once everyone left."""
+    server, port, http = await start_serve("--rate-limit", "0")
     clients: list[Client] = []
     rng = random.Random(7)
     try:
-        async with asyncio.timeout(seconds(20)):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.05)
         # Warm-up: the first connection starts the timers that live as long as the server.
         warm_up = await connect(f"ws://127.0.0.1:{port}/ws/warm-up?user_id=w")
         await warm_up.close()
@@ -160,10 +169,7 @@ async def test_churn_soak_returns_to_baseline() -> None:
 
         # Membership check: a marker per room reaches exactly those who believe they are in.
         for client in clients:
-            client.inbox.clear()
-        await asyncio.sleep(seconds(0.5))  # let in-flight churn messages land
-        for client in clients:
-            client.inbox.clear()
+            client.inbox.clear()  # markers are told apart from churn by their data
         for room in ROOMS:
             response = await http.post(
                 "/api/publish",
@@ -171,12 +177,11 @@ async def test_churn_soak_returns_to_baseline() -> None:
                 headers={"X-API-Key": "k"},
             )
             assert response.status_code == 200
-        await asyncio.sleep(seconds(1))
+        # Each room's marker is written to all its members in one pass: once every client
+        # has the markers it expects, a wrong one would have arrived by then too.
+        await eventually(lambda: all(markers(c) >= c.rooms for c in clients), timeout_units=10)
         for client in clients:
-            markers = {
-                m["room"] for m in client.inbox if str(m.get("data", "")).startswith("marker")
-            }
-            assert markers == client.rooms, (client.name, markers, client.rooms)
+            assert markers(client) == client.rooms, (client.name, markers(client), client.rooms)
 
         for client in clients:
             await client.close()
@@ -197,12 +202,7 @@ async def test_churn_soak_returns_to_baseline() -> None:
         assert rss <= peak_rss + (16 << 20)
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-        await http.aclose()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        await stop_serve(server, http)
 
 
 async def test_slow_consumer_among_many_at_1_khz() -> None:
@@ -213,31 +213,9 @@ async def test_slow_consumer_among_many_at_1_khz() -> None:
 
     from roomcast import CloseCode
 
-    port, api_port = free_port(), free_port()
-    server = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
-        [
-            sys.executable,
-            "-m",
-            "roomcast.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--api-port",
-            str(api_port),
-            "--log-level",
-            "error",
-        ],
-        env={**os.environ, "ROOMCAST_API_KEY": "k"},
-    )
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
+    server, port, http = await start_serve()
     readers: list[ClientConnection] = []
     try:
-        async with asyncio.timeout(seconds(20)):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.05)
         process = psutil.Process(server.pid)
         readers = list(
             await asyncio.gather(
@@ -291,9 +269,4 @@ async def test_slow_consumer_among_many_at_1_khz() -> None:
     finally:
         for reader in readers:
             await reader.close()
-        await http.aclose()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        await stop_serve(server, http)
