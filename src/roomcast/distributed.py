@@ -173,6 +173,9 @@ class DistributedWebSocketManager(ConnectionManager):
         self._spread(Target.CONNECTION, connection_id, message, type, (), None)
         return True
 
+    def has_listeners(self, room: str) -> bool:
+        return True  # members elsewhere are not known here
+
     def deliver_to_room(self, room: str, frame: Frame, exclude: Connection | None = None) -> int:
         """``ConnectionManager.deliver_to_room``, then published for the other instances."""
         delivered = super().deliver_to_room(room, frame, exclude)

@@ -326,6 +326,11 @@ class ConnectionManager:
         """Connections in ``room`` (empty if the room does not exist)."""
         return list(self._registry.room_members(room).values())
 
+    def has_listeners(self, room: str) -> bool:
+        """Whether a send to ``room`` could reach anyone: a local member, or (distributed
+        managers) possibly one elsewhere.  Lets a caller skip encoding a frame nobody gets."""
+        return bool(self._registry.room_members(room))
+
     def get_user_connections(self, user_id: str) -> list[Connection]:
         """All connections of ``user_id`` (multi-device)."""
         return list(self._registry.user_connections(user_id).values())

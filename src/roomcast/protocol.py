@@ -16,6 +16,9 @@ Server -> client::
     {"type": "room_message", "room": "lobby", "sender": "alice", "data": {...}, ...}
     {"type": "pong",         "ping_event_id": "e4", ...}
     {"type": "error",        "code": 4001, ...}              the token expired: send a new one
+    {"type": "presence",     "room": "lobby", "members": [...]}   (after joining $presence:lobby)
+    {"type": "presence",     "room": "lobby", "joined": {...}}    or "left": one change
+    {"type": "stats",        "instance": "...", "data": {...}}    (to members of $stats)
 
 This module is pure: ``interpret`` turns one incoming frame into a ``Command`` or the
 ``ErrorMessage`` to send back, and never touches a socket.
@@ -24,7 +27,7 @@ This module is pure: ``interpret`` turns one incoming frame into a ``Command`` o
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from roomcast.errors import CloseCode, InvalidMessage
 from roomcast.messages import ErrorMessage, PingMessage, PongMessage, WSMessage
@@ -34,8 +37,10 @@ __all__ = [
     "Command",
     "JoinMessage",
     "LeaveMessage",
+    "PresenceMessage",
     "PublishMessage",
     "RoomMessage",
+    "StatsMessage",
     "interpret",
 ]
 
@@ -87,6 +92,29 @@ class RoomMessage(WSMessage):
     TYPE: ClassVar[str] = "room_message"
     room: str
     sender: str | None = None
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class PresenceMessage(WSMessage):
+    """Who is in ``room``: a snapshot (``members``) or one change (``joined`` / ``left``),
+    each member being ``{"connection_id": ..., "user_id": ...}``."""
+
+    TYPE: ClassVar[str] = "presence"
+    room: str
+    members: Any = None
+    joined: Any = None
+    left: Any = None
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class StatsMessage(WSMessage):
+    """One instance's figures (in ``data``), sent to the ``$stats`` room once a second.
+
+    Counters are totals since the instance started, so a client computes rates from any two
+    messages, even if it missed some in between."""
+
+    TYPE: ClassVar[str] = "stats"
+    instance: str
 
 
 Command = JoinMessage | LeaveMessage | PublishMessage | PingMessage | PongMessage | AuthMessage

@@ -7,7 +7,11 @@ listening socket and the tasks it starts.  Routing happens in picows' upgrade ca
   authentication arrives; ``/ws/{room}`` joins that room at once);
 * ``GET /healthz`` answers 200 while the process runs, ``GET /readyz`` 200 while it accepts
   clients and 503 while it drains, ``GET /metrics`` the Prometheus exposition;
+* ``GET /`` the demo page and ``GET /client.js`` the JavaScript client (``static/``);
 * anything else is 404.
+
+Room ids starting with ``$`` are the server's: ``$stats`` carries each instance's figures once a
+second, and ``$presence:R`` the presence of room R (``presence_feed``).
 
 With ``api_port`` set, a second listener serves ``POST /api/publish`` (see ``http_api``).
 """
@@ -18,8 +22,11 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import socket
 import time
+import uuid
+from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
@@ -57,12 +64,20 @@ from roomcast.messages import (
 )
 from roomcast.metrics import EventLog, ServerCounters, metrics_registry, render
 from roomcast.native import EchoTransport, FlushScheduler, NativeTransport
+from roomcast.presence_feed import (
+    RESERVED_PREFIX,
+    STATS_ROOM,
+    PresenceFeed,
+    presence_room,
+    watched_room,
+)
 from roomcast.protocol import (
     AuthMessage,
     JoinMessage,
     LeaveMessage,
     PublishMessage,
     RoomMessage,
+    StatsMessage,
     interpret,
 )
 from roomcast.tasks import TaskSet
@@ -130,6 +145,13 @@ class ServerConfig:
     """Seconds between protocol PINGs to each client; 0 turns the heartbeat off."""
     pong_timeout: float = 20.0
     """A client silent (no pong, no message) for ping_interval + pong_timeout is dropped."""
+    presence: bool = True
+    """Serve presence (``$presence:R`` rooms); with Redis it keeps a cluster-wide registry
+    of connections (``PresenceRegistry``), which costs Redis commands per connection."""
+    stats_interval: float = 1.0
+    """Seconds between this instance's figures in the ``$stats`` room; 0 turns them off."""
+    demo: bool = True
+    """Serve the demo page at ``/`` (``/client.js`` is always served)."""
 
 
 _NOT_FOUND = b"not found\n"
@@ -170,6 +192,30 @@ class Server:
         self._started_at = time.monotonic()
         self._open: set[NativeTransport] = set()
         self._all_gone = asyncio.Event()
+        self.instance_id = uuid.uuid4().hex
+        self._redis: Any = None
+        self.presence: PresenceFeed | None = None
+        if config.presence:
+            self.presence = PresenceFeed(self.manager, self.events, self._new_registry())
+        self._static = _load_static(config.demo)
+
+    def _new_registry(self) -> Any:
+        """The cluster-wide presence registry when the hub spans processes, else None."""
+        if self.config.redis_url is None:
+            return None
+        import redis.asyncio
+
+        from roomcast.presence import PresenceRegistry
+
+        self._redis = redis.asyncio.Redis.from_url(
+            self.config.redis_url, max_connections=4, socket_timeout=5.0
+        )
+        return PresenceRegistry(
+            self._redis,
+            self.instance_id,
+            prefix=self.config.channel_prefix,
+            on_stale=lambda stale: self.presence.stale(stale) if self.presence else None,
+        )
 
     @property
     def port(self) -> int:
@@ -193,6 +239,8 @@ class Server:
             where["backlog"] = self.config.backlog
         if isinstance(self.manager, DistributedWebSocketManager):
             await self.manager.start()
+        if self.presence is not None:
+            await self.presence.start()
         self._server = await ws_create_server(
             self._route,
             websocket_handshake_timeout=self.config.handshake_timeout,
@@ -213,6 +261,8 @@ class Server:
                 run_expiry(self._expiry, self._expiry_changed, self._expiry_step),
                 name="roomcast-token-expiry",
             )
+        if self.config.stats_interval > 0:
+            self._tasks.spawn(self._publish_stats(), name="roomcast-stats")
         self._accepting = True
         logger.info("listening on port %d", self.port)
         if self._api is not None:
@@ -248,6 +298,10 @@ class Server:
         if self.heartbeat is not None:
             await self.heartbeat.close()
         await self._tasks.cancel_all()
+        if self.presence is not None:
+            await self.presence.stop()
+        if self._redis is not None:
+            await self._redis.aclose()
         await self.manager.close_all()
         if isinstance(self.manager, DistributedWebSocketManager):
             await self.manager.stop()
@@ -278,6 +332,8 @@ class Server:
             if origin is not None and origin not in allowed:
                 return self._refuse_upgrade(403, b"origin not allowed\n")
         room = unquote(path[4:]) if path.startswith("/ws/") else None
+        if room is not None and room.startswith(RESERVED_PREFIX):
+            return self._refuse_upgrade(400, b"rooms starting with '$' cannot be joined here\n")
         protocol = None
         expires_at = None
         user_id: str | None
@@ -341,6 +397,9 @@ class Server:
             return 200, b"ready\n", _TEXT
         if path == "/metrics":
             return 200, render(self._metrics), _PROMETHEUS
+        static = self._static.get(path)
+        if static is not None:
+            return 200, static[0], static[1]
         return 404, _NOT_FOUND, _TEXT
 
     def _buffered_bytes(self) -> int:
@@ -356,8 +415,12 @@ class Server:
         connection.transport = transport
         self._open.add(transport)
         self.manager.attach(connection)
+        if self.presence is not None:
+            self.presence.opened(connection)
         if transport.initial_room is not None:
             self.manager.join(connection, transport.initial_room)
+            if self.presence is not None:
+                self.presence.joined(connection, transport.initial_room)
             transport.initial_room = None
         if self.heartbeat is not None:
             self.heartbeat.start_heartbeat(connection.connection_id, transport, self._silent)
@@ -367,7 +430,11 @@ class Server:
 
     def gone(self, transport: NativeTransport) -> None:
         self._open.discard(transport)
-        self.manager.forget(transport.connection)
+        if self.manager.forget(transport.connection) and self.presence is not None:
+            rooms = transport.connection.rooms  # left as they were by forget
+            self.presence.gone(
+                transport.connection, [r for r in rooms if not r.startswith(RESERVED_PREFIX)]
+            )
         if self.heartbeat is not None:
             self.heartbeat.stop_heartbeat(transport.connection.connection_id)
         self._expiry.forget(transport.connection.connection_id)
@@ -502,22 +569,53 @@ class Server:
             connection.transport.close(CloseCode.TOKEN_EXPIRED, "token expired")
 
     def _membership(self, connection: Connection, command: JoinMessage | LeaveMessage) -> None:
+        room = command.room
         try:
             if isinstance(command, JoinMessage):
                 limit = self.config.max_rooms_per_connection
-                if command.room not in connection.rooms and len(connection.rooms) >= limit:
+                if room not in connection.rooms and len(connection.rooms) >= limit:
                     self._refuse(connection, command.event_id, f"at most {limit} rooms")
                     return
-                self.manager.join(connection, command.room)
-            elif not self.manager.leave(connection, command.room):
-                self._refuse(connection, command.event_id, f"not in room {preview(command.room)}")
+                refusal = self._reserved_refusal(connection, room)
+                if refusal is not None:
+                    self._refuse(connection, command.event_id, refusal)
+                    return
+                joined = self.manager.join(connection, room)
+            elif not self.manager.leave(connection, room):
+                self._refuse(connection, command.event_id, f"not in room {preview(room)}")
                 return
         except InvalidIdentifier as exc:
             self._refuse(connection, command.event_id, str(exc))
             return
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
+        presence = self.presence
+        if presence is None or room == STATS_ROOM:
+            return
+        watched = watched_room(room)
+        if isinstance(command, JoinMessage):
+            if watched is not None:
+                presence.snapshot(connection, watched)  # also after a repeated join: a resync
+            elif joined:
+                presence.joined(connection, room)
+        elif watched is None:
+            presence.left(connection, room)
+            self.manager.leave(connection, presence_room(room))  # no longer allowed to watch
+
+    def _reserved_refusal(self, connection: Connection, room: str) -> str | None:
+        """Why ``connection`` may not join the server's room ``room`` (None: it may)."""
+        if not room.startswith(RESERVED_PREFIX):
+            return None
+        if room == STATS_ROOM and self.config.stats_interval > 0:
+            return None
+        watched = watched_room(room)
+        if watched is not None and self.presence is not None:
+            return None if watched in connection.rooms else f"join {preview(watched)} first"
+        return f"room {preview(room)} is reserved"
 
     def _publish(self, connection: Connection, command: PublishMessage) -> None:
+        if command.room.startswith(RESERVED_PREFIX):
+            self._refuse(connection, command.event_id, f"room {preview(command.room)} is reserved")
+            return
         if command.room not in connection.rooms:
             self._refuse(connection, command.event_id, f"not in room {preview(command.room)}")
             return
@@ -529,6 +627,33 @@ class Server:
         )
         self.manager.deliver_to_room(command.room, encode(outgoing), exclude=connection)
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
+
+    # ------------------------------------------------------------------ the $stats room
+
+    def stats(self) -> dict[str, Any]:
+        """This instance's figures; counters are totals since start."""
+        stats = self.manager.stats
+        return {
+            "label": f"{self.config.host}:{self.port} pid {os.getpid()}",
+            "uptime": round(time.monotonic() - self._started_at, 3),
+            "connections": len(self._open),
+            "rooms": sum(1 for r in self.manager.active_rooms if not r.startswith(RESERVED_PREFIX)),
+            "messages_in": self.counters.messages_in,
+            "messages_out": stats.frames_sent,
+            "slow_consumer_closes": stats.slow_consumer_closes,
+            "heartbeat_timeouts": self.counters.heartbeat_timeouts,
+            "rate_limited": self.counters.rate_limited,
+        }
+
+    async def _publish_stats(self) -> None:
+        """Send this instance's figures to ``$stats`` (every instance's watchers, with Redis)."""
+        interval = self.config.stats_interval
+        while True:
+            await asyncio.sleep(interval)
+            if not self.manager.has_listeners(STATS_ROOM):
+                continue
+            message = StatsMessage(instance=self.instance_id, data=self.stats())
+            self.manager.deliver_to_room(STATS_ROOM, encode(message))
 
     def _refuse(self, connection: Connection, event_id: str, why: str) -> None:
         self.counters.protocol_errors += 1
@@ -582,6 +707,8 @@ class Server:
             # Encode everything before sending anything: a bad item fails the whole batch.
             if room is not None:
                 self.manager.check_id("room", room)
+                if room.startswith(RESERVED_PREFIX):
+                    raise InvalidIdentifier(f"room {preview(room)} is reserved")
                 frames = [encode(RoomMessage(room=room, data=data)) for data in payloads]
                 delivered = sum(self.manager.deliver_to_room(room, f) for f in frames)
             else:
@@ -613,6 +740,24 @@ MAX_BATCH = 1000
 _TEXT = "text/plain; charset=utf-8"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 _GET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+_STATIC_FILES = {
+    "/client.js": ("client.js", "text/javascript; charset=utf-8"),
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/demo.js": ("demo.js", "text/javascript; charset=utf-8"),
+    "/demo.css": ("demo.css", "text/css; charset=utf-8"),
+}
+
+
+def _load_static(demo: bool) -> dict[str, tuple[bytes, str]]:
+    """The files served over GET, read once at start-up (package data in ``static/``)."""
+    folder = resources.files("roomcast") / "static"
+    return {
+        path: ((folder / name).read_bytes(), content_type)
+        for path, (name, content_type) in _STATIC_FILES.items()
+        if demo or path == "/client.js"
+    }
 
 
 def _respond(status: int, body: bytes, content_type: str = _TEXT) -> WSUpgradeResponseWithListener:

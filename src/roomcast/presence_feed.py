@@ -1,0 +1,231 @@
+"""Who is in a room, told to the clients that ask: ``roomcast serve``'s presence feed.
+
+A client watches room R's presence by joining the reserved room ``$presence:R`` (it must be a
+member of R).  It then gets one snapshot of R's members and, from then on, an event whenever a
+connection joins or leaves R::
+
+    {"type": "presence", "room": "lobby", "members": [{"connection_id": "…", "user_id": "ann"}]}
+    {"type": "presence", "room": "lobby", "joined": {"connection_id": "…", "user_id": "bob"}}
+    {"type": "presence", "room": "lobby", "left":   {"connection_id": "…", "user_id": "bob"}}
+
+Events travel as ordinary room messages of ``$presence:R``, so with Redis they reach watchers
+on every instance and cost nothing where nobody watches.  Members are keyed by connection id
+(a user with two tabs is two members), which makes applying a snapshot and events idempotent.
+
+The snapshot is this process's registry on an in-memory hub.  With Redis it comes from the
+cluster-wide ``PresenceRegistry``: joins, leaves and snapshot reads go through one bounded
+queue, in order, so a snapshot read after a join includes it.  A dead instance's members are
+purged by a survivor, which publishes their ``left`` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from roomcast.connection import Connection
+from roomcast.errors import CloseCode
+from roomcast.frame import encode
+from roomcast.manager import ConnectionManager
+from roomcast.messages import ErrorMessage, preview
+from roomcast.metrics import EventLog
+from roomcast.presence import PresenceRegistry, StaleConnection
+from roomcast.protocol import PresenceMessage
+from roomcast.tasks import TaskSet
+
+__all__ = [
+    "PRESENCE_PREFIX",
+    "RESERVED_PREFIX",
+    "STATS_ROOM",
+    "PresenceFeed",
+    "presence_room",
+    "watched_room",
+]
+
+logger = logging.getLogger("roomcast.presence")
+
+RESERVED_PREFIX = "$"
+"""Room ids starting with it belong to the server: clients may join only the ones below,
+and never publish to them."""
+STATS_ROOM = "$stats"
+"""Every instance publishes its figures here once a second (the demo page's dashboard)."""
+PRESENCE_PREFIX = "$presence:"
+
+
+def presence_room(room: str) -> str:
+    """The reserved room whose members watch ``room``'s presence."""
+    return PRESENCE_PREFIX + room
+
+
+def watched_room(room: str) -> str | None:
+    """``R`` for ``$presence:R``; None for any other room."""
+    return room[len(PRESENCE_PREFIX) :] if room.startswith(PRESENCE_PREFIX) else None
+
+
+def _member(connection_id: str, user_id: str | None) -> dict[str, str | None]:
+    return {"connection_id": connection_id, "user_id": user_id}
+
+
+Op = Callable[[], Awaitable[None]]
+
+
+class PresenceFeed:
+    """Presence events and snapshots for one server.
+
+    Args:
+        manager: The hub (its ``deliver_to_room`` spreads events over Redis when distributed).
+        events: Where refused work is logged, with a budget.
+        registry: The cluster-wide registry (with Redis); None answers from ``manager``.
+        queue_limit: Registry operations that may wait; beyond it they are dropped and
+            counted (``dropped``), so a Redis stall cannot grow memory without bound.
+    """
+
+    def __init__(
+        self,
+        manager: ConnectionManager,
+        events: EventLog,
+        registry: PresenceRegistry | None = None,
+        queue_limit: int = 100_000,
+    ) -> None:
+        self._manager = manager
+        self._events = events
+        self.registry = registry
+        self._ops: asyncio.Queue[Op] = asyncio.Queue(queue_limit)
+        self._tasks = TaskSet()
+        self.dropped = 0
+        """Registry operations dropped because the queue was full."""
+        self.failed = 0
+        """Registry operations that failed (Redis unreachable)."""
+
+    async def start(self) -> None:
+        if self.registry is None:
+            return
+        self._tasks.spawn(self._write(), name="roomcast-presence-writer")
+        # The registry announces this instance; with Redis away, its loop tries again.
+        try:
+            async with asyncio.timeout(2.0):
+                await self.registry.start()
+        except (Exception, TimeoutError) as exc:
+            logger.warning("presence registry not reachable yet: %s", exc)
+            self._tasks.spawn(self._start_later(), name="roomcast-presence-start")
+
+    async def _start_later(self) -> None:
+        assert self.registry is not None
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                await self.registry.start()
+                return
+
+    async def stop(self) -> None:
+        await self._tasks.cancel_all()
+        if self.registry is not None:
+            await self.registry.stop()
+
+    # ---------------------------------------------------------------- membership events
+
+    def opened(self, connection: Connection) -> None:
+        registry = self.registry
+        if registry is not None:
+            cid, user = connection.connection_id, connection.user_id
+            self._queue(lambda: _added(registry, cid, user))
+
+    def joined(self, connection: Connection, room: str) -> None:
+        """``connection`` became a member of ``room`` (not a reserved one)."""
+        self._announce(room, joined=_member(connection.connection_id, connection.user_id))
+        registry = self.registry
+        if registry is not None:
+            cid = connection.connection_id
+            self._queue(lambda: registry.join(cid, room))
+
+    def left(self, connection: Connection, room: str) -> None:
+        self._announce(room, left=_member(connection.connection_id, connection.user_id))
+        registry = self.registry
+        if registry is not None:
+            cid = connection.connection_id
+            self._queue(lambda: registry.leave(cid, room))
+
+    def gone(self, connection: Connection, rooms: list[str]) -> None:
+        """``connection`` closed while a member of ``rooms`` (reserved ones excluded)."""
+        for room in rooms:
+            self._announce(room, left=_member(connection.connection_id, connection.user_id))
+        registry = self.registry
+        if registry is not None:
+            cid = connection.connection_id
+            self._queue(lambda: registry.remove(cid))
+
+    def stale(self, connection: StaleConnection) -> None:
+        """A dead instance's connection was purged: its rooms' watchers hear it left."""
+        for room in connection.rooms:
+            self._announce(room, left=_member(connection.connection_id, connection.user_id))
+
+    def _announce(
+        self,
+        room: str,
+        joined: dict[str, str | None] | None = None,
+        left: dict[str, str | None] | None = None,
+    ) -> None:
+        watchers = presence_room(room)
+        if self._manager.has_listeners(watchers):  # no encoding where nobody watches
+            event = PresenceMessage(room=room, joined=joined, left=left)
+            self._manager.deliver_to_room(watchers, encode(event))
+
+    # ---------------------------------------------------------------- snapshots
+
+    def snapshot(self, connection: Connection, room: str) -> None:
+        """Send ``connection`` the members of ``room`` (now, or after the queued writes)."""
+        registry = self.registry
+        if registry is None:
+            members = [
+                _member(member.connection_id, member.user_id)
+                for member in self._manager.get_room_members(room)
+            ]
+            self._send(connection, room, members)
+            return
+
+        async def read() -> None:
+            try:
+                roster = await registry.room_roster(room)
+            except Exception:
+                # Say so rather than send a partial list; the client may join again later.
+                unavailable = ErrorMessage(
+                    error=f"presence of {preview(room)} unavailable (Redis unreachable)",
+                    code=CloseCode.TRY_AGAIN_LATER,
+                )
+                if self._manager.get_connection(connection.connection_id) is connection:
+                    self._manager.deliver_to(connection, encode(unavailable))
+                raise
+            members = [_member(cid, user) for cid, user in sorted(roster.items())]
+            self._send(connection, room, members)
+
+        self._queue(read)
+
+    def _send(self, connection: Connection, room: str, members: list[dict[str, Any]]) -> None:
+        if self._manager.get_connection(connection.connection_id) is connection:
+            snapshot = PresenceMessage(room=room, members=members)
+            self._manager.deliver_to(connection, encode(snapshot))
+
+    # ---------------------------------------------------------------- the registry queue
+
+    def _queue(self, op: Op) -> None:
+        try:
+            self._ops.put_nowait(op)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self._events.event("presence_dropped", "registry queue full; operation dropped")
+
+    async def _write(self) -> None:
+        while True:
+            op = await self._ops.get()
+            try:
+                await op()
+            except Exception as exc:  # Redis away: this change is lost, the rest goes on
+                self.failed += 1
+                self._events.event("presence_failed", "registry operation failed: %s", exc)
+
+
+async def _added(registry: PresenceRegistry, connection_id: str, user_id: str | None) -> None:
+    await registry.add(connection_id, user_id)

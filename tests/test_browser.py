@@ -1,0 +1,416 @@
+"""The demo page and ``/client.js`` in a real browser.
+
+Debian's headless Chromium, driven by selenium through Debian's chromedriver (no browser is
+downloaded), against real ``roomcast serve`` processes (and a uvicorn app for the FastAPI
+heartbeat).  ``scripts/test`` installs both packages when they are missing; without them these
+tests fail with the command to run, they are never skipped.  A screenshot of the demo is saved
+to ``artifacts/demo.png`` (``ROOMCAST_ARTIFACTS`` moves it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from websockets.sync.client import connect as ws_connect
+
+from tests.redis_support import free_port
+from tests.support import seconds
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("ROOMCAST_ARTIFACTS", ROOT / "artifacts"))
+# Without these flags Chromium keeps trying to reach Google's hosts, which this network refuses.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1000",
+)
+
+
+class ServeProcess:
+    """``roomcast serve`` in a subprocess, on a fixed port so that it can be restarted;
+    ``{port}`` in a flag is replaced by that port."""
+
+    def __init__(self, *flags: str) -> None:
+        self.port = free_port()
+        self.flags = flags
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        flags = [flag.format(port=self.port) for flag in self.flags]
+        command = ["serve", "--port", str(self.port), "--log-level", "error", *flags]
+        self.process = subprocess.Popen([sys.executable, "-m", "roomcast.cli", *command])
+        deadline = time.monotonic() + seconds(20)
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "roomcast serve exited"
+            try:
+                with urllib.request.urlopen(f"{self.base}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("roomcast serve did not become ready")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(seconds(20))
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"{self.base}/metrics", timeout=5) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        pytest.fail("headless Chromium is missing: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="roomcast-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver.set_script_timeout(seconds(30))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(*flags: str) -> ServeProcess:
+        started.append(ServeProcess(*flags))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def page(browser: WebDriver) -> Iterator[Callable[[str], str]]:
+    """Opens URLs in new windows (one page each); closes them after the test."""
+    opened: list[str] = []
+    first = browser.current_window_handle
+
+    def open_page(url: str) -> str:
+        browser.switch_to.new_window("window")
+        browser.get(url)
+        opened.append(browser.current_window_handle)
+        return opened[-1]
+
+    yield open_page
+    for handle in opened:
+        if handle in browser.window_handles:
+            browser.switch_to.window(handle)
+            browser.close()
+    browser.switch_to.window(first)
+
+
+def until(browser: WebDriver, condition: Callable[[], Any], what: str, timeout: float = 10) -> Any:
+    """Wait for ``condition()`` to be truthy (a condition, not a sleep); returns its value."""
+    return WebDriverWait(browser, seconds(timeout), poll_frequency=0.05).until(
+        lambda _: condition(), message=f"not in time: {what}"
+    )
+
+
+def state(browser: WebDriver) -> str:
+    return str(browser.find_element(By.ID, "status").get_attribute("data-state"))
+
+
+def present(browser: WebDriver) -> list[str]:
+    items = browser.find_elements(By.CSS_SELECTOR, "#presence-list li")
+    return sorted(str(item.get_attribute("data-user")) for item in items)
+
+
+def messages(browser: WebDriver) -> list[str]:
+    return [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#messages li")]
+
+
+def say(browser: WebDriver, text: str) -> None:
+    box = browser.find_element(By.ID, "message-input")
+    box.send_keys(text)
+    browser.find_element(By.ID, "send").click()
+
+
+def record_events(browser: WebDriver) -> None:
+    """Keep the page's client events in ``window.seen`` for the test to read."""
+    browser.execute_script(
+        """window.seen = [];
+        for (const kind of ["close", "reconnecting", "open", "token_expiring"]) {
+          window.roomcast.on(kind, (e) => window.seen.push({event: kind, ...e}));
+        }"""
+    )
+
+
+def seen(browser: WebDriver) -> list[dict[str, Any]]:
+    return list(browser.execute_script("return window.seen"))
+
+
+def test_two_pages_in_one_room_see_each_others_messages_and_presence(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    server = serve()
+    ann = page(f"{server.base}/?name=ann&autoconnect=1")
+    until(browser, lambda: state(browser) == "open", "ann connected")
+    until(browser, lambda: present(browser) == ["ann"], "ann sees herself")
+    bob = page(f"{server.base}/?name=bob&autoconnect=1")
+    until(browser, lambda: present(browser) == ["ann", "bob"], "bob sees ann and himself")
+
+    browser.switch_to.window(ann)
+    until(browser, lambda: present(browser) == ["ann", "bob"], "ann sees bob arrive")
+    say(browser, "hello from ann")
+    until(browser, lambda: "annhello from ann" in messages(browser), "ann's own line")
+
+    browser.switch_to.window(bob)
+    until(browser, lambda: "annhello from ann" in messages(browser), "bob gets ann's message")
+    say(browser, "hi ann")
+
+    browser.switch_to.window(ann)
+    until(browser, lambda: "bobhi ann" in messages(browser), "ann gets bob's answer")
+    # The dashboard draws this instance's figures from the $stats room.
+    legend = browser.find_element(By.ID, "legend")
+    until(browser, lambda: "2 conn" in legend.text, "the dashboard counts both pages")
+    time.sleep(2.5)  # a few more points on the charts, for the picture
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "demo.png"))
+
+    browser.switch_to.window(bob)
+    browser.close()
+    browser.switch_to.window(ann)
+    until(browser, lambda: present(browser) == ["ann"], "ann sees bob leave")
+    assert server.metric("roomcast_connections") == 1
+
+
+def test_a_page_survives_a_server_restart(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    server = serve()
+    page(f"{server.base}/?name=ann&autoconnect=1&rooms=lobby,news")
+    until(browser, lambda: state(browser) == "open", "connected")
+    record_events(browser)
+
+    server.stop()  # SIGTERM: clients are closed with 1001, then the process exits
+    until(browser, lambda: state(browser) == "reconnecting", "the page notices")
+    until(browser, lambda: len(seen(browser)) >= 4, "a few reconnection attempts")
+    server.start()
+    until(browser, lambda: state(browser) == "open", "the page is back", timeout=20)
+
+    events = seen(browser)
+    first = events[0]
+    assert (first["event"], first["code"], first["kind"]) == ("close", 1001, "shutdown")
+    assert first["willReconnect"] is True
+    assert events[-1] == {"event": "open", "reconnected": True}
+    delays = [e["delay"] for e in events if e["event"] == "reconnecting"]
+    for attempt, delay in enumerate(delays):
+        ceiling = min(15000, 500 * 2**attempt)  # the client's default backoff
+        assert ceiling / 2 <= delay <= ceiling, (attempt, delays)
+
+    # Rejoined both rooms (and their presence): a client connecting now reaches the page in
+    # the second one, which the page shows once selected.
+    browser.find_element(By.CSS_SELECTOR, '#rooms li[data-room="news"]').click()
+    with ws_connect(f"ws://127.0.0.1:{server.port}/ws/news?user_id=bob") as bob:
+        until(browser, lambda: present(browser) == ["ann", "bob"], "presence after restart")
+        bob.send(json.dumps({"type": "publish", "room": "news", "data": {"text": "back?"}}))
+        until(browser, lambda: "bobback?" in messages(browser), "news message after restart")
+
+
+def test_a_cross_origin_page_is_refused(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """``localhost`` and ``127.0.0.1`` are different origins to a browser: a page from the
+    one the server does not allow gets its upgrade refused (HTTP 403) and never connects."""
+    server = serve("--allowed-origins", "http://127.0.0.1:{port}")
+
+    page(f"http://localhost:{server.port}/?name=eve&autoconnect=1")
+    record_events(browser)
+    until(
+        browser,
+        lambda: [e for e in seen(browser) if e["event"] == "close"],
+        "the refused upgrade shows as a close",
+    )
+    assert state(browser) in ("reconnecting", "connecting")
+    close = next(e for e in seen(browser) if e["event"] == "close")
+    assert close["code"] == 1006 and close["kind"] == "abnormal"
+    assert server.metric("roomcast_refused_upgrades_total") >= 1
+    assert server.metric("roomcast_connections") == 0
+
+    page(f"{server.base}/?name=ann&autoconnect=1")  # the allowed origin connects
+    until(browser, lambda: state(browser) == "open", "same-origin page connects")
+    assert server.metric("roomcast_connections") == 1
+
+
+CLIENT = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const { RoomcastClient, closeKind } = await import("/client.js");
+  window.seen = [];
+  const run = async (options) => {
+    const client = new RoomcastClient(options);
+    for (const kind of ["close", "token_expiring", "error"]) {
+      client.on(kind, (e) => window.seen.push({event: kind, ...e}));
+    }
+    return client;
+  };
+  %s
+})().then(done, (error) => done({failed: String(error)}));
+"""
+
+
+def run_client(browser: WebDriver, body: str) -> Any:
+    result = browser.execute_async_script(CLIENT % body)
+    assert not (isinstance(result, dict) and "failed" in result), result
+    return result
+
+
+def test_the_client_refreshes_its_token_when_the_server_asks(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    secret = "browser-test-secret-of-32-bytes!"
+    server = serve("--jwt-secret", secret, "--token-grace", "2")
+    now = time.time()
+
+    def token(user: str, lifetime: float) -> str:
+        return jwt.encode({"sub": user, "exp": int(now + lifetime)}, secret, "HS256")
+
+    page(f"{server.base}/")
+    tokens = [token("ann", 3), token("ann", 600)]
+    run_client(
+        browser,
+        f"""
+        const tokens = {json.dumps(tokens)};
+        window.ann = await run({{token: () => tokens.length > 1 ? tokens.shift() : tokens[0]}});
+        window.zed = await run({{token: {json.dumps(token("zed", 3))}}});
+        await Promise.all([window.ann.connect(), window.zed.connect()]);
+        await window.ann.join("lobby");
+        """,
+    )
+    # ann's first token expires at +3 s; the server warns (4001), the client sends the next
+    # token, and ann is still connected after the 2 s grace. zed has no way to get a new
+    # token: closed with 4001 and not reconnected.
+    until(
+        browser,
+        lambda: browser.execute_script("return window.zed.state") == "closed",
+        "zed closed after expiry and grace",
+        timeout=15,
+    )
+    time.sleep(0.5)
+    assert browser.execute_script("return window.ann.state") == "open"
+    events = seen(browser)
+    assert [e["event"] for e in events].count("token_expiring") == 2  # ann and zed
+    closes = [e for e in events if e["event"] == "close"]
+    assert len(closes) == 1 and closes[0]["code"] == 4001 and closes[0]["kind"] == "auth"
+    assert closes[0]["willReconnect"] is False
+    assert not [e for e in events if e["event"] == "error"], events
+    assert server.metric("roomcast_connections") == 1
+
+
+def test_acks_time_out_and_requests_need_a_connection(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """On /echo nothing is ever acknowledged: a publish is rejected after ackTimeout."""
+    server = serve("--echo")
+    page(f"{server.base}/")
+    result = run_client(
+        browser,
+        f"""
+        const client = await run({{url: "ws://127.0.0.1:{server.port}/echo", ackTimeout: 300}});
+        const early = await client.publish("lobby", 1).catch((e) => e.reason);
+        await client.connect();
+        const started = performance.now();
+        const late = await client.publish("lobby", 1).catch((e) => e.reason);
+        const waited = performance.now() - started;
+        client.close();
+        return {{early, late, waited, state: client.state}};
+        """,
+    )
+    assert result["early"] == "not_connected"
+    assert result["late"] == "timeout" and result["waited"] >= 250
+    assert result["state"] == "closed"
+
+
+def test_the_client_answers_a_fastapi_apps_heartbeat(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """The FastAPI managers ping with application messages and close silent clients with
+    4002 after 0.6 s here; the client answers, so it stays."""
+    server = serve()
+    port = free_port()
+    app = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "tests.heartbeat_app:app", "--port", str(port)],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + seconds(20)
+        while True:
+            try:
+                with ws_connect(f"ws://127.0.0.1:{port}/ws/probe?user_id=probe"):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and app.poll() is None, "uvicorn did not start"
+                time.sleep(0.1)
+        page(f"{server.base}/")  # any page: the client module comes from roomcast serve
+        result = run_client(
+            browser,
+            f"""
+            const client = await run({{url: "ws://127.0.0.1:{port}/ws/lobby", userId: "ann"}});
+            let pings = 0;
+            client.on("raw", (m) => {{ if (m.type === "ping") pings += 1; }});
+            await client.connect();
+            await new Promise((resolve) => setTimeout(resolve, 2000));
+            const state = client.state;
+            client.close();
+            return {{state, pings}};
+            """,
+        )
+        assert result["pings"] >= 3  # 2 s of 0.3 s pings
+        assert result["state"] == "open"
+        assert not seen(browser)
+    finally:
+        app.terminate()
+        app.wait(seconds(10))

@@ -1,0 +1,226 @@
+"""Presence, the ``$stats`` feed and the static files of ``roomcast serve``, with real servers
+and real clients, on the in-memory hub and across two instances sharing a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
+
+from roomcast.presence import StaleConnection
+from roomcast.server import Server, ServerConfig
+from tests.redis_support import RedisServer
+from tests.support import connect, eventually, recv, seconds
+from tests.test_server import http_get
+
+
+@contextlib.asynccontextmanager
+async def running(**options: Any) -> AsyncIterator[Server]:
+    server = Server(ServerConfig(port=0, **options))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def ws_url(server: Server, query: str) -> str:
+    return f"ws://127.0.0.1:{server.port}/ws?{query}"
+
+
+class Peer:
+    """A client that keeps what it received, by type, so tests can wait for one kind."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.seen: list[dict[str, Any]] = []
+        self._next = 0
+
+    @classmethod
+    async def open(cls, server: Server, user: str) -> Peer:
+        return cls(await connect(ws_url(server, f"user_id={user}")))
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def next(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """The next message of ``kind`` (matching ``fields``) not taken yet."""
+        while True:
+            while self._next < len(self.seen):
+                message = self.seen[self._next]
+                self._next += 1
+                if message["type"] == kind and all(message.get(k) == v for k, v in fields.items()):
+                    return message
+            raw = await recv(self.ws, timeout_units=10)
+            self.seen.append(json.loads(raw))
+
+    async def call(self, **message: Any) -> dict[str, Any]:
+        """Send a command; its ack or error."""
+        event_id = f"e{len(self.seen)}-{id(message)}"
+        await self.send(**message, event_id=event_id)
+        while True:
+            raw = await recv(self.ws, timeout_units=10)
+            answer = json.loads(raw)
+            self.seen.append(answer)
+            if event_id in (
+                answer.get(k) for k in ("ack_event_id", "ref_event_id", "ping_event_id")
+            ):
+                return answer  # type: ignore[no-any-return]
+
+
+def users(members: list[dict[str, Any]]) -> list[str]:
+    return sorted(member["user_id"] for member in members)
+
+
+async def test_presence_snapshot_and_changes_reach_watchers() -> None:
+    async with running() as server:
+        ann, bob = await Peer.open(server, "ann"), await Peer.open(server, "bob")
+        assert (await ann.call(type="join", room="lobby"))["type"] == "ack"
+        assert (await ann.call(type="join", room="$presence:lobby"))["type"] == "ack"
+        snapshot = await ann.next("presence", room="lobby")
+        assert users(snapshot["members"]) == ["ann"]
+
+        await bob.call(type="join", room="lobby")
+        joined = (await ann.next("presence", room="lobby"))["joined"]
+        assert joined["user_id"] == "bob"
+        await bob.call(type="join", room="$presence:lobby")
+        assert users((await bob.next("presence", room="lobby"))["members"]) == ["ann", "bob"]
+
+        await bob.call(type="leave", room="lobby")
+        assert (await ann.next("presence", room="lobby"))["left"] == joined
+        # Leaving the room ends the watch: bob hears nothing more of lobby.
+        await bob.call(type="join", room="lobby")
+        assert (await ann.next("presence", room="lobby"))["joined"] == joined
+        await bob.call(type="ping")  # anything sent to bob before the pong has arrived
+        assert not [m for m in bob.seen if m["type"] == "presence" and m["joined"]]
+        await bob.ws.close()
+        assert (await ann.next("presence", room="lobby"))["left"] == joined
+        await ann.ws.close()
+
+
+async def test_reserved_rooms_are_the_servers() -> None:
+    async with running() as server:
+        eve = await Peer.open(server, "eve")
+        refused = await eve.call(type="join", room="$presence:lobby")
+        assert refused["type"] == "error" and "join 'lobby' first" in refused["error"]
+        for room in ("$anything", "$presence"):
+            assert (await eve.call(type="join", room=room))["code"] == 1008
+        assert (await eve.call(type="join", room="$stats"))["type"] == "ack"
+        refused = await eve.call(type="publish", room="$stats", data=1)
+        assert refused["type"] == "error" and "reserved" in refused["error"]
+        with pytest.raises(InvalidStatus) as caught:
+            await connect(f"ws://127.0.0.1:{server.port}/ws/$stats?user_id=x")
+        assert caught.value.response.status_code == 400
+        await eve.ws.close()
+    async with running(presence=False, stats_interval=0) as server:
+        eve = await Peer.open(server, "eve")
+        await eve.call(type="join", room="lobby")
+        for room in ("$presence:lobby", "$stats"):
+            assert "reserved" in (await eve.call(type="join", room=room))["error"]
+        await eve.ws.close()
+
+
+async def test_stats_feed_counts_totals_every_interval() -> None:
+    async with running(stats_interval=0.2) as server:
+        watcher = await Peer.open(server, "w")
+        await watcher.call(type="join", room="$stats")
+        first = await watcher.next("stats")
+        assert first["instance"] == server.instance_id
+        assert first["data"]["connections"] == 1
+        for _ in range(5):
+            await watcher.call(type="ping")
+        await watcher.call(type="join", room="lobby")
+        later = await watcher.next("stats")
+        while later["data"]["messages_in"] < first["data"]["messages_in"] + 6:
+            later = await watcher.next("stats")
+        assert later["data"]["rooms"] == 1  # $stats is not counted
+        assert later["data"]["uptime"] > first["data"]["uptime"]
+        assert later["data"]["messages_out"] > first["data"]["messages_out"]
+        await watcher.ws.close()
+
+
+async def test_static_files() -> None:
+    async with running() as server:
+        status, body = await http_get(server.port, "/")
+        assert status == 200 and b'<script type="module" src="/demo.js">' in body
+        status, body = await http_get(server.port, "/client.js")
+        assert status == 200 and b"export class RoomcastClient" in body
+        for path in ("/demo.js", "/demo.css"):
+            assert (await http_get(server.port, path))[0] == 200
+    async with running(demo=False) as server:
+        assert (await http_get(server.port, "/"))[0] == 404
+        assert (await http_get(server.port, "/client.js"))[0] == 200
+
+
+@contextlib.asynccontextmanager
+async def two_instances(redis: RedisServer, prefix: str) -> AsyncIterator[tuple[Server, Server]]:
+    async with (
+        running(redis_url=redis.url, channel_prefix=prefix, stats_interval=0.2) as one,
+        running(redis_url=redis.url, channel_prefix=prefix, stats_interval=0.2) as two,
+    ):
+        yield one, two
+
+
+async def test_presence_and_stats_span_instances(shared_redis: RedisServer, prefix: str) -> None:
+    async with two_instances(shared_redis, prefix) as (one, two):
+        ann, bob = await Peer.open(one, "ann"), await Peer.open(two, "bob")
+        await bob.call(type="join", room="lobby")
+        await ann.call(type="join", room="lobby")
+
+        # Each instance writes to the registry in its own order: ask again until bob is in.
+        async with asyncio.timeout(seconds(10)):
+            while True:
+                await ann.call(type="join", room="$presence:lobby")
+                snapshot = await ann.next("presence", room="lobby", joined=None, left=None)
+                if users(snapshot["members"]) == ["ann", "bob"]:
+                    break
+                await asyncio.sleep(0.05)
+        await bob.ws.close()
+        left = await ann.next("presence", room="lobby", joined=None, members=None)
+        assert left["left"]["user_id"] == "bob"
+
+        await ann.call(type="join", room="$stats")
+        heard: set[str] = set()
+        while len(heard) < 2:
+            heard.add((await ann.next("stats"))["instance"])
+        assert heard == {one.instance_id, two.instance_id}
+
+        # A dead instance's members, purged by a survivor, are announced as gone.
+        assert one.presence is not None
+        one.presence.stale(StaleConnection("c0ffee", "zed", ("lobby",), "dead"))
+        gone = await ann.next("presence", room="lobby", joined=None, members=None)
+        assert gone["left"] == {"connection_id": "c0ffee", "user_id": "zed"}
+        await ann.ws.close()
+
+
+async def test_presence_says_so_when_redis_is_gone(own_redis: RedisServer, prefix: str) -> None:
+    async with running(redis_url=own_redis.url, channel_prefix=prefix) as server:
+        ann = await Peer.open(server, "ann")
+        await ann.call(type="join", room="lobby")
+        own_redis.kill()
+        assert (await ann.call(type="join", room="$presence:lobby"))["type"] == "ack"
+        error = await ann.next("error")
+        assert error["code"] == 1013 and "unavailable" in error["error"]
+        # The hub itself goes on: the client is still served.
+        assert (await ann.call(type="ping"))["type"] == "pong"
+        assert server.presence is not None and server.presence.failed >= 1
+        await ann.ws.close()
+
+
+async def test_presence_queue_is_bounded(shared_redis: RedisServer, prefix: str) -> None:
+    async with running(redis_url=shared_redis.url, channel_prefix=prefix) as server:
+        feed = server.presence
+        assert feed is not None
+        feed._ops = type(feed._ops)(2)  # a tiny queue, filled faster than Redis drains it
+        ann = await Peer.open(server, "ann")
+        for n in range(20):
+            await ann.send(type="join", room=f"r{n}")
+        await eventually(lambda: feed.dropped > 0, what="dropped registry operations")
+        assert (await ann.call(type="ping"))["type"] == "pong"
+        await ann.ws.close()
