@@ -56,6 +56,33 @@ def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_parser().parse_args(["serve", "--port", "9"]).port == 9
 
 
+@pytest.mark.parametrize(
+    ("value", "on"), [("1", True), ("yes", True), ("on", True), ("0", False), ("off", False)]
+)
+def test_switches_read_their_variables_strictly(
+    monkeypatch: pytest.MonkeyPatch, value: str, on: bool
+) -> None:
+    """ROOMCAST_ECHO=0 means off (not "a non-empty string, so on")."""
+    for name in ("ECHO", "NO_PRESENCE", "NO_DEMO", "NO_TOKEN_IN_QUERY"):
+        monkeypatch.setenv(f"ROOMCAST_{name}", value)
+    args = build_parser().parse_args(["serve"])
+    assert (args.echo, args.no_presence, args.no_demo, args.no_token_in_query) == (on,) * 4
+
+
+def test_a_switch_variable_that_does_not_parse_stops_with_a_message() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "roomcast.cli", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ROOMCAST_ECHO": "maybe"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "roomcast: ROOMCAST_ECHO='maybe': expected 1/true/yes/on or 0/false/no/off"
+    )
+
+
 async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
     """As a real process on uvloop: the publish API reaches 500 clients; a SIGTERM closes
     every one with 1001 and the process exits 0 within its deadline."""

@@ -32,6 +32,20 @@ def _env(name: str, default: Any) -> Any:
     return type(default)(value) if default is not None else value
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def _env_flag(name: str) -> bool:
+    """A switch's ``ROOMCAST_*`` variable: 1/true/yes/on or 0/false/no/off (``0`` is off)."""
+    value = os.environ.get("ROOMCAST_" + name.upper(), "").strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(
+            f"ROOMCAST_{name.upper()}={value!r}: expected 1/true/yes/on or 0/false/no/off"
+        )
+    return value in _TRUE
+
+
 class _JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors."""
 
@@ -72,6 +86,7 @@ _LIMITS: tuple[tuple[str, type, str], ...] = (
         float,
         "a client silent for ping-interval + pong-timeout seconds is disconnected",
     ),
+    ("stats_interval", float, "seconds between this instance's figures in $stats (0: none)"),
 )
 """Flags of ServerConfig's limits: (field name, type, help); defaults come from ServerConfig."""
 
@@ -178,15 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument(
         "--no-token-in-query",
         action="store_true",
-        default=bool(_env("no_token_in_query", "")),
+        default=_env_flag("no_token_in_query"),
         help="refuse ?token= (query strings end up in access logs)",
     )
     serve.add_argument(
         "--echo",
         action="store_true",
-        default=bool(_env("echo", "")),
+        default=_env_flag("echo"),
         help="also serve /echo, which sends every message back (for protocol test suites "
         "such as Autobahn)",
+    )
+    serve.add_argument(
+        "--no-presence",
+        action="store_true",
+        default=_env_flag("no_presence"),
+        help="no presence ($presence:ROOM rooms); with --redis-url this also skips the "
+        "cluster-wide connection registry in Redis",
+    )
+    serve.add_argument(
+        "--no-demo",
+        action="store_true",
+        default=_env_flag("no_demo"),
+        help="do not serve the demo page at / (/client.js is always served)",
     )
     serve.add_argument(
         "--workers",
@@ -212,8 +240,9 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
             argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.no_token_in_query:
         argv.append("--no-token-in-query")
-    if args.echo:
-        argv.append("--echo")
+    for switch in ("echo", "no_presence", "no_demo"):
+        if getattr(args, switch):
+            argv.append("--" + switch.replace("_", "-"))
     argv += ["--token-grace", str(args.token_grace)]
     env = dict(os.environ)
     for name in ("api_key", "redis_url", "jwt_secret"):
@@ -291,6 +320,9 @@ async def _serve(args: argparse.Namespace) -> None:
         channel_prefix=args.channel_prefix,
         reuse_port=args.worker,
         echo=args.echo,
+        presence=not args.no_presence,
+        demo=not args.no_demo,
+        stats_interval=args.stats_interval,
         authenticator=_authenticator(args),
         token_in_query=not args.no_token_in_query,
         token_grace=args.token_grace,
@@ -321,7 +353,10 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``roomcast`` command."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ValueError as exc:  # a ROOMCAST_* variable that does not parse
+        raise SystemExit(f"roomcast: {exc}") from None
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
