@@ -1,6 +1,6 @@
 """The seed's "Basic Connection Manager" example as a runnable FastAPI app.
 
-Run it with ``scripts/serve`` (see the README), then connect to
+Run it with ``.venv/bin/uvicorn --app-dir examples chat:app`` (see the README), then connect to
 ``ws://127.0.0.1:8000/ws/lobby?user_id=alice``: every text message is relayed to the other
 members of the room.  ``POST /broadcast/{room_id}`` with a text body sends to a whole room.
 """
