@@ -224,3 +224,25 @@ async def test_presence_queue_is_bounded(shared_redis: RedisServer, prefix: str)
         await eventually(lambda: feed.dropped > 0, what="dropped registry operations")
         assert (await ann.call(type="ping"))["type"] == "pong"
         await ann.ws.close()
+
+
+async def test_a_connection_storm_is_written_in_batches(
+    shared_redis: RedisServer, prefix: str
+) -> None:
+    """300 clients connect and join at once: every one is in the cluster-wide snapshot, and
+    the registry took far fewer round trips than changes."""
+    async with running(redis_url=shared_redis.url, channel_prefix=prefix) as server:
+        feed = server.presence
+        assert feed is not None
+        crowd = await asyncio.gather(*(Peer.open(server, f"u{n}") for n in range(300)))
+        for peer in crowd:
+            await peer.send(type="join", room="big")
+        watcher = await Peer.open(server, "watcher")
+        await watcher.call(type="join", room="big")
+        await watcher.call(type="join", room="$presence:big")
+        snapshot = await watcher.next("presence", room="big", joined=None, left=None)
+        assert len(snapshot["members"]) == 301
+        assert feed.written >= 602 and feed.round_trips < feed.written / 5
+        await watcher.ws.close()  # first: it reads nothing more, and 300 "left" would queue up
+        for peer in crowd:
+            await peer.ws.close()

@@ -14,8 +14,9 @@ on every instance and cost nothing where nobody watches.  Members are keyed by c
 
 The snapshot is this process's registry on an in-memory hub.  With Redis it comes from the
 cluster-wide ``PresenceRegistry``: joins, leaves and snapshot reads go through one bounded
-queue, in order, so a snapshot read after a join includes it.  A dead instance's members are
-purged by a survivor, which publishes their ``left`` events.
+queue, in order (changes written up to 1,000 per round trip), so a snapshot read after a join
+includes it.  A dead instance's members are purged by a survivor, which publishes their
+``left`` events.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from roomcast.frame import encode
 from roomcast.manager import ConnectionManager
 from roomcast.messages import ErrorMessage, preview
 from roomcast.metrics import EventLog
-from roomcast.presence import PresenceRegistry, StaleConnection
+from roomcast.presence import Change, PresenceRegistry, StaleConnection
 from roomcast.protocol import PresenceMessage
 from roomcast.tasks import TaskSet
 
@@ -69,7 +70,8 @@ def _member(connection_id: str, user_id: str | None) -> dict[str, str | None]:
     return {"connection_id": connection_id, "user_id": user_id}
 
 
-Op = Callable[[], Awaitable[None]]
+Read = Callable[[], Awaitable[None]]
+"""A snapshot read, done after the changes queued before it."""
 
 
 class PresenceFeed:
@@ -93,12 +95,16 @@ class PresenceFeed:
         self._manager = manager
         self._events = events
         self.registry = registry
-        self._ops: asyncio.Queue[Op] = asyncio.Queue(queue_limit)
+        self._ops: asyncio.Queue[Change | Read] = asyncio.Queue(queue_limit)
         self._tasks = TaskSet()
         self.dropped = 0
         """Registry operations dropped because the queue was full."""
         self.failed = 0
         """Registry operations that failed (Redis unreachable)."""
+        self.written = 0
+        """Registry changes written."""
+        self.round_trips = 0
+        """Batches those changes were written in."""
 
     async def start(self) -> None:
         if self.registry is None:
@@ -128,34 +134,26 @@ class PresenceFeed:
     # ---------------------------------------------------------------- membership events
 
     def opened(self, connection: Connection) -> None:
-        registry = self.registry
-        if registry is not None:
-            cid, user = connection.connection_id, connection.user_id
-            self._queue(lambda: _added(registry, cid, user))
+        if self.registry is not None:
+            self._queue(Change.add(connection.connection_id, connection.user_id))
 
     def joined(self, connection: Connection, room: str) -> None:
         """``connection`` became a member of ``room`` (not a reserved one)."""
         self._announce(room, joined=_member(connection.connection_id, connection.user_id))
-        registry = self.registry
-        if registry is not None:
-            cid = connection.connection_id
-            self._queue(lambda: registry.join(cid, room))
+        if self.registry is not None:
+            self._queue(Change.join(connection.connection_id, room))
 
     def left(self, connection: Connection, room: str) -> None:
         self._announce(room, left=_member(connection.connection_id, connection.user_id))
-        registry = self.registry
-        if registry is not None:
-            cid = connection.connection_id
-            self._queue(lambda: registry.leave(cid, room))
+        if self.registry is not None:
+            self._queue(Change.leave(connection.connection_id, room))
 
     def gone(self, connection: Connection, rooms: list[str]) -> None:
         """``connection`` closed while a member of ``rooms`` (reserved ones excluded)."""
         for room in rooms:
             self._announce(room, left=_member(connection.connection_id, connection.user_id))
-        registry = self.registry
-        if registry is not None:
-            cid = connection.connection_id
-            self._queue(lambda: registry.remove(cid))
+        if self.registry is not None:
+            self._queue(Change.remove(connection.connection_id))
 
     def stale(self, connection: StaleConnection) -> None:
         """A dead instance's connection was purged: its rooms' watchers hear it left."""
@@ -210,7 +208,7 @@ class PresenceFeed:
 
     # ---------------------------------------------------------------- the registry queue
 
-    def _queue(self, op: Op) -> None:
+    def _queue(self, op: Change | Read) -> None:
         try:
             self._ops.put_nowait(op)
         except asyncio.QueueFull:
@@ -218,14 +216,39 @@ class PresenceFeed:
             self._events.event("presence_dropped", "registry queue full; operation dropped")
 
     async def _write(self) -> None:
+        """Apply queued changes in batches (one round trip each), reads in their place."""
         while True:
-            op = await self._ops.get()
-            try:
-                await op()
-            except Exception as exc:  # Redis away: this change is lost, the rest goes on
-                self.failed += 1
-                self._events.event("presence_failed", "registry operation failed: %s", exc)
+            batch = [await self._ops.get()]
+            while len(batch) < _BATCH and not self._ops.empty():
+                batch.append(self._ops.get_nowait())
+            changes: list[Change] = []
+            for op in batch:
+                if isinstance(op, Change):
+                    changes.append(op)
+                    continue
+                await self._apply(changes)
+                changes = []
+                try:
+                    await op()
+                except Exception as exc:  # Redis away (the client was told)
+                    self._failed("snapshot read", 1, exc)
+            await self._apply(changes)
+
+    async def _apply(self, changes: list[Change]) -> None:
+        if not changes:
+            return
+        assert self.registry is not None
+        try:
+            await self.registry.apply(changes)
+            self.written += len(changes)
+            self.round_trips += 1
+        except Exception as exc:  # Redis away: these changes are lost, the rest goes on
+            self._failed("registry write", len(changes), exc)
+
+    def _failed(self, what: str, count: int, exc: Exception) -> None:
+        self.failed += count
+        self._events.event("presence_failed", "%s failed (%d operations): %s", what, count, exc)
 
 
-async def _added(registry: PresenceRegistry, connection_id: str, user_id: str | None) -> None:
-    await registry.add(connection_id, user_id)
+_BATCH = 1000
+"""Most registry operations written in one round trip."""
