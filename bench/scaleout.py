@@ -93,6 +93,8 @@ class Kind:
     trigger_all: bool
     """True: each broadcast is published on every instance at once (no shared bus)."""
     socketio: bool = False
+    flags: tuple[str, ...] = ()
+    """Extra ``roomcast serve`` flags."""
 
 
 KINDS: dict[str, Kind] = {
@@ -104,6 +106,14 @@ KINDS: dict[str, Kind] = {
             SPECS["roomcast"],
             redis=True,
             trigger_all=False,
+        ),
+        Kind(
+            "roomcast-redis-nopresence",
+            "the same with `--no-presence` (no presence registry in Redis)",
+            SPECS["roomcast"],
+            redis=True,
+            trigger_all=False,
+            flags=("--no-presence",),
         ),
         Kind(
             "roomcast-local",
@@ -206,7 +216,7 @@ class Run:
             extra_env["PYTHONPATH"] = str(args.roomcast_src)
         if self.redis is not None:
             if kind.spec.kind == "roomcast":
-                extra_args = ["--redis-url", self.redis.url]
+                extra_args = ["--redis-url", self.redis.url, *kind.flags]
             else:
                 extra_env["BENCH_REDIS_URL"] = self.redis.url
         for i in range(INSTANCES):
