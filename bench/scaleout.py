@@ -7,6 +7,8 @@ evenly over three server processes on three ports:
 
 - ``roomcast-redis``: three ``roomcast serve --redis-url`` sharing a throwaway redis-server; a
   broadcast is one ``POST /api/publish`` to instance 0, the other two get it through Redis.
+- ``roomcast-redis-nopresence``: the same with ``--no-presence`` (no presence registry in
+  Redis), to show what presence costs.
 - ``roomcast-local``: the same three processes without Redis; a broadcast is one publish to
   each instance, the three sent at the same moment (the Redis-less floor).
 - ``socketio-redis``: python-socketio with ``AsyncRedisManager`` in three uvicorn processes
