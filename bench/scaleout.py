@@ -537,7 +537,10 @@ def tables(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 
 def target_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    redis, local, sio = (results.get(k) for k in KINDS)
+    redis, local, sio = (
+        results.get(k) for k in ("roomcast-redis", "roomcast-local", "socketio-redis")
+    )
+    bare = results.get("roomcast-redis-nopresence")
 
     def row(name: str, value: float, met: bool, detail: str) -> None:
         rows.append({"target": name, "value": value, "met": met, "detail": detail})
@@ -565,10 +568,18 @@ def target_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             value >= TARGET_VS_SOCKETIO,
             f"{fmt(sio['p100_ms'])} ms ÷ {fmt(redis['p100_ms'])} ms",
         )
-    for r in (redis, local):
+    if redis and bare and "us_per_msg" in redis and "us_per_msg" in bare:
+        row(
+            "presence registry: connect time with ÷ without (no target)",
+            _ratio(redis["connect_s"], bare["connect_s"]),
+            True,
+            f"{redis['connect_s']:.1f} s ÷ {bare['connect_s']:.1f} s; handshake CPU "
+            f"{redis['handshake_cpu_ms']:.3f} ÷ {bare['handshake_cpu_ms']:.3f} ms",
+        )
+    for r in (redis, bare, local):
         if r and "lost" in r:
             row(f"{r['deployment']} lost == 0", r["lost"], r["lost"] == 0, f"{r['lost']}")
-    for r in (redis, local):
+    for r in (redis, bare, local):
         if r and "connect_s" in r:
             value = r["connect_s_at_50k"]
             row(

@@ -31,7 +31,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from websockets.sync.client import connect as ws_connect
 
-from tests.redis_support import free_port
+from tests.redis_support import RedisServer, free_port
 from tests.support import seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,6 +224,31 @@ def test_two_pages_in_one_room_see_each_others_messages_and_presence(
     browser.switch_to.window(ann)
     until(browser, lambda: present(browser) == ["ann"], "ann sees bob leave")
     assert server.metric("roomcast_connections") == 1
+
+
+def test_pages_on_two_instances_behind_redis_share_rooms_presence_and_the_dashboard(
+    browser: WebDriver,
+    serve: Callable[..., ServeProcess],
+    page: Callable[[str], str],
+    shared_redis: RedisServer,
+    prefix: str,
+) -> None:
+    flags = ("--redis-url", shared_redis.url, "--channel-prefix", prefix)
+    one, two = serve(*flags), serve(*flags)
+    ann = page(f"{one.base}/?name=ann&autoconnect=1")
+    until(browser, lambda: state(browser) == "open", "ann connected to instance one")
+    page(f"{two.base}/?name=bob&autoconnect=1")
+    until(browser, lambda: present(browser) == ["ann", "bob"], "bob (two) sees ann (one)")
+    say(browser, "from two")
+    browser.switch_to.window(ann)
+    until(browser, lambda: present(browser) == ["ann", "bob"], "ann (one) sees bob (two)")
+    until(browser, lambda: "bobfrom two" in messages(browser), "bob's message crossed Redis")
+    instances = browser.find_element(By.ID, "instances")
+    until(browser, lambda: instances.text == "2 instances", "the dashboard shows both instances")
+    legend = browser.find_elements(By.CSS_SELECTOR, "#legend li")
+    assert {f":{one.port} " in item.text for item in legend} == {True, False}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "demo-two-instances.png"))
 
 
 def test_a_page_survives_a_server_restart(

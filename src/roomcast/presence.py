@@ -258,22 +258,6 @@ class PresenceRegistry:
         """Connection ids in ``room`` on every instance."""
         return {_text(member) for member in await self._redis.smembers(self._room(room))}
 
-    async def room_roster(self, room: str) -> dict[str, str | None]:
-        """Connection id -> user id of every member of ``room`` on every instance (members
-        whose record expired meanwhile are left out)."""
-        members = sorted(await self.room_members(room))
-        if not members:
-            return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for connection_id in members:
-                pipe.hget(self._conn(connection_id), "user")
-            users = await pipe.execute()
-        return {
-            connection_id: json.loads(_text(user))
-            for connection_id, user in zip(members, users, strict=True)
-            if user is not None
-        }
-
     async def user_connections(self, user_id: str) -> set[str]:
         """Connection ids of ``user_id`` on every instance."""
         return {_text(member) for member in await self._redis.smembers(self._user(user_id))}

@@ -12,11 +12,11 @@ Events travel as ordinary room messages of ``$presence:R``, so with Redis they r
 on every instance and cost nothing where nobody watches.  Members are keyed by connection id
 (a user with two tabs is two members), which makes applying a snapshot and events idempotent.
 
-The snapshot is this process's registry on an in-memory hub.  With Redis it comes from the
-cluster-wide ``PresenceRegistry``: joins, leaves and snapshot reads go through one bounded
-queue, in order (changes written up to 1,000 per round trip), so a snapshot read after a join
-includes it.  A dead instance's members are purged by a survivor, which publishes their
-``left`` events.
+The snapshot is this process's roster on an in-memory hub.  With Redis it comes from the
+cluster-wide ``RoomRoster``: joins, leaves and snapshot reads go through one bounded queue, in
+order (changes written up to 1,000 per round trip), so a snapshot read after a join includes
+it.  A dead instance's members are purged by a survivor, which publishes their ``left``
+events.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from roomcast.frame import encode
 from roomcast.manager import ConnectionManager
 from roomcast.messages import ErrorMessage, preview
 from roomcast.metrics import EventLog
-from roomcast.presence import Change, PresenceRegistry, StaleConnection
 from roomcast.protocol import PresenceMessage
+from roomcast.roster import Member, RoomRoster, RosterChange
 from roomcast.tasks import TaskSet
 
 __all__ = [
@@ -80,8 +80,8 @@ class PresenceFeed:
     Args:
         manager: The hub (its ``deliver_to_room`` spreads events over Redis when distributed).
         events: Where refused work is logged, with a budget.
-        registry: The cluster-wide registry (with Redis); None answers from ``manager``.
-        queue_limit: Registry operations that may wait; beyond it they are dropped and
+        roster: The cluster-wide roster (with Redis); None answers from ``manager``.
+        queue_limit: Roster operations that may wait; beyond it they are dropped and
             counted (``dropped``), so a Redis stall cannot grow memory without bound.
     """
 
@@ -89,76 +89,70 @@ class PresenceFeed:
         self,
         manager: ConnectionManager,
         events: EventLog,
-        registry: PresenceRegistry | None = None,
+        roster: RoomRoster | None = None,
         queue_limit: int = 100_000,
     ) -> None:
         self._manager = manager
         self._events = events
-        self.registry = registry
-        self._ops: asyncio.Queue[Change | Read] = asyncio.Queue(queue_limit)
+        self.roster = roster
+        self._ops: asyncio.Queue[RosterChange | Read] = asyncio.Queue(queue_limit)
         self._tasks = TaskSet()
         self.dropped = 0
-        """Registry operations dropped because the queue was full."""
+        """Roster operations dropped because the queue was full."""
         self.failed = 0
-        """Registry operations that failed (Redis unreachable)."""
+        """Roster operations that failed (Redis unreachable)."""
         self.written = 0
-        """Registry changes written."""
+        """Roster changes written."""
         self.round_trips = 0
         """Batches those changes were written in."""
 
     async def start(self) -> None:
-        if self.registry is None:
+        if self.roster is None:
             return
         self._tasks.spawn(self._write(), name="roomcast-presence-writer")
-        # The registry announces this instance; with Redis away, its loop tries again.
+        # The roster announces this instance; with Redis away, try again until it can.
         try:
             async with asyncio.timeout(2.0):
-                await self.registry.start()
+                await self.roster.start()
         except (Exception, TimeoutError) as exc:
-            logger.warning("presence registry not reachable yet: %s", exc)
+            logger.warning("presence roster not reachable yet: %s", exc)
             self._tasks.spawn(self._start_later(), name="roomcast-presence-start")
 
     async def _start_later(self) -> None:
-        assert self.registry is not None
+        assert self.roster is not None
         while True:
             await asyncio.sleep(1.0)
             with contextlib.suppress(Exception):
-                await self.registry.start()
+                await self.roster.start()
                 return
 
     async def stop(self) -> None:
         await self._tasks.cancel_all()
-        if self.registry is not None:
-            await self.registry.stop()
+        if self.roster is not None:
+            await self.roster.stop()
 
     # ---------------------------------------------------------------- membership events
-
-    def opened(self, connection: Connection) -> None:
-        if self.registry is not None:
-            self._queue(Change.add(connection.connection_id, connection.user_id))
 
     def joined(self, connection: Connection, room: str) -> None:
         """``connection`` became a member of ``room`` (not a reserved one)."""
         self._announce(room, joined=_member(connection.connection_id, connection.user_id))
-        if self.registry is not None:
-            self._queue(Change.join(connection.connection_id, room))
+        if self.roster is not None:
+            self._queue(RosterChange(True, room, connection.connection_id, connection.user_id))
 
     def left(self, connection: Connection, room: str) -> None:
         self._announce(room, left=_member(connection.connection_id, connection.user_id))
-        if self.registry is not None:
-            self._queue(Change.leave(connection.connection_id, room))
+        if self.roster is not None:
+            self._queue(RosterChange(False, room, connection.connection_id, connection.user_id))
 
     def gone(self, connection: Connection, rooms: list[str]) -> None:
         """``connection`` closed while a member of ``rooms`` (reserved ones excluded)."""
         for room in rooms:
-            self._announce(room, left=_member(connection.connection_id, connection.user_id))
-        if self.registry is not None:
-            self._queue(Change.remove(connection.connection_id))
+            self.left(connection, room)
 
-    def stale(self, connection: StaleConnection) -> None:
-        """A dead instance's connection was purged: its rooms' watchers hear it left."""
-        for room in connection.rooms:
-            self._announce(room, left=_member(connection.connection_id, connection.user_id))
+    def departed(self, room: str, members: list[Member]) -> None:
+        """A dead instance's members of ``room`` were purged: its watchers hear they left."""
+        for connection_id, user_id in members:
+            self._announce(room, left=_member(connection_id, user_id))
 
     def _announce(
         self,
@@ -175,8 +169,8 @@ class PresenceFeed:
 
     def snapshot(self, connection: Connection, room: str) -> None:
         """Send ``connection`` the members of ``room`` (now, or after the queued writes)."""
-        registry = self.registry
-        if registry is None:
+        roster = self.roster
+        if roster is None:
             members = [
                 _member(member.connection_id, member.user_id)
                 for member in self._manager.get_room_members(room)
@@ -186,7 +180,7 @@ class PresenceFeed:
 
         async def read() -> None:
             try:
-                roster = await registry.room_roster(room)
+                found = await roster.members(room)
             except Exception:
                 # Say so rather than send a partial list; the client may join again later.
                 unavailable = ErrorMessage(
@@ -196,8 +190,7 @@ class PresenceFeed:
                 if self._manager.get_connection(connection.connection_id) is connection:
                     self._manager.deliver_to(connection, encode(unavailable))
                 raise
-            members = [_member(cid, user) for cid, user in sorted(roster.items())]
-            self._send(connection, room, members)
+            self._send(connection, room, [_member(cid, user) for cid, user in found])
 
         self._queue(read)
 
@@ -206,14 +199,14 @@ class PresenceFeed:
             snapshot = PresenceMessage(room=room, members=members)
             self._manager.deliver_to(connection, encode(snapshot))
 
-    # ---------------------------------------------------------------- the registry queue
+    # ---------------------------------------------------------------- the roster queue
 
-    def _queue(self, op: Change | Read) -> None:
+    def _queue(self, op: RosterChange | Read) -> None:
         try:
             self._ops.put_nowait(op)
         except asyncio.QueueFull:
             self.dropped += 1
-            self._events.event("presence_dropped", "registry queue full; operation dropped")
+            self._events.event("presence_dropped", "roster queue full; operation dropped")
 
     async def _write(self) -> None:
         """Apply queued changes in batches (one round trip each), reads in their place."""
@@ -221,9 +214,9 @@ class PresenceFeed:
             batch = [await self._ops.get()]
             while len(batch) < _BATCH and not self._ops.empty():
                 batch.append(self._ops.get_nowait())
-            changes: list[Change] = []
+            changes: list[RosterChange] = []
             for op in batch:
-                if isinstance(op, Change):
+                if isinstance(op, RosterChange):
                     changes.append(op)
                     continue
                 await self._apply(changes)
@@ -234,16 +227,16 @@ class PresenceFeed:
                     self._failed("snapshot read", 1, exc)
             await self._apply(changes)
 
-    async def _apply(self, changes: list[Change]) -> None:
+    async def _apply(self, changes: list[RosterChange]) -> None:
         if not changes:
             return
-        assert self.registry is not None
+        assert self.roster is not None
         try:
-            await self.registry.apply(changes)
+            await self.roster.apply(changes)
             self.written += len(changes)
             self.round_trips += 1
         except Exception as exc:  # Redis away: these changes are lost, the rest goes on
-            self._failed("registry write", len(changes), exc)
+            self._failed("roster write", len(changes), exc)
 
     def _failed(self, what: str, count: int, exc: Exception) -> None:
         self.failed += count
@@ -251,4 +244,4 @@ class PresenceFeed:
 
 
 _BATCH = 1000
-"""Most registry operations written in one round trip."""
+"""Most roster operations written in one round trip."""

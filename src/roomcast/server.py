@@ -146,8 +146,8 @@ class ServerConfig:
     pong_timeout: float = 20.0
     """A client silent (no pong, no message) for ping_interval + pong_timeout is dropped."""
     presence: bool = True
-    """Serve presence (``$presence:R`` rooms); with Redis it keeps a cluster-wide registry
-    of connections (``PresenceRegistry``), which costs Redis commands per connection."""
+    """Serve presence (``$presence:R`` rooms); with Redis it keeps a cluster-wide roster of
+    room members (``RoomRoster``): one Redis command per join and per leave."""
     stats_interval: float = 1.0
     """Seconds between this instance's figures in the ``$stats`` room; 0 turns them off."""
     demo: bool = True
@@ -196,25 +196,27 @@ class Server:
         self._redis: Any = None
         self.presence: PresenceFeed | None = None
         if config.presence:
-            self.presence = PresenceFeed(self.manager, self.events, self._new_registry())
+            self.presence = PresenceFeed(self.manager, self.events, self._new_roster())
         self._static = _load_static(config.demo)
 
-    def _new_registry(self) -> Any:
-        """The cluster-wide presence registry when the hub spans processes, else None."""
+    def _new_roster(self) -> Any:
+        """The cluster-wide room roster when the hub spans processes, else None."""
         if self.config.redis_url is None:
             return None
         import redis.asyncio
 
-        from roomcast.presence import PresenceRegistry
+        from roomcast.roster import RoomRoster
 
         self._redis = redis.asyncio.Redis.from_url(
             self.config.redis_url, max_connections=4, socket_timeout=5.0
         )
-        return PresenceRegistry(
+        return RoomRoster(
             self._redis,
             self.instance_id,
             prefix=self.config.channel_prefix,
-            on_stale=lambda stale: self.presence.stale(stale) if self.presence else None,
+            on_departed=lambda room, members: (
+                self.presence.departed(room, members) if self.presence else None
+            ),
         )
 
     @property
@@ -415,8 +417,6 @@ class Server:
         connection.transport = transport
         self._open.add(transport)
         self.manager.attach(connection)
-        if self.presence is not None:
-            self.presence.opened(connection)
         if transport.initial_room is not None:
             self.manager.join(connection, transport.initial_room)
             if self.presence is not None:

@@ -168,14 +168,19 @@ export class RoomcastClient {
    * before it ever opens. Reconnects by itself afterwards. */
   connect() {
     if (this.state === "open") return Promise.resolve();
-    const opened = new Promise((resolve, reject) => {
-      this._opened = { resolve, reject };
-    });
+    if (!this._opened) {
+      // One promise for every caller until the connection opens (or is closed for good).
+      let settle;
+      const promise = new Promise((resolve, reject) => {
+        settle = { resolve, reject };
+      });
+      this._opened = { ...settle, promise };
+    }
     if (this.state === "idle" || this.state === "closed") {
       this.attempt = 0;
       this._open();
     }
-    return opened;
+    return this._opened.promise;
   }
 
   /** Close for good (no reconnect); pending requests are rejected. */
@@ -252,8 +257,11 @@ export class RoomcastClient {
   }
 
   _lostRoom(room, error) {
-    this.rooms.delete(room);
-    this.members.delete(room);
+    // A refusal is final; a timeout or a closed connection is retried at the next open.
+    if (error.reason === "refused") {
+      this.rooms.delete(room);
+      this.members.delete(room);
+    }
     this._emit("error", { error: `could not rejoin ${room}: ${error.message}`, code: error.code });
   }
 
@@ -364,7 +372,7 @@ export class RoomcastClient {
   /** Round trip to the server; resolves with the time it took in ms. */
   async ping() {
     const started = performance.now();
-    await this._request({ type: "ping" }, this._socket, "pong");
+    await this._request({ type: "ping" });
     return performance.now() - started;
   }
 
@@ -391,7 +399,7 @@ export class RoomcastClient {
     return `${this._prefix}-${this._sequence}`;
   }
 
-  _request(message, socket = this._socket, answer = "ack") {
+  _request(message, socket = this._socket) {
     if (!socket || socket.readyState !== 1) {
       return Promise.reject(new RoomcastError("not connected", { reason: "not_connected" }));
     }
@@ -401,7 +409,7 @@ export class RoomcastClient {
         this._pending.delete(eventId);
         reject(new RoomcastError(`no answer to ${message.type} within ${this.ackTimeout} ms`, { reason: "timeout" }));
       }, this.ackTimeout);
-      this._pending.set(eventId, { resolve, reject, timer, answer });
+      this._pending.set(eventId, { resolve, reject, timer });
       socket.send(JSON.stringify({ ...message, event_id: eventId }));
     });
   }
