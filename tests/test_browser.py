@@ -233,7 +233,7 @@ def test_pages_on_two_instances_behind_redis_share_rooms_presence_and_the_dashbo
     shared_redis: RedisServer,
     prefix: str,
 ) -> None:
-    flags = ("--redis-url", shared_redis.url, "--channel-prefix", prefix)
+    flags = ("--redis-url", shared_redis.url, "--channel-prefix", prefix, "--presence")
     one, two = serve(*flags), serve(*flags)
     ann = page(f"{one.base}/?name=ann&autoconnect=1")
     until(browser, lambda: state(browser) == "open", "ann connected to instance one")
@@ -247,8 +247,29 @@ def test_pages_on_two_instances_behind_redis_share_rooms_presence_and_the_dashbo
     until(browser, lambda: instances.text == "2 instances", "the dashboard shows both instances")
     legend = browser.find_elements(By.CSS_SELECTOR, "#legend li")
     assert {f":{one.port} " in item.text for item in legend} == {True, False}
+    time.sleep(2.5)  # a few points per instance on the charts, for the picture
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "demo-two-instances.png"))
+
+
+def test_a_page_on_a_redis_hub_without_presence_says_so_and_chats(
+    browser: WebDriver,
+    serve: Callable[..., ServeProcess],
+    page: Callable[[str], str],
+    shared_redis: RedisServer,
+    prefix: str,
+) -> None:
+    """With Redis, presence is off unless asked for: the page still joins and chats."""
+    flags = ("--redis-url", shared_redis.url, "--channel-prefix", prefix)
+    one, two = serve(*flags), serve(*flags)
+    ann = page(f"{one.base}/?name=ann&autoconnect=1")
+    until(browser, lambda: state(browser) == "open", "ann connected")
+    presence = browser.find_element(By.ID, "presence-list")
+    until(browser, lambda: presence.text == "presence is off on this server", "the page says so")
+    with ws_connect(f"ws://127.0.0.1:{two.port}/ws/lobby?user_id=bob") as bob:
+        bob.send(json.dumps({"type": "publish", "room": "lobby", "data": {"text": "hey"}}))
+        browser.switch_to.window(ann)
+        until(browser, lambda: "bobhey" in messages(browser), "bob's message from instance two")
 
 
 def test_a_page_survives_a_server_restart(

@@ -63,10 +63,19 @@ def test_switches_read_their_variables_strictly(
     monkeypatch: pytest.MonkeyPatch, value: str, on: bool
 ) -> None:
     """ROOMCAST_ECHO=0 means off (not "a non-empty string, so on")."""
-    for name in ("ECHO", "NO_PRESENCE", "NO_DEMO", "NO_TOKEN_IN_QUERY"):
+    for name in ("ECHO", "PRESENCE", "NO_DEMO", "NO_TOKEN_IN_QUERY"):
         monkeypatch.setenv(f"ROOMCAST_{name}", value)
     args = build_parser().parse_args(["serve"])
-    assert (args.echo, args.no_presence, args.no_demo, args.no_token_in_query) == (on,) * 4
+    assert (args.echo, args.presence, args.no_demo, args.no_token_in_query) == (on,) * 4
+
+
+def test_presence_defaults_to_the_hub_kind_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, presence is decided by --redis-url (None); --presence / --no-presence decide."""
+    monkeypatch.delenv("ROOMCAST_PRESENCE", raising=False)
+    parse = build_parser().parse_args
+    assert parse(["serve"]).presence is None
+    assert parse(["serve", "--presence"]).presence is True
+    assert parse(["serve", "--no-presence"]).presence is False
 
 
 def test_a_switch_variable_that_does_not_parse_stops_with_a_message() -> None:

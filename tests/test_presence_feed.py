@@ -159,10 +159,13 @@ async def test_static_files() -> None:
 
 @contextlib.asynccontextmanager
 async def two_instances(redis: RedisServer, prefix: str) -> AsyncIterator[tuple[Server, Server]]:
-    async with (
-        running(redis_url=redis.url, channel_prefix=prefix, stats_interval=0.2) as one,
-        running(redis_url=redis.url, channel_prefix=prefix, stats_interval=0.2) as two,
-    ):
+    options: dict[str, Any] = {
+        "redis_url": redis.url,
+        "channel_prefix": prefix,
+        "stats_interval": 0.2,
+        "presence": True,  # off by default with Redis
+    }
+    async with running(**options) as one, running(**options) as two:
         yield one, two
 
 
@@ -199,7 +202,7 @@ async def test_presence_and_stats_span_instances(shared_redis: RedisServer, pref
 
 
 async def test_presence_says_so_when_redis_is_gone(own_redis: RedisServer, prefix: str) -> None:
-    async with running(redis_url=own_redis.url, channel_prefix=prefix) as server:
+    async with running(redis_url=own_redis.url, channel_prefix=prefix, presence=True) as server:
         ann = await Peer.open(server, "ann")
         await ann.call(type="join", room="lobby")
         own_redis.kill()
@@ -213,7 +216,7 @@ async def test_presence_says_so_when_redis_is_gone(own_redis: RedisServer, prefi
 
 
 async def test_presence_queue_is_bounded(shared_redis: RedisServer, prefix: str) -> None:
-    async with running(redis_url=shared_redis.url, channel_prefix=prefix) as server:
+    async with running(redis_url=shared_redis.url, channel_prefix=prefix, presence=True) as server:
         feed = server.presence
         assert feed is not None
         feed._ops = type(feed._ops)(2)  # a tiny queue, filled faster than Redis drains it
@@ -230,7 +233,7 @@ async def test_a_connection_storm_is_written_in_batches(
 ) -> None:
     """300 clients connect and join at once: every one is in the cluster-wide snapshot, and
     the registry took far fewer round trips than changes."""
-    async with running(redis_url=shared_redis.url, channel_prefix=prefix) as server:
+    async with running(redis_url=shared_redis.url, channel_prefix=prefix, presence=True) as server:
         feed = server.presence
         assert feed is not None
         crowd = await asyncio.gather(*(Peer.open(server, f"u{n}") for n in range(300)))
@@ -245,3 +248,16 @@ async def test_a_connection_storm_is_written_in_batches(
         await watcher.ws.close()  # first: it reads nothing more, and 300 "left" would queue up
         for peer in crowd:
             await peer.ws.close()
+
+
+async def test_presence_is_off_by_default_with_redis(
+    shared_redis: RedisServer, prefix: str
+) -> None:
+    async with running(redis_url=shared_redis.url, channel_prefix=prefix) as server:
+        assert server.presence is None
+        ann = await Peer.open(server, "ann")
+        await ann.call(type="join", room="lobby")
+        refused = await ann.call(type="join", room="$presence:lobby")
+        assert refused["code"] == 1008 and "reserved" in refused["error"]
+        assert (await ann.call(type="join", room="$stats"))["type"] == "ack"
+        await ann.ws.close()

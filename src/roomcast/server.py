@@ -145,9 +145,11 @@ class ServerConfig:
     """Seconds between protocol PINGs to each client; 0 turns the heartbeat off."""
     pong_timeout: float = 20.0
     """A client silent (no pong, no message) for ping_interval + pong_timeout is dropped."""
-    presence: bool = True
-    """Serve presence (``$presence:R`` rooms); with Redis it keeps a cluster-wide roster of
-    room members (``RoomRoster``): one Redis command per join and per leave."""
+    presence: bool | None = None
+    """Serve presence (``$presence:R`` rooms).  None: on for an in-memory hub (it costs
+    nothing until someone watches), off with ``redis_url``, where it keeps a cluster-wide
+    roster in Redis and publishes every join and leave (measured: about twice the handshake
+    CPU), so it is asked for with True."""
     stats_interval: float = 1.0
     """Seconds between this instance's figures in the ``$stats`` room; 0 turns them off."""
     demo: bool = True
@@ -195,7 +197,7 @@ class Server:
         self.instance_id = uuid.uuid4().hex
         self._redis: Any = None
         self.presence: PresenceFeed | None = None
-        if config.presence:
+        if config.presence if config.presence is not None else config.redis_url is None:
             self.presence = PresenceFeed(self.manager, self.events, self._new_roster())
         self._static = _load_static(config.demo)
 

@@ -236,11 +236,7 @@ export class RoomcastClient {
       this.members.delete(room);
       joins.push(this._request({ type: "join", room }, socket).catch((e) => this._lostRoom(room, e)));
       if (presence) {
-        joins.push(
-          this._request({ type: "join", room: PRESENCE_PREFIX + room }, socket).catch((e) =>
-            this._emit("error", { error: `presence of ${room}: ${e.message}`, code: e.code }),
-          ),
-        );
+        joins.push(this._watch(room, socket).catch(() => {}));
       }
     }
     await Promise.all(joins);
@@ -346,8 +342,20 @@ export class RoomcastClient {
       if (error.reason === "refused") this.rooms.delete(room);
       throw error;
     }
-    if (presence) await this._request({ type: "join", room: PRESENCE_PREFIX + room });
+    if (presence) await this._watch(room);
     return { pending: false };
+  }
+
+  async _watch(room, socket = this._socket) {
+    try {
+      await this._request({ type: "join", room: PRESENCE_PREFIX + room }, socket);
+    } catch (error) {
+      // Refused: this server has no presence (e.g. roomcast serve with Redis and without
+      // --presence). The room itself stays joined; stop asking after reconnects.
+      if (error.reason === "refused" && this.rooms.has(room)) this.rooms.set(room, { presence: false });
+      this._emit("error", { error: `presence of ${room}: ${error.message}`, code: error.code });
+      throw error;
+    }
   }
 
   /** Leave `room` (and stop watching its presence). */

@@ -52,18 +52,27 @@ function wire(client) {
   client.on("presence", ({ room }) => {
     if (room === selected) drawPresence();
   });
-  client.on("error", ({ error, code }) => note(selected, `error${code ? ` ${code}` : ""}: ${error}`));
+  client.on("error", ({ error, code }) => {
+    note(selected, `error${code ? ` ${code}` : ""}: ${error}`);
+    drawPresence();
+  });
   client.on("stats", record);
 }
 
 async function join(room) {
+  let problem = null;
   try {
     await client.join(room, { presence: true });
-    if (!history.has(room)) history.set(room, []);
-    drawRooms();
   } catch (error) {
-    note(selected, `could not join ${room}: ${error.message}`);
+    problem = error;
   }
+  if (!client.rooms.has(room)) {
+    note(selected, `could not join ${room}: ${problem?.message}`);
+    return;
+  }
+  if (!history.has(room)) history.set(room, []);
+  drawRooms();
+  drawPresence();
 }
 
 async function leave(room) {
@@ -181,6 +190,13 @@ function drawPresence() {
   const list = $("presence-list");
   list.replaceChildren();
   if (!client || !selected) return;
+  if (client.rooms.get(selected)?.presence === false) {
+    const item = document.createElement("li");
+    item.className = "muted";
+    item.textContent = "presence is off on this server";
+    list.append(item);
+    return;
+  }
   for (const { userId, connections } of client.presence(selected)) {
     const item = document.createElement("li");
     item.dataset.user = userId;
@@ -275,6 +291,13 @@ function drawChart(canvas, value, now) {
     g.beginPath();
     samples.forEach((s, i) => (i ? g.lineTo(x(s.t), y(value(s))) : g.moveTo(x(s.t), y(value(s)))));
     g.stroke();
+    const last = samples.at(-1); // the latest value, visible even before there is a line
+    if (last) {
+      g.fillStyle = color;
+      g.beginPath();
+      g.arc(x(last.t), y(value(last)), 2.5, 0, 2 * Math.PI);
+      g.fill();
+    }
   }
 }
 
