@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_tristate("presence"),
         help="serve presence ($presence:ROOM rooms); default: on without --redis-url, off "
         "with it (cluster-wide presence keeps a roster in Redis and publishes every join "
-        "and leave: about twice the handshake CPU)",
+        "and leave: 1.4-2.1x the handshake CPU)",
     )
     presence.add_argument(
         "--no-presence", dest="presence", action="store_false", help="no presence at all"
