@@ -148,6 +148,12 @@ async def test_static_files() -> None:
     async with running() as server:
         status, body = await http_get(server.port, "/")
         assert status == 200 and b'<script type="module" src="/demo.js">' in body
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+        writer.close()
+        assert "content-security-policy: default-src 'self'" in head
+        assert "x-content-type-options: nosniff" in head
         status, body = await http_get(server.port, "/client.js")
         assert status == 200 and b"export class RoomcastClient" in body
         for path in ("/demo.js", "/demo.css"):

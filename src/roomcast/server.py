@@ -762,8 +762,17 @@ def _load_static(demo: bool) -> dict[str, tuple[bytes, str]]:
     }
 
 
+_PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+"""The demo page loads nothing from elsewhere (no CDN) and talks only to this server."""
+
+
 def _respond(status: int, body: bytes, content_type: str = _TEXT) -> WSUpgradeResponseWithListener:
-    headers = {"Content-Type": content_type}
+    headers = {"Content-Type": content_type, "X-Content-Type-Options": "nosniff"}
+    if content_type.startswith("text/html"):
+        headers["Content-Security-Policy"] = _PAGE_POLICY
     if status == 200:
         response = WSUpgradeResponse.create_ok_response(body, headers)
     else:
