@@ -177,6 +177,14 @@ def say(browser: WebDriver, text: str) -> None:
     browser.find_element(By.ID, "send").click()
 
 
+def screenshot(browser: WebDriver, name: str) -> None:
+    """Save the page to the artifacts, once the charts have a few points (the test's proof
+    that the demo renders, and the picture in the docs)."""
+    time.sleep(2.5)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / name))
+
+
 def record_events(browser: WebDriver) -> None:
     """Keep the page's client events in ``window.seen`` for the test to read."""
     browser.execute_script(
@@ -215,9 +223,7 @@ def test_two_pages_in_one_room_see_each_others_messages_and_presence(
     # The dashboard draws this instance's figures from the $stats room.
     legend = browser.find_element(By.ID, "legend")
     until(browser, lambda: "2 conn" in legend.text, "the dashboard counts both pages")
-    time.sleep(2.5)  # a few more points on the charts, for the picture
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(ARTIFACTS / "demo.png"))
+    screenshot(browser, "demo.png")
 
     browser.switch_to.window(bob)
     browser.close()
@@ -247,9 +253,7 @@ def test_pages_on_two_instances_behind_redis_share_rooms_presence_and_the_dashbo
     until(browser, lambda: instances.text == "2 instances", "the dashboard shows both instances")
     legend = browser.find_elements(By.CSS_SELECTOR, "#legend li")
     assert {f":{one.port} " in item.text for item in legend} == {True, False}
-    time.sleep(2.5)  # a few points per instance on the charts, for the picture
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(ARTIFACTS / "demo-two-instances.png"))
+    screenshot(browser, "demo-two-instances.png")
 
 
 def test_a_page_on_a_redis_hub_without_presence_says_so_and_chats(
