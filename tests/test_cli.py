@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from roomcast import CloseCode
-from roomcast.cli import build_parser
+from roomcast.cli import _worker_command, build_parser
 from tests.support import connect, recv, seconds
 
 
@@ -90,6 +90,17 @@ def test_a_switch_variable_that_does_not_parse_stops_with_a_message() -> None:
     assert result.stderr.strip() == (
         "roomcast: ROOMCAST_ECHO='maybe': expected 1/true/yes/on or 0/false/no/off"
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "passed"),
+    [([], []), (["--presence"], ["--presence"]), (["--no-presence"], ["--no-presence"])],
+)
+def test_workers_get_the_supervisors_switches(flags: list[str], passed: list[str]) -> None:
+    args = build_parser().parse_args(["serve", "--no-demo", "--stats-interval", "2", *flags])
+    argv, _ = _worker_command(args)
+    assert "--no-demo" in argv and argv[argv.index("--stats-interval") + 1] == "2.0"
+    assert [a for a in argv if a.endswith("presence")] == passed
 
 
 async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
