@@ -76,6 +76,8 @@ def test_presence_defaults_to_the_hub_kind_unless_asked(monkeypatch: pytest.Monk
     assert parse(["serve"]).presence is None
     assert parse(["serve", "--presence"]).presence is True
     assert parse(["serve", "--no-presence"]).presence is False
+    monkeypatch.setenv("ROOMCAST_PRESENCE", "")  # set but empty: still undecided
+    assert build_parser().parse_args(["serve"]).presence is None
 
 
 def test_a_switch_variable_that_does_not_parse_stops_with_a_message() -> None:

@@ -47,8 +47,8 @@ def _env_flag(name: str) -> bool:
 
 
 def _env_tristate(name: str) -> bool | None:
-    """A switch whose default depends on other settings: unset is None."""
-    return _env_flag(name) if os.environ.get("ROOMCAST_" + name.upper()) is not None else None
+    """A switch whose default depends on other settings: unset (or empty) is None."""
+    return _env_flag(name) if os.environ.get("ROOMCAST_" + name.upper(), "").strip() else None
 
 
 class _JsonFormatter(logging.Formatter):

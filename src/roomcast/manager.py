@@ -105,6 +105,10 @@ class ConnectionManager:
         self._bound_tasks: dict[str, tuple[asyncio.Task[Any], Callable[..., None]]] = {}
         self._tasks = TaskSet()
         self.stats = ManagerStats()
+        self.on_departure: Callable[[Connection], None] | None = None
+        """Called with every connection unregistered, whichever way it went (disconnect,
+        its endpoint ending, a failed send, a slow-consumer close); its ``rooms`` still
+        say where it was."""
         self.heartbeat: HeartbeatManager | None = None
         """Pings every connection (application-level PingMessage) when ``ping_interval`` is
         set; see ``connect``."""
@@ -227,6 +231,8 @@ class ConnectionManager:
         if self.heartbeat is not None:
             self.heartbeat.stop_heartbeat(connection.connection_id)
         self._on_removed(departure)
+        if self.on_departure is not None:
+            self.on_departure(connection)
         return True
 
     def _endpoint_done(self, connection: Connection, _: asyncio.Task[Any]) -> None:

@@ -60,7 +60,6 @@ StaleCallback = Callable[[StaleConnection], Awaitable[None] | None]
 
 
 class ChangeKind(enum.Enum):
-    ADD = "add"
     JOIN = "join"
     LEAVE = "leave"
     REMOVE = "remove"
@@ -68,17 +67,14 @@ class ChangeKind(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Change:
-    """One registry write, to be batched with others (``PresenceRegistry.apply``).
+    """One change to a recorded connection, to be batched with others
+    (``PresenceRegistry.apply``; connections are recorded by ``add``, which enforces the cap).
 
-    ``value`` is the user id (ADD) or the room (JOIN, LEAVE)."""
+    ``value`` is the room (JOIN, LEAVE)."""
 
     kind: ChangeKind
     connection_id: str
     value: str | None = None
-
-    @classmethod
-    def add(cls, connection_id: str, user_id: str | None) -> Change:
-        return cls(ChangeKind.ADD, connection_id, user_id)
 
     @classmethod
     def join(cls, connection_id: str, room: str) -> Change:
@@ -179,6 +175,7 @@ class PresenceRegistry:
         async with self._redis.pipeline(transaction=False) as pipe:
             self._stage_add(pipe, connection_id, user_id, user_set=max_per_user is None)
             await pipe.execute()
+        self._local[connection_id] = (user_id, set())  # only once Redis has the record
         return True
 
     async def remove(self, connection_id: str) -> None:
@@ -196,9 +193,7 @@ class PresenceRegistry:
         connects a second would otherwise each wait for their own)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for change in changes:
-                if change.kind is ChangeKind.ADD:
-                    self._stage_add(pipe, change.connection_id, change.value, user_set=True)
-                elif change.kind is ChangeKind.REMOVE:
+                if change.kind is ChangeKind.REMOVE:
                     self._stage_remove(pipe, change.connection_id)
                 else:
                     self._stage_membership(pipe, change)
@@ -223,7 +218,6 @@ class PresenceRegistry:
         if user_id is not None and user_set:  # (the capped add already put it in the set)
             pipe.sadd(self._user(user_id), connection_id)
             pipe.expire(self._user(user_id), ttl)
-        self._local[connection_id] = (user_id, set())
 
     def _stage_remove(self, pipe: Any, connection_id: str) -> None:
         local = self._local.pop(connection_id, None)

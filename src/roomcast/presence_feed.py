@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from roomcast.connection import Connection
@@ -68,10 +68,6 @@ def watched_room(room: str) -> str | None:
 
 def _member(connection_id: str, user_id: str | None) -> dict[str, str | None]:
     return {"connection_id": connection_id, "user_id": user_id}
-
-
-Read = Callable[[], Awaitable[None]]
-"""A snapshot read, done after the changes queued before it."""
 
 
 class PresenceFeed:
@@ -154,6 +150,12 @@ class PresenceFeed:
         for connection_id, user_id in members:
             self._announce(room, left=_member(connection_id, user_id))
 
+    def restored(self, room: str, members: list[Member]) -> None:
+        """This instance was purged while alive and wrote its members back: the watchers,
+        who heard they left, hear they are here."""
+        for connection_id, user_id in members:
+            self._announce(room, joined=_member(connection_id, user_id))
+
     def _announce(
         self,
         room: str,
@@ -169,63 +171,67 @@ class PresenceFeed:
 
     def snapshot(self, connection: Connection, room: str) -> None:
         """Send ``connection`` the members of ``room`` (now, or after the queued writes)."""
-        roster = self.roster
-        if roster is None:
+        if self.roster is None:
             members = [
                 _member(member.connection_id, member.user_id)
                 for member in self._manager.get_room_members(room)
             ]
             self._send(connection, room, members)
-            return
-
-        async def read() -> None:
-            try:
-                found = await roster.members(room)
-            except Exception:
-                # Say so rather than send a partial list; the client may join again later.
-                unavailable = ErrorMessage(
-                    error=f"presence of {preview(room)} unavailable (Redis unreachable)",
-                    code=CloseCode.TRY_AGAIN_LATER,
-                )
-                if self._manager.get_connection(connection.connection_id) is connection:
-                    self._manager.deliver_to(connection, encode(unavailable))
-                raise
-            self._send(connection, room, [_member(cid, user) for cid, user in found])
-
-        self._queue(read)
+        else:
+            self._queue(Read(connection, room))
 
     def _send(self, connection: Connection, room: str, members: list[dict[str, Any]]) -> None:
         if self._manager.get_connection(connection.connection_id) is connection:
             snapshot = PresenceMessage(room=room, members=members)
             self._manager.deliver_to(connection, encode(snapshot))
 
+    def _unavailable(self, connection: Connection, room: str, why: str) -> None:
+        """Say so rather than send a partial list; the client may watch again later."""
+        if self._manager.get_connection(connection.connection_id) is connection:
+            error = ErrorMessage(
+                error=f"presence of {preview(room)} unavailable ({why})",
+                code=CloseCode.TRY_AGAIN_LATER,
+            )
+            self._manager.deliver_to(connection, encode(error))
+
     # ---------------------------------------------------------------- the roster queue
 
     def _queue(self, op: RosterChange | Read) -> None:
+        if isinstance(op, RosterChange):
+            assert self.roster is not None
+            self.roster.record(op)  # memory first: Redis can always be rebuilt from it
         try:
             self._ops.put_nowait(op)
         except asyncio.QueueFull:
             self.dropped += 1
             self._events.event("presence_dropped", "roster queue full; operation dropped")
+            if isinstance(op, RosterChange):
+                assert self.roster is not None
+                self.roster.mark_dirty()
+            else:
+                self._unavailable(op.connection, op.room, "busy")
 
     async def _write(self) -> None:
-        """Apply queued changes in batches (one round trip each), reads in their place."""
+        """Apply queued changes in batches (one round trip each); reads in their place, one
+        per room however many watchers asked for it meanwhile."""
         while True:
             batch = [await self._ops.get()]
             while len(batch) < _BATCH and not self._ops.empty():
                 batch.append(self._ops.get_nowait())
             changes: list[RosterChange] = []
+            reads: dict[str, list[Connection]] = {}
             for op in batch:
                 if isinstance(op, RosterChange):
+                    if reads:  # reads see every change queued before them, no later one
+                        await self._read(reads)
+                        reads = {}
                     changes.append(op)
-                    continue
-                await self._apply(changes)
-                changes = []
-                try:
-                    await op()
-                except Exception as exc:  # Redis away (the client was told)
-                    self._failed("snapshot read", 1, exc)
+                else:
+                    await self._apply(changes)
+                    changes = []
+                    reads.setdefault(op.room, []).append(op.connection)
             await self._apply(changes)
+            await self._read(reads)
 
     async def _apply(self, changes: list[RosterChange]) -> None:
         if not changes:
@@ -235,12 +241,34 @@ class PresenceFeed:
             await self.roster.apply(changes)
             self.written += len(changes)
             self.round_trips += 1
-        except Exception as exc:  # Redis away: these changes are lost, the rest goes on
+        except Exception as exc:  # Redis away: rewritten from memory once it is back
             self._failed("roster write", len(changes), exc)
+
+    async def _read(self, reads: dict[str, list[Connection]]) -> None:
+        assert self.roster is not None
+        for room, watchers in reads.items():
+            try:
+                found = await self.roster.members(room)
+            except Exception as exc:
+                self._failed("snapshot read", 1, exc)
+                for connection in watchers:
+                    self._unavailable(connection, room, "Redis unreachable")
+                continue
+            members = [_member(cid, user) for cid, user in found]
+            for connection in watchers:
+                self._send(connection, room, members)
 
     def _failed(self, what: str, count: int, exc: Exception) -> None:
         self.failed += count
         self._events.event("presence_failed", "%s failed (%d operations): %s", what, count, exc)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Read:
+    """A snapshot of ``room`` for ``connection``, read after the changes queued before it."""
+
+    connection: Connection
+    room: str
 
 
 _BATCH = 1000

@@ -15,6 +15,12 @@ connection.  A reader takes the union of the room's sets of the instances that a
 a dead instance's members drop out of every answer as soon as its liveness key expires; a
 survivor then reports them to ``on_departed`` (the ``left`` events) and deletes its keys, and
 even with no survivor every key expires on its own.
+
+The instance keeps its own members in memory (``record``, at the moment they change), so its
+part in Redis can always be rebuilt: after a write failed or was dropped (Redis away, a full
+queue), and after the instance was taken for dead and purged (a stall longer than the
+liveness TTL), the next refresh rewrites it whole, and ``on_restored`` re-announces the
+members that were reported gone.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ logger = logging.getLogger("roomcast.roster")
 Member = tuple[str, str | None]
 """(connection id, user id)."""
 Departed = Callable[[str, list[Member]], None]
-"""Called with a room and the members a dead instance had in it."""
+"""Called with a room and members: a dead instance's (``on_departed``), or this instance's
+own after it was purged and rewrote its part (``on_restored``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,6 +65,8 @@ class RoomRoster:
         instance_ttl: Seconds this instance's liveness key lives without a refresh.
         refresh_interval: Seconds between refreshes (well under ``instance_ttl``).
         on_departed: Told about the members of a dead instance, room by room, once purged.
+        on_restored: Told about this instance's members, room by room, when it finds it was
+            purged while alive and has written them back.
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class RoomRoster:
         instance_ttl: float = 15.0,
         refresh_interval: float = 5.0,
         on_departed: Departed | None = None,
+        on_restored: Departed | None = None,
     ) -> None:
         if refresh_interval >= instance_ttl:
             raise ValueError("refresh_interval must be shorter than instance_ttl")
@@ -79,7 +89,11 @@ class RoomRoster:
         self._key_ttl = int(instance_ttl * 4)
         self._refresh_interval = refresh_interval
         self._on_departed = on_departed
-        self._local: dict[str, int] = {}  # room -> members on this instance
+        self._on_restored = on_restored
+        self._members: dict[str, set[str]] = {}  # room -> this instance's members (JSON)
+        self._written: set[str] = set()  # rooms whose set (and rooms entry) Redis has
+        self._dirty = False  # Redis may differ from _members: rewrite at the next refresh
+        self._announced = False
         self._tasks = TaskSet()
         self.purged = 0
         """Members of dead instances this instance purged."""
@@ -108,35 +122,73 @@ class RoomRoster:
         """Stop refreshing and remove this instance's keys."""
         await self._tasks.cancel_all()
         try:
-            await self._delete_instance(self.instance_id, list(self._local))
+            await self._delete_instance(self.instance_id, [*self._members, *self._written])
         except Exception as exc:  # Redis away: the keys expire by themselves
             logger.warning("could not remove the roster of this instance: %s", exc)
 
     # ---------------------------------------------------------------- writes
 
+    def record(self, change: RosterChange) -> None:
+        """Note a change in memory, now; ``apply`` writes it to Redis later."""
+        member = json.dumps([change.connection_id, change.user_id])
+        if change.joined:
+            self._members.setdefault(change.room, set()).add(member)
+            return
+        members = self._members.get(change.room)
+        if members is not None:
+            members.discard(member)
+            if not members:
+                del self._members[change.room]
+
+    def mark_dirty(self) -> None:
+        """A recorded change will not be applied (dropped): rewrite at the next refresh."""
+        self._dirty = True
+
     async def apply(self, changes: Iterable[RosterChange]) -> None:
-        """Write a batch of joins and leaves, in order, in one round trip."""
+        """Write a batch of recorded joins and leaves, in order, in one round trip."""
         redis = self._redis
-        async with redis.pipeline(transaction=False) as pipe:
-            for change in changes:
-                member = json.dumps([change.connection_id, change.user_id])
-                key = self._room(self.instance_id, change.room)
-                count = self._local.get(change.room, 0)
-                if change.joined:
-                    pipe.sadd(key, member)
-                    if count == 0:  # the room's first member here
-                        pipe.expire(key, self._key_ttl)
-                        pipe.sadd(self._rooms(self.instance_id), change.room)
-                    self._local[change.room] = count + 1
-                else:
-                    pipe.srem(key, member)
-                    if count <= 1:
-                        self._local.pop(change.room, None)
-                        pipe.srem(self._rooms(self.instance_id), change.room)
+        mine = self._rooms(self.instance_id)
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for change in changes:
+                    member = json.dumps([change.connection_id, change.user_id])
+                    key = self._room(self.instance_id, change.room)
+                    if change.joined:
+                        pipe.sadd(key, member)
+                        if change.room not in self._written:  # the room is new here
+                            self._written.add(change.room)
+                            pipe.expire(key, self._key_ttl)
+                            pipe.sadd(mine, change.room)
+                            pipe.expire(mine, self._key_ttl)
                     else:
-                        self._local[change.room] = count - 1
-            if len(pipe):
-                await pipe.execute()
+                        pipe.srem(key, member)
+                        if change.room not in self._members and change.room in self._written:
+                            self._written.discard(change.room)
+                            pipe.srem(mine, change.room)
+                if len(pipe):
+                    await pipe.execute()
+        except BaseException:
+            self._dirty = True
+            raise
+
+    async def _rewrite(self) -> None:
+        """Replace this instance's part in Redis with what it has in memory."""
+        redis = self._redis
+        members = {room: set(found) for room, found in self._members.items()}
+        mine = self._rooms(self.instance_id)
+        async with redis.pipeline(transaction=True) as pipe:
+            for room in self._written | members.keys():
+                pipe.delete(self._room(self.instance_id, room))
+            pipe.delete(mine)
+            for room, found in members.items():
+                key = self._room(self.instance_id, room)
+                pipe.sadd(key, *found)
+                pipe.expire(key, self._key_ttl)
+                pipe.sadd(mine, room)
+            pipe.expire(mine, self._key_ttl)
+            await pipe.execute()
+        self._written = set(members)
+        logger.info("rewrote the roster of this instance (%d rooms)", len(members))
 
     # ---------------------------------------------------------------- reads
 
@@ -169,15 +221,28 @@ class RoomRoster:
                 logger.warning("roster refresh failed: %s", exc)
 
     async def _announce(self) -> None:
-        """Refresh the liveness key and the TTLs of this instance's keys (per room)."""
+        """Refresh the liveness key and the TTLs of this instance's keys (per room); rewrite
+        this instance's part if it may be wrong, or if it was purged for dead meanwhile."""
         redis = self._redis
         async with redis.pipeline(transaction=False) as pipe:
             pipe.set(self._alive(self.instance_id), "1", px=int(self._instance_ttl * 1000))
             pipe.sadd(self._instances, self.instance_id)
             pipe.expire(self._rooms(self.instance_id), self._key_ttl)
-            for room in self._local:
+            for room in self._written:
                 pipe.expire(self._room(self.instance_id, room), self._key_ttl)
-            await pipe.execute()
+            answers = await pipe.execute()
+        purged = self._announced and answers[1] == 1  # another instance took us for dead
+        self._announced = True
+        if purged or self._dirty:
+            self._dirty = False
+            try:
+                await self._rewrite()
+            except BaseException:
+                self._dirty = True
+                raise
+        if purged and self._on_restored is not None:
+            for room, found in list(self._members.items()):
+                self._on_restored(room, sorted(_member(m) for m in found))
 
     async def purge_dead(self) -> int:
         """Report and delete the members of instances whose liveness key expired."""
@@ -190,6 +255,8 @@ class RoomRoster:
             if not await redis.set(lock, self.instance_id, nx=True, ex=60):
                 continue  # another survivor is on it
             try:
+                if await redis.exists(self._alive(instance)):
+                    continue  # it refreshed while we took the lock: alive after all
                 rooms = [_text(r) for r in await redis.smembers(self._rooms(instance))]
                 for room in rooms:
                     members = [_member(m) for m in await redis.smembers(self._room(instance, room))]

@@ -199,6 +199,7 @@ class Server:
         self.presence: PresenceFeed | None = None
         if config.presence if config.presence is not None else config.redis_url is None:
             self.presence = PresenceFeed(self.manager, self.events, self._new_roster())
+            self.manager.on_departure = self._departed
         self._static = _load_static(config.demo)
 
     def _new_roster(self) -> Any:
@@ -219,7 +220,16 @@ class Server:
             on_departed=lambda room, members: (
                 self.presence.departed(room, members) if self.presence else None
             ),
+            on_restored=lambda room, members: (
+                self.presence.restored(room, members) if self.presence else None
+            ),
         )
+
+    def _departed(self, connection: Connection) -> None:
+        """The manager let a connection go (however it went): its rooms hear it left."""
+        assert self.presence is not None
+        rooms = [room for room in connection.rooms if not room.startswith(RESERVED_PREFIX)]
+        self.presence.gone(connection, rooms)
 
     @property
     def port(self) -> int:
@@ -432,11 +442,7 @@ class Server:
 
     def gone(self, transport: NativeTransport) -> None:
         self._open.discard(transport)
-        if self.manager.forget(transport.connection) and self.presence is not None:
-            rooms = transport.connection.rooms  # left as they were by forget
-            self.presence.gone(
-                transport.connection, [r for r in rooms if not r.startswith(RESERVED_PREFIX)]
-            )
+        self.manager.forget(transport.connection)  # (presence hears it through on_departure)
         if self.heartbeat is not None:
             self.heartbeat.stop_heartbeat(transport.connection.connection_id)
         self._expiry.forget(transport.connection.connection_id)
@@ -611,6 +617,8 @@ class Server:
             return None
         watched = watched_room(room)
         if watched is not None and self.presence is not None:
+            if watched.startswith(RESERVED_PREFIX):
+                return f"the presence of {preview(watched)} is not served"
             return None if watched in connection.rooms else f"join {preview(watched)} first"
         return f"room {preview(room)} is reserved"
 

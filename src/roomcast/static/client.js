@@ -86,6 +86,7 @@ export class RoomcastClient {
    * @param {number} [options.ackTimeout=5000] ms to wait for the answer to a request
    * @param {number} [options.heartbeatInterval=15000] ms of silence before the client pings
    * @param {number} [options.heartbeatTimeout=10000] ms to wait for any answer to that ping
+   * @param {number} [options.connectTimeout=10000] ms a connection attempt may take
    * @param {object|false} [options.reconnect] {initialDelay=500, maxDelay=15000, factor=2,
    *   jitter=0.5, maxRetries=Infinity}; false: never reconnect
    * @param {(close: {code: number, kind: string}) => boolean} [options.shouldReconnect]
@@ -98,6 +99,7 @@ export class RoomcastClient {
     this.ackTimeout = options.ackTimeout ?? 5000;
     this.heartbeatInterval = options.heartbeatInterval ?? 15000;
     this.heartbeatTimeout = options.heartbeatTimeout ?? 10000;
+    this.connectTimeout = options.connectTimeout ?? 10000;
     this.reconnect =
       options.reconnect === false
         ? null
@@ -124,8 +126,9 @@ export class RoomcastClient {
     this._retryTimer = null;
     this._quietTimer = null;
     this._deadline = null;
-    this._opened = null; // {resolve, reject} of the first connect()
+    this._opened = null; // {resolve, reject, promise} shared by connect() callers until open
     this._wasOpen = false;
+    this._generation = 0; // bumped by every attempt and by close(): stale attempts give up
   }
 
   // ------------------------------------------------------------------ events
@@ -185,6 +188,7 @@ export class RoomcastClient {
 
   /** Close for good (no reconnect); pending requests are rejected. */
   close(code = 1000, reason = "") {
+    this._generation += 1;
     this._setState("closed");
     clearTimeout(this._retryTimer);
     this._stopHeartbeat();
@@ -199,20 +203,23 @@ export class RoomcastClient {
   }
 
   async _open() {
+    const generation = ++this._generation;
     this._setState(this._wasOpen || this.attempt > 0 ? "reconnecting" : "connecting");
     let token = null;
     try {
       token = typeof this._token === "function" ? await this._token() : this._token;
     } catch (error) {
+      if (generation !== this._generation) return;
       this._emit("error", { error: `could not get a token: ${error}`, code: null });
       this._scheduleRetry({ code: CloseCode.TOKEN_EXPIRED, reason: "no token" });
       return;
     }
-    if (this.state === "closed") return;
-    const url = new URL(this.url);
-    if (this.userId !== null) url.searchParams.set("user_id", this.userId);
+    // close() (and maybe connect() again) happened while we waited: that attempt wins.
+    if (generation !== this._generation || this.state === "closed") return;
     let socket;
     try {
+      const url = new URL(this.url, globalThis.location?.href);
+      if (this.userId !== null) url.searchParams.set("user_id", this.userId);
       socket = token ? new this._WebSocket(url, ["bearer", token]) : new this._WebSocket(url);
     } catch (error) {
       this._emit("error", { error: String(error), code: null });
@@ -224,11 +231,18 @@ export class RoomcastClient {
     socket.onmessage = (event) => this._received(socket, event.data);
     socket.onclose = (event) => this._closed(socket, event.code, event.reason);
     socket.onerror = () => {}; // the close event that follows says what happened
+    // A handshake that never completes (a stalled proxy) counts as a failed attempt.
+    this._deadline = setTimeout(() => {
+      if (socket === this._socket && socket.readyState === 0) {
+        socket.close();
+        this._closed(socket, CloseCode.ABNORMAL, "connection attempt timed out");
+      }
+    }, this.connectTimeout);
   }
 
   async _opening(socket) {
     if (socket !== this._socket) return;
-    this._touch();
+    this._touch(); // (also clears the connect deadline)
     // Rejoin before telling the app, so that "open" means "back in every room".
     const members = [...this.rooms.entries()];
     const joins = [];
@@ -335,7 +349,9 @@ export class RoomcastClient {
    * reconnect the client joins it again. While disconnected it resolves {pending: true}. */
   async join(room, { presence = false } = {}) {
     this.rooms.set(room, { presence });
-    if (this.state !== "open") return { pending: true };
+    // While (re)connecting, the rooms are (re)joined once the socket opens; once it is open
+    // (even before "open", while rejoining), joins go out at once, after the rejoins.
+    if (this._socket?.readyState !== 1) return { pending: true };
     try {
       await this._request({ type: "join", room });
     } catch (error) {
@@ -363,7 +379,7 @@ export class RoomcastClient {
     const had = this.rooms.delete(room);
     this.members.delete(room);
     this._tombstones.delete(room);
-    if (this.state !== "open" || !had) return;
+    if (this._socket?.readyState !== 1 || !had) return;
     await this._request({ type: "leave", room });
   }
 

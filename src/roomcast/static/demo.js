@@ -26,7 +26,7 @@ $("login-form").addEventListener("submit", async (event) => {
   $("login").hidden = true;
   $("chat").hidden = false;
   for (const room of rooms) await join(room);
-  select(rooms[0]);
+  select(history.keys().next().value ?? null);
   client.watchStats();
   client.connect().catch(() => {});
 });
@@ -36,7 +36,7 @@ function wire(client) {
     const badge = $("status");
     badge.className = `status ${state}`;
     badge.dataset.state = state;
-    badge.textContent = state === "open" ? `connected as ${me}` : state;
+    badge.textContent = state === "open" ? `connected${me ? ` as ${me}` : ""}` : state;
   });
   client.on("open", ({ reconnected }) => {
     if (reconnected) note(selected, "reconnected; rooms rejoined");
@@ -68,17 +68,18 @@ async function join(room) {
   }
   if (!client.rooms.has(room)) {
     note(selected, `could not join ${room}: ${problem?.message}`);
-    return;
+    return false;
   }
   if (!history.has(room)) history.set(room, []);
   drawRooms();
   drawPresence();
+  return true;
 }
 
 async function leave(room) {
   await client.leave(room).catch(() => {});
   history.delete(room);
-  if (selected === room) selected = client.rooms.keys().next().value ?? null;
+  if (selected === room) selected = history.keys().next().value ?? null;
   drawRooms();
   drawMessages();
   drawPresence();
@@ -106,8 +107,7 @@ $("join-form").addEventListener("submit", async (event) => {
   const room = $("room-input").value.trim();
   if (!room) return;
   $("room-input").value = "";
-  await join(room);
-  select(room);
+  if (await join(room)) select(room);
 });
 
 $("send-form").addEventListener("submit", async (event) => {
