@@ -9,10 +9,12 @@ connection joins or leaves R::
     {"type": "presence", "room": "lobby", "left":   {"connection_id": "…", "user_id": "bob"}}
 
 Events travel as ordinary room messages of ``$presence:R``, so with Redis they reach watchers
-on every instance and cost nothing where nobody watches.  Members are keyed by connection id
-(a user with two tabs is two members), which makes applying a snapshot and events idempotent.
+on every instance.  On one process an event nobody watches is not even encoded; with Redis
+every join and leave is published, since watchers elsewhere are not known here (which is why
+presence is off by default with Redis).  Members are keyed by connection id (a user with two
+tabs is two members), which makes applying a snapshot and events idempotent.
 
-The snapshot is this process's roster on an in-memory hub.  With Redis it comes from the
+The snapshot is this process's registry on an in-memory hub.  With Redis it comes from the
 cluster-wide ``RoomRoster``: joins, leaves and snapshot reads go through one bounded queue, in
 order (changes written up to 1,000 per round trip), so a snapshot read after a join includes
 it.  A dead instance's members are purged by a survivor, which publishes their ``left``
