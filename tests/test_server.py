@@ -321,6 +321,22 @@ async def test_publish_api_delivers_to_rooms_and_users() -> None:
             await client.close()
 
 
+async def test_a_batch_bigger_than_a_send_buffer_is_refused_whole() -> None:
+    """Delivered at once, it would close every recipient as a slow consumer (4008)."""
+    async with running(api_port=0, api_key="sesame", send_buffer_limit=64 * 1024) as server:
+        member = await connect(url(server, "/ws/r?user_id=a"))
+        too_big = json.dumps({"room": "r", "batch": ["x" * 1000] * 40}).encode()
+        status, body = await http_request(server.api_port, publish_request(too_big))
+        assert status == 413 and b"split them" in body
+        fits = json.dumps({"room": "r", "batch": ["x" * 1000] * 20}).encode()
+        assert (await http_request(server.api_port, publish_request(fits)))[1] == (
+            b'{"delivered": 20}\n'
+        )
+        assert len([await recv(member) for _ in range(20)]) == 20
+        assert server.manager.stats.slow_consumer_closes == 0
+        await member.close()
+
+
 @pytest.mark.parametrize(
     ("raw", "status"),
     [

@@ -720,13 +720,26 @@ class Server:
                 if room.startswith(RESERVED_PREFIX):
                     raise InvalidIdentifier(f"room {preview(room)} is reserved")
                 frames = [encode(RoomMessage(room=room, data=data)) for data in payloads]
-                delivered = sum(self.manager.deliver_to_room(room, f) for f in frames)
             else:
                 user = self.manager.check_id("user_id", user_id)
                 frames = [encode(WSMessage(data=data)) for data in payloads]
-                delivered = sum(self.manager.deliver_to_user(user, f) for f in frames)
         except (InvalidIdentifier, InvalidMessage) as exc:
             return ApiResponse.json(400, {"error": str(exc)})
+        # Everything lands in each recipient's send buffer in one go: a batch that does not
+        # fit would close every one of them as a slow consumer (4008).
+        size, fits = sum(frame.size for frame in frames), self.send_buffer_limit // 2
+        if size > fits:
+            return ApiResponse.json(
+                413,
+                {
+                    "error": f"the messages encode to {size} bytes; at most {fits} (half of "
+                    "--send-buffer-limit) go out at once: split them"
+                },
+            )
+        if room is not None:
+            delivered = sum(self.manager.deliver_to_room(room, f) for f in frames)
+        else:
+            delivered = sum(self.manager.deliver_to_user(user, f) for f in frames)
         return ApiResponse.json(200, {"delivered": delivered})
 
 
