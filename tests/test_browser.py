@@ -413,6 +413,37 @@ def test_the_client_refreshes_its_token_when_the_server_asks(
     assert server.metric("roomcast_connections") == 1
 
 
+def test_a_fresh_snapshot_clears_a_member_whose_leave_was_missed(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    server = serve()
+    page(f"{server.base}/")
+    result = run_client(
+        browser,
+        f"""
+        const client = await run({{url: "ws://127.0.0.1:{server.port}/ws", userId: "ann"}});
+        await client.connect();
+        await client.join("lobby", {{presence: true}});
+        const users = () => client.presence("lobby").map((u) => u.userId);
+        const settled = () => new Promise((resolve) => {{
+          const off = client.on("presence", (p) => {{ if (p.snapshot) {{ off(); resolve(); }} }});
+        }});
+        await settled();
+        // A "joined" whose "left" never arrives (as after a gap in Redis pub/sub):
+        client._received(client._socket, JSON.stringify({{type: "presence", room: "lobby",
+          joined: {{connection_id: "ghost", user_id: "ghost"}}}}));
+        const before = users();
+        const snapshot = settled();
+        await client.refreshPresence("lobby");
+        await snapshot;
+        const after = users();
+        client.close();
+        return {{before, after}};
+        """,
+    )
+    assert result == {"before": ["ann", "ghost"], "after": ["ann"]}
+
+
 def test_acks_time_out_and_requests_need_a_connection(
     browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
 ) -> None:

@@ -118,6 +118,7 @@ export class RoomcastClient {
     this.rooms = new Map(); // room -> {presence: bool}: what the app asked for
     this.members = new Map(); // room -> Map(connection_id -> user_id)
     this._tombstones = new Map(); // room -> Map(connection_id -> time it left)
+    this._joinedSince = new Map(); // room -> connection ids that joined since we asked
     this._listeners = new Map();
     this._pending = new Map(); // event_id -> {resolve, reject, timer}
     this._socket = null;
@@ -362,7 +363,15 @@ export class RoomcastClient {
     return { pending: false };
   }
 
+  /** Ask for a fresh snapshot of a watched room (replaces what the client believes). */
+  refreshPresence(room) {
+    return this._watch(room);
+  }
+
   async _watch(room, socket = this._socket) {
+    // Members who join from now on may be missing from the snapshot this request brings;
+    // everyone else the snapshot does not list is gone (a "left" we never heard).
+    this._joinedSince.set(room, new Set());
     try {
       await this._request({ type: "join", room: PRESENCE_PREFIX + room }, socket);
     } catch (error) {
@@ -379,6 +388,7 @@ export class RoomcastClient {
     const had = this.rooms.delete(room);
     this.members.delete(room);
     this._tombstones.delete(room);
+    this._joinedSince.delete(room);
     if (this._socket?.readyState !== 1 || !had) return;
     await this._request({ type: "leave", room });
   }
@@ -543,13 +553,25 @@ export class RoomcastClient {
     for (const [id, when] of graves) if (now - when > TOMBSTONE_MS) graves.delete(id);
     let change = null;
     if (Array.isArray(message.members)) {
-      // A snapshot may be older than events already seen: merge it, skipping members that left.
-      for (const { connection_id: id, user_id: user } of message.members) {
-        if (!graves.has(id)) members.set(id, user);
+      // The snapshot replaces what we had, except members who joined after we asked (it may
+      // be older than their "joined") and members whose "left" we already heard.
+      const since = this._joinedSince.get(room);
+      this._joinedSince.delete(room);
+      const fresh = new Map();
+      if (since) {
+        for (const id of since) if (members.has(id)) fresh.set(id, members.get(id));
+      } else {
+        for (const [id, user] of members) fresh.set(id, user); // an unasked snapshot: merge
       }
+      for (const { connection_id: id, user_id: user } of message.members) {
+        if (!graves.has(id)) fresh.set(id, user);
+      }
+      members = fresh;
+      this.members.set(room, members);
       change = { snapshot: true };
     } else if (message.joined) {
       graves.delete(message.joined.connection_id);
+      this._joinedSince.get(room)?.add(message.joined.connection_id);
       members.set(message.joined.connection_id, message.joined.user_id);
       change = { joined: message.joined.user_id };
     } else if (message.left) {
