@@ -219,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and leave: 1.4-2.1x the handshake CPU)",
     )
     presence.add_argument(
-        "--no-presence", dest="presence", action="store_false", help="no presence at all"
+        "--no-presence",
+        dest="presence",
+        action="store_false",
+        default=argparse.SUPPRESS,  # (the default is --presence's: None, decided later)
+        help="no presence at all",
     )
     serve.add_argument(
         "--no-demo",

@@ -68,7 +68,8 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
-    """The server is at capacity."""
+    """Not now: used as the code of an error message (presence unavailable, Redis away or
+    busy); a server at capacity refuses the upgrade with HTTP 503 instead."""
     TOKEN_EXPIRED = 4001
     """The client's token expired and no new one came within the grace period."""
     HEARTBEAT_TIMEOUT = 4002
