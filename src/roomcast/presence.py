@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import inspect
 import json
 import logging
@@ -33,7 +32,7 @@ from typing import Any
 
 from roomcast.tasks import TaskSet
 
-__all__ = ["Change", "ChangeKind", "PresenceRegistry", "StaleConnection"]
+__all__ = ["PresenceRegistry", "StaleConnection"]
 
 logger = logging.getLogger("roomcast.presence")
 
@@ -57,36 +56,6 @@ class StaleConnection:
 
 
 StaleCallback = Callable[[StaleConnection], Awaitable[None] | None]
-
-
-class ChangeKind(enum.Enum):
-    JOIN = "join"
-    LEAVE = "leave"
-    REMOVE = "remove"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Change:
-    """One change to a recorded connection, to be batched with others
-    (``PresenceRegistry.apply``; connections are recorded by ``add``, which enforces the cap).
-
-    ``value`` is the room (JOIN, LEAVE)."""
-
-    kind: ChangeKind
-    connection_id: str
-    value: str | None = None
-
-    @classmethod
-    def join(cls, connection_id: str, room: str) -> Change:
-        return cls(ChangeKind.JOIN, connection_id, room)
-
-    @classmethod
-    def leave(cls, connection_id: str, room: str) -> Change:
-        return cls(ChangeKind.LEAVE, connection_id, room)
-
-    @classmethod
-    def remove(cls, connection_id: str) -> Change:
-        return cls(ChangeKind.REMOVE, connection_id)
 
 
 class PresenceRegistry:
@@ -165,81 +134,57 @@ class PresenceRegistry:
         self, connection_id: str, user_id: str | None, max_per_user: int | None = None
     ) -> bool:
         """Record a new connection; False (nothing recorded) if its user is at the cap."""
-        if user_id is not None and max_per_user is not None:
+        ttl = self._connection_ttl
+        if user_id is not None:
+            cap = max_per_user if max_per_user is not None else 2**31
             added = await self._capped_add(
-                keys=[self._user(user_id)],
-                args=[connection_id, max_per_user, self._connection_ttl],
+                keys=[self._user(user_id)], args=[connection_id, cap, ttl]
             )
             if not added:
                 return False
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self._stage_add(pipe, connection_id, user_id, user_set=max_per_user is None)
-            await pipe.execute()
-        self._local[connection_id] = (user_id, set())  # only once Redis has the record
-        return True
-
-    async def remove(self, connection_id: str) -> None:
-        """Forget a connection of this instance."""
-        await self.apply([Change.remove(connection_id)])
-
-    async def join(self, connection_id: str, room: str) -> None:
-        await self.apply([Change.join(connection_id, room)])
-
-    async def leave(self, connection_id: str, room: str) -> None:
-        await self.apply([Change.leave(connection_id, room)])
-
-    async def apply(self, changes: Iterable[Change]) -> None:
-        """Write a batch of changes in one round trip (what a busy server does: thousands of
-        connects a second would otherwise each wait for their own)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for change in changes:
-                if change.kind is ChangeKind.REMOVE:
-                    self._stage_remove(pipe, change.connection_id)
-                else:
-                    self._stage_membership(pipe, change)
-            if len(pipe):
-                await pipe.execute()
-
-    def _stage_add(
-        self, pipe: Any, connection_id: str, user_id: str | None, user_set: bool
-    ) -> None:
-        ttl = self._connection_ttl
-        conn = self._conn(connection_id)
         record = {
             "user": json.dumps(user_id),
             "instance": self.instance_id,
             "rooms": "[]",
             "connected_at": f"{time.time():.3f}",
         }
-        pipe.hset(conn, mapping=record)
-        pipe.expire(conn, ttl)
-        pipe.sadd(self._instance(self.instance_id), connection_id)
-        pipe.expire(self._instance(self.instance_id), ttl)
-        if user_id is not None and user_set:  # (the capped add already put it in the set)
-            pipe.sadd(self._user(user_id), connection_id)
-            pipe.expire(self._user(user_id), ttl)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self._conn(connection_id), mapping=record)
+            pipe.expire(self._conn(connection_id), ttl)
+            pipe.sadd(self._instance(self.instance_id), connection_id)
+            pipe.expire(self._instance(self.instance_id), ttl)
+            await pipe.execute()
+        self._local[connection_id] = (user_id, set())
+        return True
 
-    def _stage_remove(self, pipe: Any, connection_id: str) -> None:
+    async def remove(self, connection_id: str) -> None:
+        """Forget a connection of this instance."""
         local = self._local.pop(connection_id, None)
-        if local is not None:
-            user_id, rooms = local
-            self._stage_delete(pipe, connection_id, user_id, rooms, self.instance_id)
-
-    def _stage_membership(self, pipe: Any, change: Change) -> None:
-        local = self._local.get(change.connection_id)
-        room = change.value
-        assert room is not None
-        if local is None or (room in local[1]) == (change.kind is ChangeKind.JOIN):
+        if local is None:
             return
-        conn = self._conn(change.connection_id)
-        if change.kind is ChangeKind.JOIN:
-            local[1].add(room)
-            pipe.sadd(self._room(room), change.connection_id)
+        user_id, rooms = local
+        await self._delete(connection_id, user_id, rooms, self.instance_id)
+
+    async def join(self, connection_id: str, room: str) -> None:
+        local = self._local.get(connection_id)
+        if local is None or room in local[1]:
+            return
+        local[1].add(room)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(self._room(room), connection_id)
             pipe.expire(self._room(room), self._connection_ttl)
-        else:
-            local[1].discard(room)
-            pipe.srem(self._room(room), change.connection_id)
-        pipe.hset(conn, "rooms", json.dumps(sorted(local[1])))
+            pipe.hset(self._conn(connection_id), "rooms", json.dumps(sorted(local[1])))
+            await pipe.execute()
+
+    async def leave(self, connection_id: str, room: str) -> None:
+        local = self._local.get(connection_id)
+        if local is None or room not in local[1]:
+            return
+        local[1].discard(room)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.srem(self._room(room), connection_id)
+            pipe.hset(self._conn(connection_id), "rooms", json.dumps(sorted(local[1])))
+            await pipe.execute()
 
     async def at_cap(self, user_id: str, max_per_user: int) -> bool:
         """Whether ``user_id`` already has ``max_per_user`` connections (a cheap check before
@@ -358,23 +303,13 @@ class PresenceRegistry:
         self, connection_id: str, user_id: str | None, rooms: Iterable[str], instance: str
     ) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            self._stage_delete(pipe, connection_id, user_id, rooms, instance)
+            pipe.delete(self._conn(connection_id))
+            pipe.srem(self._instance(instance), connection_id)
+            if user_id is not None:
+                pipe.srem(self._user(user_id), connection_id)
+            for room in rooms:
+                pipe.srem(self._room(room), connection_id)
             await pipe.execute()
-
-    def _stage_delete(
-        self,
-        pipe: Any,
-        connection_id: str,
-        user_id: str | None,
-        rooms: Iterable[str],
-        instance: str,
-    ) -> None:
-        pipe.delete(self._conn(connection_id))
-        pipe.srem(self._instance(instance), connection_id)
-        if user_id is not None:
-            pipe.srem(self._user(user_id), connection_id)
-        for room in rooms:
-            pipe.srem(self._room(room), connection_id)
 
 
 def _text(value: bytes | str) -> str:
