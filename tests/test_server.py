@@ -382,11 +382,12 @@ def _raw_frames(client: ClientConnection, *frames: Any) -> None:
         (["cont:x"], CloseCode.PROTOCOL_ERROR),
         (["text-start:{", "text:{}"], CloseCode.PROTOCOL_ERROR),
         (["text-start:" + "x" * 800, "cont-more:" + "x" * 800], CloseCode.MESSAGE_TOO_BIG),
+        (["text-start:{", *["cont-more:"] * 129], CloseCode.MESSAGE_TOO_BIG),
     ],
 )
 async def test_broken_fragmentation_closes_the_sender(frames: list[str], code: int) -> None:
-    """A stray continuation, a new message inside a fragmented one, or fragments adding up
-    past the size limit close the sender with 1002/1002/1009."""
+    """A stray continuation, a new message inside a fragmented one, fragments adding up past
+    the size limit, or more fragments than the cap close the sender with 1002/1002/1009/1009."""
     from websockets.frames import Frame as WsFrame
     from websockets.frames import Opcode
 

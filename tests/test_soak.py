@@ -12,18 +12,14 @@ import contextlib
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from tests.redis_support import free_port
+from tests.serve_process import metric, start_serve, stop_serve
 from tests.support import connect, eventually, seconds
 
 CLIENTS = int(os.environ.get("ROOMCAST_SOAK_CLIENTS", "2000"))
@@ -69,41 +65,6 @@ class Client:
 def markers(client: Client) -> set[str]:
     """Rooms whose marker message this client received."""
     return {m["room"] for m in client.inbox if str(m.get("data", "")).startswith("marker")}
-
-
-async def metric(http: httpx.AsyncClient, name: str) -> float:
-    for line in (await http.get("/metrics")).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(name)
-
-
-async def start_serve(*flags: str) -> tuple[subprocess.Popen[bytes], int, httpx.AsyncClient]:
-    """A ``roomcast serve`` process with an API port (key "k"), once it answers /readyz."""
-    port, api_port = free_port(), free_port()
-    command = ["serve", "--port", str(port), "--api-port", str(api_port), "--log-level", "error"]
-    server = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
-        [sys.executable, "-m", "roomcast.cli", *command, *flags],
-        env={**os.environ, "ROOMCAST_API_KEY": "k"},
-    )
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
-    async with asyncio.timeout(seconds(20)):
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/readyz")).status_code == 200:
-                    return server, port, http
-            assert server.poll() is None, "roomcast serve exited"
-            await asyncio.sleep(0.05)
-
-
-async def stop_serve(server: subprocess.Popen[bytes], http: httpx.AsyncClient) -> None:
-    await http.aclose()
-    server.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.to_thread(server.wait, 20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
 
 
 async def test_churn_soak_returns_to_baseline() -> None:

@@ -12,6 +12,12 @@ it past the limit closes the client with 4008; the close frame is written after 
 buffered, and if the client has not gone ``close_timeout`` seconds later, the socket is aborted
 so that it cannot hold its memory any longer.
 
+Incoming frames are hostile until proven otherwise: a fragmented message is accounted in O(1)
+per frame and capped in size and in fragments (``fragment_cap``), and pings, pongs and
+continuation frames are charged to the client's rate limit like messages, because an empty
+frame is cheap to send and not free to receive.  Pings are answered here, not by picows, so
+that a client that sends pings and never reads cannot grow its send buffer without bound.
+
 This module imports picows; ``import roomcast`` does not import this module.
 """
 
@@ -26,7 +32,14 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport
 from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame
 
-__all__ = ["EchoTransport", "FlushScheduler", "NativeTransport", "TransportOwner", "close_reply"]
+__all__ = [
+    "EchoTransport",
+    "FlushScheduler",
+    "NativeTransport",
+    "TransportOwner",
+    "close_reply",
+    "fragment_cap",
+]
 
 _ACCEPTED = Delivery.ACCEPTED
 _NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict())
@@ -87,6 +100,39 @@ class TransportOwner(Protocol):
     def ponged(self, transport: NativeTransport) -> None:
         """A PONG frame arrived (the answer to ``NativeTransport.ping``)."""
 
+    def admit_frame(self, transport: NativeTransport, opcode: WSMsgType) -> bool:
+        """Charge a control or continuation frame to the client's rate limit; False: drop it
+        (the owner may have closed the client)."""
+
+
+def fragment_cap(max_message_size: int) -> int:
+    """Most frames one fragmented message may arrive in.
+
+    Each frame costs the server a callback whatever its size, so a message may not be cut into
+    crumbs: at least 128 fragments are allowed, and one more per 512 bytes of the size limit
+    (a 16 MiB limit allows 32,768).  Real clients send one frame, or a few of several KiB.
+    """
+    return max(128, max_message_size // 512)
+
+
+class _Fragments:
+    """A fragmented message being received: its opcode, its parts so far and their size.
+
+    Made only while a client is between the first fragment and the last, so that the common
+    connection (which never fragments) carries one empty slot for it.
+    """
+
+    __slots__ = ("opcode", "parts", "size")
+
+    def __init__(self, opcode: WSMsgType, first: bytes) -> None:
+        self.opcode = opcode
+        self.parts = [first]
+        self.size = len(first)
+
+    def add(self, part: bytes) -> None:
+        self.parts.append(part)
+        self.size += len(part)
+
 
 class NativeTransport(WSListener):
     """picows listener of one client, and roomcast's ``Transport`` for it.
@@ -122,7 +168,7 @@ class NativeTransport(WSListener):
         self._closing = False
         self._pending: bytes | list[bytes] | None = None
         self._pending_bytes = 0
-        self._fragments: list[bytes] | None = None
+        self._fragments: _Fragments | None = None
         self._ws: WSTransport | None = None
         self._raw: Any = None
         self.rate_state: tuple[float, float, int] | None = None
@@ -153,9 +199,14 @@ class NativeTransport(WSListener):
             elif frame.fin:
                 self._deliver_frame(opcode, frame.get_payload_as_bytes())
             else:
-                self._start_fragments(opcode, frame)
+                self._fragments = _Fragments(opcode, frame.get_payload_as_bytes())
+                self._check_fragments(self._fragments)
         elif opcode is WSMsgType.CONTINUATION:
-            self._continue_fragments(frame)
+            # Charged like a message: empty continuations cost the server a callback each.
+            if self._owner.admit_frame(self, opcode):
+                self._continue_fragments(frame)
+            elif not self._closing:
+                self.close(1008, "rate limit exceeded")
         elif opcode is WSMsgType.CLOSE:
             # Answer the close and hang up; nothing may follow a close frame.
             self._closing = True
@@ -164,9 +215,17 @@ class NativeTransport(WSListener):
             code, reason = close_reply(frame.get_payload_as_bytes())
             transport.send_close(code, reason)  # type: ignore[arg-type]
             transport.disconnect()
-        elif opcode is WSMsgType.PONG:
+        elif opcode is WSMsgType.PING:
+            # Answered here rather than by picows, so that pings are rate limited and a
+            # client that never reads cannot pile pongs up in its send buffer.
+            if not self._owner.admit_frame(self, opcode):
+                return
+            if self._raw.get_write_buffer_size() > self._owner.send_buffer_limit:
+                self.close(4008, "slow consumer")
+                return
+            transport.send_pong(frame.get_payload_as_bytes())
+        elif opcode is WSMsgType.PONG and self._owner.admit_frame(self, opcode):
             self._owner.ponged(self)
-        # PING is answered by picows (enable_auto_pong).
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._closing = True
@@ -189,31 +248,30 @@ class NativeTransport(WSListener):
         else:
             self._owner.received(self, payload, len(payload))
 
-    def _start_fragments(self, opcode: WSMsgType, frame: WSFrame) -> None:
-        # The first element remembers the opcode as one byte; the rest are payloads.
-        self._fragments = [bytes((opcode.value,)), frame.get_payload_as_bytes()]
-        self._check_fragment_size()
-
     def _continue_fragments(self, frame: WSFrame) -> None:
         fragments = self._fragments
         if fragments is None:
             self.close(1002, "continuation without a message to continue")
             return
-        fragments.append(frame.get_payload_as_bytes())
-        if not self._check_fragment_size():
+        fragments.add(frame.get_payload_as_bytes())
+        if not self._check_fragments(fragments):
             return
         if frame.fin:
             self._fragments = None
-            opcode = WSMsgType(fragments[0][0])
-            self._deliver_frame(opcode, b"".join(fragments[1:]))
+            self._deliver_frame(fragments.opcode, b"".join(fragments.parts))
 
-    def _check_fragment_size(self) -> bool:
-        assert self._fragments is not None
-        if sum(len(part) for part in self._fragments) - 1 > self._owner.max_message_size:
-            self._fragments = None
-            self.close(1009, "message too big")
-            return False
-        return True
+    def _check_fragments(self, fragments: _Fragments) -> bool:
+        """Close the client when its fragmented message grows past a limit (O(1) per frame)."""
+        max_size = self._owner.max_message_size
+        if fragments.size > max_size:
+            reason = "message too big"
+        elif len(fragments.parts) > fragment_cap(max_size):
+            reason = "message split into too many fragments"
+        else:
+            return True
+        self._fragments = None
+        self.close(1009, reason)
+        return False
 
     # ------------------------------------------------------------------ Transport
 

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from picows import (
+    WSMsgType,
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
@@ -260,7 +261,7 @@ class Server:
             websocket_handshake_timeout=self.config.handshake_timeout,
             logger_name=logging.LoggerAdapter(logging.getLogger("roomcast.picows")),
             enable_auto_ping=False,
-            enable_auto_pong=True,
+            enable_auto_pong=False,  # NativeTransport answers pings (rate limited)
             max_frame_size=self.config.max_message_size,
             read_buffer_init_size=1024,
             use_aiofastnet=False,
@@ -452,6 +453,14 @@ class Server:
     def ponged(self, transport: NativeTransport) -> None:
         if self.heartbeat is not None:
             self.heartbeat.record_pong(transport.connection.connection_id)
+
+    def admit_frame(self, transport: NativeTransport, opcode: WSMsgType) -> bool:
+        # Pings, pongs and continuation frames cost a token each, like messages: empty
+        # frames are cheap to send and not free to receive.  (Echo connections are for
+        # protocol test suites and are not limited.)
+        if self._rate is None or type(transport) is EchoTransport:
+            return True
+        return self._within_rate(transport)
 
     def _silent(self, connection_id: str) -> None:
         """The heartbeat gave up on a client: drop the socket (it would not read a close)."""
