@@ -201,3 +201,81 @@ def test_query_value_agrees_with_parse_qs(query: str) -> None:
 
     expected = parse_qs(query).get("user_id")
     assert query_value(query, "user_id") == (expected[0] if expected else None)
+
+
+def signed(payload: str, key: str = SECRET) -> str:
+    """An HS256 token over ``payload`` exactly as written: JSON that ``json.dumps`` would not
+    produce (``1e400``, a 400-digit number), or that PyJWT would reject on encoding."""
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body = base64.urlsafe_b64encode(payload.encode()).rstrip(b"=")
+    signature = hmac.new(key.encode(), header + b"." + body, hashlib.sha256).digest()
+    return (header + b"." + body + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+
+
+AHEAD = int(time.time()) + 600
+
+
+@pytest.mark.parametrize(
+    "exp",
+    [AHEAD, AHEAD + 0.9, str(AHEAD), f" {AHEAD}\n", f"+{AHEAD}"],
+    ids=["int", "float", "numeric-string", "padded-string", "signed-string"],
+)
+def test_every_exp_pyjwt_accepts_gives_one_float_expiry(exp: Any) -> None:
+    """Whatever form of exp PyJWT's int() takes, expires_at is that int as a float, the
+    time a live connection is warned at (a numeric string once gave None: never)."""
+    identity = JWTAuthenticator(SECRET)(hs(claims(exp=exp)))
+    assert identity.expires_at == float(AHEAD)
+    assert type(identity.expires_at) is float
+
+
+@pytest.mark.parametrize(
+    ("exp", "why"),
+    [
+        ("true", "boolean"),
+        ("false", "boolean"),
+        ("NaN", "not a finite time"),
+        ("Infinity", "not a finite time"),
+        ("-Infinity", "not a finite time"),
+        ("1e400", "not a finite time"),
+        (str(10**30), "out of range"),
+        (str(10**400), "out of range"),
+        ('"1000000000000000000000000000000"', "out of range"),
+        (f"-{10**30}", "out of range"),
+        (f'"{AHEAD}.5"', "not a number of seconds"),
+        ('"1e10"', "not a number of seconds"),
+        ('"soon"', "not a number of seconds"),
+        ('""', "not a number of seconds"),
+        (f"[{AHEAD}]", "not a number of seconds"),
+        (f'{{"at": {AHEAD}}}', "not a number of seconds"),
+        ("null", "lacks the 'exp' claim"),
+        (f'"{int(time.time()) - 120}"', "token expired"),
+    ],
+)
+def test_an_exp_that_is_not_a_usable_time_is_refused(exp: str, why: str) -> None:
+    """Booleans, NaN, infinities, times past year 9999, non-integer strings and
+    containers are refused with a 401 that names the claim; an expired string is expired."""
+    with pytest.raises(AuthenticationError, match=why) as refused:
+        JWTAuthenticator(SECRET, leeway=0)(signed(f'{{"sub": "alice", "exp": {exp}}}'))
+    assert refused.value.status == 401
+
+
+def test_leeway_applies_to_a_string_exp_as_to_a_number() -> None:
+    """A numeric-string exp a little in the past passes within the leeway, not beyond it."""
+    just_expired = hs(claims(exp=str(int(time.time()) - 5)))
+    assert JWTAuthenticator(SECRET, leeway=30)(just_expired).expires_at is not None
+    with pytest.raises(AuthenticationError, match="expired"):
+        JWTAuthenticator(SECRET, leeway=0)(just_expired)
+
+
+def test_identity_holds_a_finite_float_expiry_or_none() -> None:
+    """An int expiry becomes a float; strings, booleans, NaN, infinities and times past
+    year 9999 are refused when the Identity is built (a custom authenticator's bug)."""
+    assert Identity("a").expires_at is None
+    converted = Identity("a", expires_at=1_700_000_000)
+    assert converted.expires_at == 1_700_000_000.0 and type(converted.expires_at) is float
+    for wrong_type in ("1700000000", True):
+        with pytest.raises(TypeError, match="expires_at"):
+            Identity("a", expires_at=wrong_type)  # type: ignore[arg-type]
+    for wrong_value in (float("nan"), float("inf"), -float("inf"), 1e300, 10**400):
+        with pytest.raises(ValueError, match="expires_at"):
+            Identity("a", expires_at=wrong_value)

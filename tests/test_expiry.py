@@ -43,3 +43,13 @@ def test_forget_and_tokens_without_expiry() -> None:
     assert clock.due(5) == [("e", Step.WARN), ("e", Step.EXPIRE)]
     with pytest.raises(ValueError):
         ExpiryClock(grace=-1)
+
+
+def test_a_deadline_that_is_not_finite_is_refused() -> None:
+    """NaN would never come due and block every deadline behind it; infinity is refused too."""
+    clock = ExpiryClock(grace=1)
+    for deadline in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            clock.set("c", deadline)
+    clock.set("d", 5)
+    assert len(clock) == 1 and clock.due(5) == [("d", Step.WARN)]

@@ -8,6 +8,8 @@ and returns an ``Identity`` (user id, claims, expiry) or raises ``Authentication
   so is a list mixing HMAC (``HS*``) with public-key algorithms, which is how key-confusion
   attacks work (a public key used as an HMAC secret);
 * ``exp`` is required, ``aud`` and ``iss`` are checked when configured, with a small leeway;
+  ``exp`` is read once, the way PyJWT reads it, and that one reading decides both whether the
+  token is expired now and when a live connection holding it expires (see ``exp_seconds``);
 * several keys at once (by ``kid``, or tried in turn) or a JWKS document, so keys can rotate.
 
 Tokens come from the ``Authorization: Bearer`` header, from ``Sec-WebSocket-Protocol`` (what
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -35,6 +39,7 @@ __all__ = [
     "Identity",
     "JWTAuthenticator",
     "authenticate",
+    "exp_seconds",
     "query_value",
     "token_from_request",
 ]
@@ -45,6 +50,9 @@ _ASYMMETRIC = frozenset(
 )
 BEARER_PROTOCOL = "bearer"
 """The ``Sec-WebSocket-Protocol`` value that announces a token as the next protocol entry."""
+LATEST_EXPIRY = 253_402_300_799
+"""9999-12-31T23:59:59Z, the last second ``datetime`` can hold: the latest expiry accepted.
+Anything later is a token that never expires in disguise (and past ~1e308 not even a float)."""
 
 
 class AuthenticationError(RoomcastError):
@@ -66,12 +74,35 @@ class Identity:
     Attributes:
         user_id: Who it is (from the ``sub`` claim by default).
         claims: Every claim of the token (read-only).
-        expires_at: When the token expires (Unix seconds), if it does.
+        expires_at: When the token expires, in Unix seconds: always a finite ``float``
+            (an ``int`` is converted), or None for a credential that does not expire.
+
+    Raises:
+        TypeError: ``expires_at`` is not an ``int`` or ``float`` (a ``bool`` or a numeric
+            string is not either).
+        ValueError: ``expires_at`` is NaN, infinite or beyond year 9999.
     """
 
     user_id: str
     claims: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     expires_at: float | None = None
+
+    def __post_init__(self) -> None:
+        # The expiry clocks order and subtract this value: a string would crash them and a
+        # NaN would sit, never due, at the head of their heap.  So a custom authenticator's
+        # mistake shows here, at connect, and not as a connection that never expires.
+        expires = self.expires_at
+        if expires is None:
+            return
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            raise TypeError(
+                f"Identity.expires_at must be Unix seconds (float), not {type(expires).__name__}"
+            )
+        if not -LATEST_EXPIRY <= expires <= LATEST_EXPIRY:  # False for NaN too
+            raise ValueError(
+                f"Identity.expires_at must be finite and within year 9999, not {expires!r}"
+            )
+        object.__setattr__(self, "expires_at", float(expires))
 
 
 Authenticator = Callable[[str], "Identity | Awaitable[Identity]"]
@@ -120,6 +151,32 @@ def token_from_request(
         if token:
             return token, None
     return None, None
+
+
+def exp_seconds(value: Any) -> float:
+    """The ``exp`` claim as Unix seconds, read exactly as PyJWT 2.x checks it: ``int(value)``.
+
+    So ``1700000000``, ``1700000000.9`` (truncated, as PyJWT truncates it) and the numeric
+    string ``"1700000000"`` all give ``1700000000.0``.  Reading it any other way lets a token
+    pass the check at connect and then never expire on the live connection (a string was
+    once skipped).  Refused although ``int()`` takes them: booleans (``true`` would mean
+    1970) and times beyond ``LATEST_EXPIRY``; NaN, infinities and strings that are not whole
+    numbers are refused as PyJWT refuses them, with a message that names the claim.
+
+    Raises:
+        AuthenticationError: the claim is not a usable time (401).
+    """
+    if isinstance(value, bool):
+        raise AuthenticationError("the 'exp' claim is a boolean, not a time")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AuthenticationError("the 'exp' claim is not a finite time")
+    try:
+        seconds = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise AuthenticationError("the 'exp' claim is not a number of seconds") from None
+    if not -LATEST_EXPIRY <= seconds <= LATEST_EXPIRY:
+        raise AuthenticationError("the 'exp' claim is out of range (past year 9999)")
+    return float(seconds)
 
 
 def query_value(query: str, name: str) -> str | None:
@@ -231,12 +288,12 @@ class JWTAuthenticator:
                     audience=self._audience,
                     issuer=self._issuer,
                     leeway=self._leeway,
-                    options={"require": self._required},
+                    # exp is checked by _identity, from the same reading that arms the
+                    # connection's expiry, so that the two can never disagree.
+                    options={"require": self._required, "verify_exp": False},
                 )
             except jwt.InvalidSignatureError:
                 continue  # maybe the next key (rotation)
-            except jwt.ExpiredSignatureError:
-                raise AuthenticationError("token expired") from None
             except jwt.InvalidAudienceError:
                 raise AuthenticationError("token audience not accepted") from None
             except jwt.InvalidIssuerError:
@@ -255,12 +312,11 @@ class JWTAuthenticator:
         raise AuthenticationError("token signature does not verify")
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
+        expires_at = exp_seconds(claims["exp"])  # present: "exp" is always required
+        # PyJWT's own test, on the one reading: expired at exp itself, give or take leeway.
+        if expires_at <= time.time() - self._leeway:
+            raise AuthenticationError("token expired")
         user_id = claims.get(self._user_claim)
         if not isinstance(user_id, str) or not user_id:
             raise AuthenticationError(f"the {self._user_claim!r} claim is not a user id")
-        expires = claims.get("exp")
-        return Identity(
-            user_id,
-            MappingProxyType(claims),
-            float(expires) if isinstance(expires, int | float) else None,
-        )
+        return Identity(user_id, MappingProxyType(claims), expires_at)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import enum
 import heapq
+import math
 import time
 from collections.abc import Callable
 
@@ -48,10 +49,18 @@ class ExpiryClock:
         return len(self._current)
 
     def set(self, connection_id: str, expires_at: float | None) -> None:
-        """(Re)arm a connection for a token expiring at ``expires_at``; None disarms it."""
+        """(Re)arm a connection for a token expiring at ``expires_at``; None disarms it.
+
+        Raises:
+            ValueError: ``expires_at`` is NaN or infinite (``Identity`` never holds one).
+        """
         if expires_at is None:
             self._current.pop(connection_id, None)
             return
+        # A NaN at the head of the heap is never due and never passed: it would stall every
+        # other deadline (and spin run_expiry).  Refuse it before it gets in.
+        if not math.isfinite(expires_at):
+            raise ValueError(f"an expiry must be a finite time, not {expires_at!r}")
         self._serial += 1
         self._current[connection_id] = self._serial
         heapq.heappush(self._heap, (expires_at, self._serial, connection_id, Step.WARN))
