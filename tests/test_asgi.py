@@ -105,15 +105,38 @@ async def test_failure_in_writer_reports_lost_once() -> None:
 
 
 async def test_close_that_cannot_be_written_gives_up_after_timeout() -> None:
-    """A close held by a peer that never reads is abandoned after close_timeout."""
-    peer, tasks, lost = Peer(), TaskSet(), list[bool]()
+    """A close held by a peer that never reads is abandoned after close_timeout and, with no
+    socket to abort behind this sender, reported as unabortable."""
+    peer, tasks, lost, unabortable = Peer(), TaskSet(), list[bool](), list[bool]()
     peer.gate.clear()
     transport = AsgiTransport(
-        peer, tasks=tasks, on_lost=lambda: lost.append(True), limit=10, close_timeout=0.05
+        peer,
+        tasks=tasks,
+        on_lost=lambda: lost.append(True),
+        limit=10,
+        close_timeout=0.05,
+        on_unabortable=lambda: unabortable.append(True),
+    )
+    await transport.open()
+    transport.close(1000)
+    await tasks.wait(within=5)
+    assert len(tasks) == 0 and peer.events == [] and unabortable == [True]
+
+
+async def test_close_written_in_time_is_not_reported_unabortable() -> None:
+    """A close the peer takes within close_timeout is not counted, socket or no socket."""
+    peer, tasks, unabortable = Peer(), TaskSet(), list[bool]()
+    transport = AsgiTransport(
+        peer,
+        tasks=tasks,
+        on_lost=lambda: None,
+        limit=10,
+        close_timeout=1,
+        on_unabortable=lambda: unabortable.append(True),
     )
     transport.close(1000)
     await tasks.wait(within=5)
-    assert len(tasks) == 0 and peer.events == []
+    assert texts(peer) == [1000] and unabortable == []
 
 
 async def test_detach_stops_sending_without_closing() -> None:

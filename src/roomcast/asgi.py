@@ -12,10 +12,16 @@ What the limit covers: roomcast's own backlog for the connection, counted in pay
 including the frame held by a suspended send.  The ASGI server's socket buffer comes on top
 (uvicorn pauses at 64 KiB).  A frame that does not fit means the client is too slow.
 
-Closing a slow client under ASGI is a ``websocket.close`` event, which the server can only
-write once the client reads again; a client that never reads keeps its socket (and the server's
-buffer) until it goes away.  roomcast detaches it at once, so it costs the hub nothing, and gives
-up on the close after ``close_timeout``.  The native server aborts such sockets outright.
+Closing under ASGI is a ``websocket.close`` event, which the server can only write once the
+client reads again, and ASGI has no event for dropping a socket.  roomcast detaches the client
+at once (nothing more is queued for it) and gives the close ``close_timeout`` seconds: if by
+then the close frame could not be written, or the client has not completed the closing
+handshake, the socket is aborted with a TCP reset, which also frees what the kernel holds for
+it.  That needs the socket's transport, which only uvicorn's WebSocket protocols expose
+(``roomcast.uvicorn_direct.find_uvicorn_transport``).  Behind any other ASGI server, or a
+middleware that wraps ``send``, a close that was not written in time is counted in
+``ManagerStats.unabortable_closes`` and the socket stays until the server's own timeouts (or
+the client) end it.  The native server aborts such sockets the same way.
 
 Under uvicorn's default WebSocket protocol the fast path is shorter still: the frame's bytes,
 built once, are written straight to the socket (``roomcast.uvicorn_direct``); the ASGI path
@@ -30,20 +36,27 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from roomcast.connection import Delivery
 from roomcast.frame import Frame
 from roomcast.tasks import TaskSet
-from roomcast.uvicorn_direct import find_uvicorn_protocol
+from roomcast.uvicorn_direct import SocketTransport, find_uvicorn_protocol, find_uvicorn_transport
 
 __all__ = ["AsgiTransport", "AsgiWebSocket"]
 
 _ACCEPTED = Delivery.ACCEPTED
 
 logger = logging.getLogger("roomcast")
+
+# SO_LINGER on with a zero timeout: closing the socket sends a reset and discards unsent
+# data, instead of leaving the kernel to deliver it to a client that is not reading.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 class AsgiWebSocket(Protocol):
@@ -91,7 +104,10 @@ class AsgiTransport:
         tasks: Owner of the writer and closer tasks this transport starts.
         on_lost: Called once when a send fails because the client is gone.
         limit: Most payload bytes roomcast holds for this client before it counts as slow.
-        close_timeout: Seconds to wait for a close event to be written before giving up.
+        close_timeout: Seconds from the decision to close until the socket is aborted if the
+            close has not completed (frame written and answered) by then.
+        on_unabortable: Called when a close could not be written within ``close_timeout``
+            and the ASGI server offers no way to abort the socket.
     """
 
     __slots__ = (
@@ -104,7 +120,9 @@ class AsgiTransport:
         "_direct_writes",
         "_limit",
         "_on_lost",
+        "_on_unabortable",
         "_send",
+        "_socket",
         "_tasks",
         "_websocket",
         "_writer",
@@ -119,6 +137,7 @@ class AsgiTransport:
         limit: int,
         close_timeout: float,
         direct_writes: bool = True,
+        on_unabortable: Callable[[], None] | None = None,
     ) -> None:
         self._websocket = websocket
         # Starlette's WebSocket.send only checks its state machine before calling the raw
@@ -129,6 +148,7 @@ class AsgiTransport:
         self._send: Callable[[Any], Any] = raw_send if callable(raw_send) else websocket.send
         self._tasks = tasks
         self._on_lost = on_lost
+        self._on_unabortable = on_unabortable
         self._limit = limit
         self._close_timeout = close_timeout
         self._closing = False
@@ -139,6 +159,9 @@ class AsgiTransport:
         # uvicorn's protocol object when frames may be written to it directly (see
         # roomcast.uvicorn_direct); found after the handshake.
         self._direct: Any = None
+        # The socket's transport, to abort a close that does not complete; found after the
+        # handshake, whatever direct_writes says.
+        self._socket: SocketTransport | None = None
         self._writer: asyncio.Task[None] | None = None
         # Created on the first back-pressure only: most connections never need one, and an
         # empty deque costs ~600 bytes.
@@ -157,6 +180,7 @@ class AsgiTransport:
                 await self._websocket.accept()
             else:
                 await self._websocket.accept(subprotocol=subprotocol)
+        self._socket = find_uvicorn_transport(self._send)
         if self._direct_writes:
             protocol = find_uvicorn_protocol(self._send)
             if protocol is not None and protocol.handshake_complete:
@@ -240,24 +264,56 @@ class AsgiTransport:
             return
         self._closing = self._busy = True
         writer = self._discard_backlog()
-        self._tasks.spawn(self._close(writer, code, reason), name="roomcast-close")
+        deadline = asyncio.get_running_loop().time() + self._close_timeout
+        self._tasks.spawn(self._close(writer, code, reason, deadline), name="roomcast-close")
 
-    async def _close(self, writer: asyncio.Task[None] | None, code: int, reason: str) -> None:
-        if writer is not None:
-            # Let the cancelled writer unwind first, so no data frame follows the close.
-            await asyncio.wait((writer,))
+    async def _close(
+        self, writer: asyncio.Task[None] | None, code: int, reason: str, deadline: float
+    ) -> None:
+        timed_out = False
         try:
-            async with asyncio.timeout(self._close_timeout):
+            async with asyncio.timeout_at(deadline):
+                if writer is not None:
+                    # Let the cancelled writer unwind first, so no data frame follows the close.
+                    await asyncio.wait((writer,))
                 await self._websocket.close(code, reason)
         except TimeoutError:
+            timed_out = True
+        except Exception as exc:  # already closed or gone: the deadline check below is moot
+            logger.debug("close failed: %r", exc)
+        transport = self._socket
+        if transport is not None:
+            # A timer, not this task: close_all() waits for close tasks, and a client that
+            # answers the close promptly should not make it wait for the deadline.
+            asyncio.get_running_loop().call_at(deadline, _abort_unless_gone, transport, code)
+        elif timed_out:
             logger.info(
-                "close %d not written within %.1fs; client is not reading",
+                "close %d not written within %.1fs: the client is not reading, and the ASGI "
+                "server offers no way to abort its socket",
                 code,
                 self._close_timeout,
             )
-        except Exception as exc:  # already closed or gone: nothing left to do
-            logger.debug("close failed: %r", exc)
+            if self._on_unabortable is not None:
+                self._on_unabortable()
 
     def detach(self) -> None:
         self._closing = self._busy = True
         self._discard_backlog()
+
+
+def _abort_unless_gone(transport: SocketTransport, code: int) -> None:
+    """Reset a socket whose close has not completed by its deadline.
+
+    Gone means closed, or closing with nothing left to write (the server's own close is under
+    way).  Anything else is a client that did not read the close frame or did not answer it;
+    uvicorn would wait for it indefinitely (its close timer only asks for a graceful close,
+    which waits for the write buffer to drain).
+    """
+    if transport.is_closing() and not transport.get_write_buffer_size():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    transport.abort()
+    logger.info("close %d did not complete in time: socket aborted", code)

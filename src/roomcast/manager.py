@@ -53,6 +53,11 @@ class ManagerStats:
     """Payload bytes of those frames."""
     slow_consumer_closes: int = 0
     """Connections closed because their send buffer overflowed."""
+    unabortable_closes: int = 0
+    """Closes (of any kind) not written within ``close_timeout`` to a socket that roomcast
+    cannot abort: an ASGI server other than uvicorn, or a middleware wrapping ``send``.  Such
+    a socket stays open, holding its buffers, until the server's own timeouts or the client
+    end it."""
     dropped_frames: int = 0
     """Frames not delivered to a connection because its buffer was full (DROP policy)."""
     lost_connections: int = 0
@@ -68,7 +73,8 @@ class ConnectionManager:
         send_buffer_limit: Most bytes roomcast buffers per connection while its socket is
             applying back-pressure.  Set it above your largest message.
         overflow: What to do with a connection that exceeds ``send_buffer_limit``.
-        close_timeout: Seconds allowed for writing a close event before giving up on it.
+        close_timeout: Seconds a close may take (close frame written and answered); then the
+            socket is aborted, where the ASGI server allows it (see ``roomcast.asgi``).
         max_id_length: Longest accepted room or user id, in characters.
         direct_writes: Under uvicorn's default WebSocket implementation, write each frame's
             bytes (built once) straight to the socket instead of one ASGI event per
@@ -165,6 +171,7 @@ class ConnectionManager:
             limit=self._send_buffer_limit,
             close_timeout=self._close_timeout,
             direct_writes=self._direct_writes,
+            on_unabortable=self._unabortable,
         )
         connection.transport = transport
         await transport.open(subprotocol)
@@ -242,6 +249,9 @@ class ConnectionManager:
     def _lost(self, connection: Connection) -> None:
         if self._forget(connection):
             self.stats.lost_connections += 1
+
+    def _unabortable(self) -> None:
+        self.stats.unabortable_closes += 1
 
     # ---------------------------------------------------------------- heartbeat
 

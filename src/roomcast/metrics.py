@@ -106,6 +106,11 @@ class _HubCollector(Collector):
                 stats.slow_consumer_closes,
             ),
             (
+                "roomcast_unabortable_closes",
+                "Closes not written in time to a socket that could not be aborted.",
+                stats.unabortable_closes,
+            ),
+            (
                 "roomcast_dropped_frames",
                 "Frames dropped for full send buffers.",
                 stats.dropped_frames,
