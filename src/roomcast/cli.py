@@ -395,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workers, worker_args, worker_env, shutdown_timeout=args.shutdown_timeout
         )
         return asyncio.run(supervisor.run())
+    if args.worker:  # die with the supervisor, even a SIGKILLed one
+        from roomcast.supervisor import follow_supervisor
+
+        follow_supervisor(args.shutdown_timeout)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is part of the server extra

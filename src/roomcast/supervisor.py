@@ -9,6 +9,14 @@ The supervisor only watches: a worker that exits while the supervisor is not sto
 logged and started again (after a pause that grows if it keeps dying, so a worker that cannot
 start does not spin).  SIGTERM/SIGINT are passed on to every worker, which drain their clients
 (1001) within ``--shutdown-timeout``; workers still alive a little after that are killed.
+
+A supervisor that dies without passing anything on (``kill -9``, the OOM killer) must not
+leave its workers serving the port, unmanaged, beside the workers of the next supervisor.  On
+Linux each worker asks the kernel, first thing (``follow_supervisor``), for SIGTERM when its
+parent dies (``prctl(PR_SET_PDEATHSIG)``), so it drains as on an ordinary stop; and gives itself
+the deadline the supervisor would have enforced, ``--shutdown-timeout`` + 5 s, after which it
+exits regardless.  Elsewhere there is no such signal: there, stop the supervisor with SIGTERM,
+or its workers outlive it.
 """
 
 from __future__ import annotations
@@ -16,16 +24,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
 import signal
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "follow_supervisor"]
 
 logger = logging.getLogger("roomcast.supervisor")
 
 _WORKER_FLAG = "--worker"
 """Internal flag: this process is one of a supervisor's workers (binds with SO_REUSEPORT)."""
+SUPERVISOR_PID_VARIABLE = "ROOMCAST_SUPERVISOR_PID"
+"""Set in each worker's environment: the pid its parent must have, or the supervisor is gone."""
+_KILL_AFTER = 5.0
+"""Seconds past ``shutdown_timeout`` after which a worker that is still stopping is killed."""
+_PR_SET_PDEATHSIG = 1
+"""From <linux/prctl.h>."""
 
 
 class Supervisor:
@@ -71,6 +89,9 @@ class Supervisor:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean drain)."""
+        # Workers are spawned from this (the loop's) thread: the parent-death signal follows
+        # the thread that forked, so spawning from another thread would fire it early.
+        self._env[SUPERVISOR_PID_VARIABLE] = str(os.getpid())
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
@@ -120,7 +141,7 @@ class Supervisor:
         statuses: list[int] = []
         for process in running:
             try:
-                async with asyncio.timeout(self._shutdown_timeout + 5):
+                async with asyncio.timeout(self._shutdown_timeout + _KILL_AFTER):
                     statuses.append(await process.wait())
             except TimeoutError:
                 logger.error("worker pid %d did not stop in time; killing it", process.pid)
@@ -135,3 +156,68 @@ class Supervisor:
 def is_worker(argv: Sequence[str]) -> bool:
     """True if these are the arguments of a supervisor's worker."""
     return _WORKER_FLAG in argv
+
+
+def follow_supervisor(shutdown_timeout: float) -> None:
+    """In a worker, before it serves: stop when the supervisor that started it dies, however.
+
+    The kernel sends SIGTERM (the worker's ordinary, draining stop) when the parent dies; as
+    the supervisor may have died before this call, the parent is then checked against the pid
+    the supervisor left in the environment (a dead parent's orphans get a new one: init or a
+    subreaper).  A watcher thread exits the process ``shutdown_timeout`` + 5 s after the
+    supervisor's death if the drain has not ended it by then: nobody else is left to kill it.
+    Does nothing in a process no ``Supervisor`` started, and only logs where the signal is
+    not available (not Linux).
+
+    Raises:
+        SystemExit: the supervisor is already gone; the worker must not start.
+    """
+    expected = os.environ.pop(SUPERVISOR_PID_VARIABLE, None)  # not for our own children
+    if expected is None:
+        return
+    supervisor = int(expected)
+    if not _parent_death_signal(signal.SIGTERM):
+        logger.info("no parent-death signal here: a SIGKILLed supervisor leaves this worker")
+        return
+    gone = f"roomcast worker: its supervisor (pid {supervisor}) is gone; not starting"
+    pidfd: int | None
+    try:
+        # Opened before the parent check, so that if the check passes it is the supervisor's.
+        pidfd = os.pidfd_open(supervisor)
+    except ProcessLookupError:
+        raise SystemExit(gone) from None
+    except (OSError, AttributeError):  # pragma: no cover - before Linux 5.3: no deadline
+        pidfd = None
+    if os.getppid() != supervisor:
+        raise SystemExit(gone)
+    if pidfd is not None:
+        threading.Thread(
+            target=_exit_after_parent,
+            args=(pidfd, shutdown_timeout + _KILL_AFTER),
+            name="roomcast-supervisor-watch",
+            daemon=True,
+        ).start()
+
+
+def _parent_death_signal(signum: int) -> bool:
+    """Ask Linux for ``signum`` when the parent dies; False where that cannot be had."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    if prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:  # pragma: no cover - never on Linux
+        logger.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+        return False
+    return True
+
+
+def _exit_after_parent(pidfd: int, deadline: float) -> None:
+    """Block until the process behind ``pidfd`` exits, then give the drain ``deadline``
+    seconds before ending this one; a normal exit first makes this (daemon) thread moot."""
+    select.select([pidfd], [], [])  # readable once that process has exited
+    time.sleep(deadline)
+    logger.error("supervisor gone and not stopped %.0f s later; exiting", deadline)
+    os._exit(1)
