@@ -14,6 +14,7 @@ from roomcast.connection import Connection, Delivery, Transport
 from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import (
     BrokerUnavailable,
+    CapacityExceeded,
     CloseCode,
     ConnectionStateError,
     InvalidIdentifier,
@@ -66,6 +67,7 @@ __all__ = [
     "Broker",
     "BrokerStats",
     "BrokerUnavailable",
+    "CapacityExceeded",
     "CloseCode",
     "Connection",
     "ConnectionConfig",

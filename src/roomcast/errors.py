@@ -9,6 +9,8 @@ Error tree (blame is in the name, as in h11: misuse by the caller vs bad data fr
     │                             (also a ValueError)
     ├── ConnectionStateError      a call that does not fit the connection's state, such as
     │                             connecting the same websocket twice
+    ├── CapacityExceeded          a limit of this process is reached (total rooms); the
+    │                             same call may succeed later
     └── BrokerUnavailable         the message broker (Redis) cannot take a publish now
                                   (also a ConnectionError)
 
@@ -36,7 +38,13 @@ class InvalidMessage(RoomcastError, ValueError):
 
 
 class InvalidIdentifier(RoomcastError, ValueError):
-    """A room or user id is not a non-empty string within the length limit."""
+    """A room or user id is not a non-empty string within the length limit (in UTF-8 bytes),
+    or holds a control character."""
+
+
+class CapacityExceeded(RoomcastError):
+    """A limit of this process is reached (``max_rooms``); the same call may succeed once
+    others have left.  Nothing was changed."""
 
 
 class ConnectionStateError(RoomcastError):

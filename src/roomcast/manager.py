@@ -19,9 +19,10 @@ from typing import Any
 
 from roomcast.asgi import AsgiTransport, AsgiWebSocket
 from roomcast.connection import Connection, Delivery
-from roomcast.errors import CloseCode, ConnectionStateError, InvalidIdentifier
+from roomcast.errors import CapacityExceeded, CloseCode, ConnectionStateError
 from roomcast.frame import Frame, encode
 from roomcast.heartbeat import HeartbeatManager
+from roomcast.identifiers import DEFAULT_MAX_ID_BYTES, check_identifier
 from roomcast.messages import MessageType, PingMessage, preview
 from roomcast.registry import Departure, Registry, RoomChange
 from roomcast.tasks import TaskSet
@@ -75,7 +76,7 @@ class ConnectionManager:
         overflow: What to do with a connection that exceeds ``send_buffer_limit``.
         close_timeout: Seconds a close may take (close frame written and answered); then the
             socket is aborted, where the ASGI server allows it (see ``roomcast.asgi``).
-        max_id_length: Longest accepted room or user id, in characters.
+        max_id_length: Longest accepted room or user id, in UTF-8 bytes.
         direct_writes: Under uvicorn's default WebSocket implementation, write each frame's
             bytes (built once) straight to the socket instead of one ASGI event per
             recipient; see ``roomcast.uvicorn_direct``.  False forces the ASGI path.
@@ -83,6 +84,9 @@ class ConnectionManager:
             often (seconds); a connection silent (no pong, no message) for ``ping_interval +
             pong_timeout`` is closed with 4002 and unregistered.  None: no heartbeat.
         pong_timeout: See ``ping_interval``.
+        max_rooms: Most rooms with members in this process at once; a join that would open
+            one more raises ``CapacityExceeded``.  None: no limit (each room costs a few
+            hundred bytes plus its name; ``roomcast serve`` caps them by default).
     """
 
     def __init__(
@@ -91,10 +95,11 @@ class ConnectionManager:
         send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
         overflow: OverflowPolicy = OverflowPolicy.CLOSE,
         close_timeout: float = 5.0,
-        max_id_length: int = 256,
+        max_id_length: int = DEFAULT_MAX_ID_BYTES,
         direct_writes: bool = True,
         ping_interval: float | None = None,
         pong_timeout: float = 20.0,
+        max_rooms: int | None = None,
     ) -> None:
         if send_buffer_limit <= 0:
             raise ValueError("send_buffer_limit must be positive")
@@ -102,6 +107,7 @@ class ConnectionManager:
         self._overflow = overflow
         self._close_timeout = close_timeout
         self._max_id_length = max_id_length
+        self._max_rooms = max_rooms
         self._direct_writes = direct_writes
         self._registry = Registry()
         # Starlette's WebSocket is a Mapping and so unhashable: index it by identity.  The
@@ -154,8 +160,10 @@ class ConnectionManager:
         dies of an exception the application did not catch leaks nothing.
 
         Raises:
-            InvalidIdentifier: ``room`` or ``user_id`` is not a short non-empty string.
+            InvalidIdentifier: ``room`` or ``user_id`` is not a usable id (``check_id``).
             ConnectionStateError: this websocket is already registered.
+            CapacityExceeded: ``room`` would be one room more than ``max_rooms`` (the
+                connection stays registered, in no room).
         """
         if room is not None:
             self.check_id("room", room)
@@ -305,12 +313,24 @@ class ConnectionManager:
 
         Raises:
             InvalidIdentifier: ``room`` is not a usable room id.
+            CapacityExceeded: ``room`` would be one room more than ``max_rooms``.
             ConnectionStateError: ``connection`` is not registered.
         """
         self.check_id("room", room)
         return self._join(connection, room)
 
+    def can_open(self, room: str) -> bool:
+        """Whether a join of ``room`` would be within ``max_rooms`` (it exists, or one more
+        room fits)."""
+        rooms = self._registry.rooms()
+        return self._max_rooms is None or len(rooms) < self._max_rooms or room in rooms
+
     def _join(self, connection: Connection, room: str) -> bool:
+        cap = self._max_rooms
+        if cap is not None and room not in connection.rooms:
+            rooms = self._registry.rooms()
+            if len(rooms) >= cap and room not in rooms:
+                raise CapacityExceeded(f"this server holds its maximum of {cap} rooms")
         change = self._registry.join(connection.connection_id, room)
         if change is RoomChange.OPENED:
             self._on_room_opened(room)
@@ -479,14 +499,9 @@ class ConnectionManager:
     # ---------------------------------------------------------------- helpers
 
     def check_id(self, what: str, value: object) -> str:
-        """``value`` if it is a usable room or user id; ``InvalidIdentifier`` otherwise."""
-        if not isinstance(value, str) or not value:
-            raise InvalidIdentifier(f"{what} must be a non-empty string, got {preview(value)}")
-        if len(value) > self._max_id_length:
-            raise InvalidIdentifier(
-                f"{what} is {len(value)} characters long; the limit is {self._max_id_length}"
-            )
-        return value
+        """``value`` if it is a usable room or user id; ``InvalidIdentifier`` otherwise
+        (see ``roomcast.identifiers``)."""
+        return check_identifier(what, value, self._max_id_length)
 
 
 _PONG_PREFIXES = ('{"type":"pong"', '{"type": "pong"')
