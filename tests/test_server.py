@@ -662,24 +662,68 @@ async def test_handshake_abuse_is_refused_and_the_server_keeps_serving(
         await client.close()
 
 
-async def test_ids_with_control_characters_or_too_long_are_refused_or_escaped(
+async def test_ids_with_control_characters_or_too_long_are_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A 10 KB user id is refused with 400; control characters are stored as sent but
-    logged escaped (never raw)."""
+    """A 10 KB user id, one of 65 four-byte characters (260 bytes) and one with control
+    characters are refused with 400 (never stored, never logged raw); 64 such characters fit."""
     import urllib.parse
 
     async with running() as server:
-        with pytest.raises(InvalidStatus) as refused:
-            await connect(url(server, "/ws/r?user_id=" + "u" * 10_000))
-        assert refused.value.response.status_code == 400
         nasty = "evil\x1b[31m\r\nINJECTED"
-        client = await connect(url(server, "/ws/r?user_id=" + urllib.parse.quote(nasty)))
+        for user_id in ("u" * 10_000, "\U0001f600" * 65, nasty, "a\x00b"):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url(server, "/ws/r?user_id=" + urllib.parse.quote(user_id)))
+            assert refused.value.response.status_code == 400
+        assert b"control characters" in refused.value.response.body
+        client = await connect(url(server, "/ws/r?user_id=" + urllib.parse.quote("😀" * 64)))
         await eventually(lambda: server.manager.active_connections == 1)
-        (connection,) = server.manager.get_room_members("r")
-        assert connection.user_id == nasty
         await client.close()
         assert "\x1b" not in caplog.text and "\r\nINJECTED" not in caplog.text
+
+
+async def test_joins_past_max_rooms_are_refused_with_1013() -> None:
+    """At ``max_rooms`` a join that would open a room gets error 1013 (and /ws/ROOM gets
+    503); joining an existing room still works, and a room freed makes room for a new one."""
+    async with running(max_rooms=3) as server:
+        alice = await connect(url(server, "/ws?user_id=alice"))
+        for room in ("a", "b", "c"):
+            assert (await call(alice, type="join", room=room))["type"] == "ack"
+        refused = await call(alice, type="join", room="d", event_id="j4")
+        assert refused["type"] == "error" and refused["code"] == CloseCode.TRY_AGAIN_LATER
+        assert "maximum of 3 rooms" in refused["error"] and refused["ref_event_id"] == "j4"
+        with pytest.raises(InvalidStatus) as at_capacity:
+            await connect(url(server, "/ws/d?user_id=bob"))
+        assert at_capacity.value.response.status_code == 503
+        bob = await connect(url(server, "/ws/a?user_id=bob"))  # an existing room: fine
+        assert (await call(alice, type="leave", room="c"))["type"] == "ack"
+        assert (await call(alice, type="join", room="d"))["type"] == "ack"
+        assert sorted(server.manager.active_rooms) == ["a", "b", "d"]
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.parametrize(
+    ("room", "why"),
+    [
+        ("x" * 257, "257 bytes"),
+        ("\u00e9" * 129, "258 bytes"),
+        ("a\x00b", "control characters"),
+        ("line\nbreak", "control characters"),
+        ("\x85next-line", "control characters"),
+    ],
+)
+async def test_room_ids_are_limited_in_bytes_and_free_of_control_characters(
+    room: str, why: str
+) -> None:
+    """A join of a room id over 256 UTF-8 bytes or with a control character gets an error
+    that says which."""
+    async with running() as server:
+        client = await connect(url(server, "/ws?user_id=u"))
+        answer = await call(client, type="join", room=room)
+        assert answer["type"] == "error" and why in answer["error"]
+        assert server.manager.active_rooms == []
+        await client.close()
 
 
 async def test_cross_user_isolation_under_concurrent_sends() -> None:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from roomcast.http_api import ApiRequest, ApiResponse, serve_api
+from roomcast.listener import Acceptor
 
 __all__ = ["GcClock", "asgi_with_control", "raise_nofile_limit", "start_control"]
 
@@ -86,7 +87,7 @@ def _handler(
 
 async def start_control(
     port: int, publish: Publish, count: Callable[[], int], clock: GcClock | None = None
-) -> asyncio.Server:
+) -> Acceptor:
     """Open the control port on 127.0.0.1 (call it from the server's event loop)."""
     return await serve_api(_handler(publish, count, clock or GcClock()), "127.0.0.1", port)
 
@@ -102,7 +103,7 @@ def asgi_with_control(app: ASGIApp, publish: Publish, count: Callable[[], int]) 
         if scope["type"] != "lifespan":
             await app(scope, receive, send)
             return
-        server: asyncio.Server | None = None
+        server: Acceptor | None = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":

@@ -92,6 +92,24 @@ _LIMITS: tuple[tuple[str, type, str], ...] = (
         "a client silent for ping-interval + pong-timeout seconds is disconnected",
     ),
     ("stats_interval", float, "seconds between this instance's figures in $stats (0: none)"),
+    ("max_rooms", int, "rooms with members this process holds (a join opening more: 1013)"),
+    ("max_id_bytes", int, "longest room or user id in UTF-8 bytes"),
+    (
+        "api_max_connections",
+        int,
+        "connections the API port holds at once (more: HTTP 503); kept free of the "
+        "WebSocket port's descriptor budget",
+    ),
+    (
+        "api_header_timeout",
+        float,
+        "seconds from accept within which an API request's head must arrive (else 408)",
+    ),
+    (
+        "api_body_timeout",
+        float,
+        "seconds after the head within which an API request's body must arrive (else 408)",
+    ),
 )
 """Flags of ServerConfig's limits: (field name, type, help); defaults come from ServerConfig."""
 
@@ -340,6 +358,11 @@ async def _serve(args: argparse.Namespace) -> None:
         presence=args.presence,
         demo=not args.no_demo,
         stats_interval=args.stats_interval,
+        max_rooms=args.max_rooms,
+        max_id_bytes=args.max_id_bytes,
+        api_max_connections=args.api_max_connections,
+        api_header_timeout=args.api_header_timeout,
+        api_body_timeout=args.api_body_timeout,
         authenticator=_authenticator(args),
         token_in_query=not args.no_token_in_query,
         token_grace=args.token_grace,

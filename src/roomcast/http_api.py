@@ -35,6 +35,8 @@ from typing import Any, cast
 
 import httptools
 
+from roomcast.listener import Acceptor, listening_sockets
+
 __all__ = ["ApiRequest", "ApiResponse", "ApiStats", "serve_api"]
 
 logger = logging.getLogger("roomcast.api")
@@ -46,6 +48,8 @@ LINGER_SECONDS = 2.0
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256
+API_REFUSAL_HEADROOM = 16
+"""Sockets accepted past ``max_connections`` at once, each answered 503 and closed."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -155,9 +159,14 @@ class _HttpConnection(asyncio.Protocol):
     _transport: asyncio.Transport  # from connection_made on; nothing happens before it
 
     def __init__(
-        self, handler: Callable[[ApiRequest], ApiResponse], limits: _Limits, stats: ApiStats
+        self,
+        handler: Callable[[ApiRequest], ApiResponse],
+        limits: _Limits,
+        stats: ApiStats,
+        released: Callable[[asyncio.BaseProtocol], None] = lambda _: None,
     ) -> None:
         self._handler = handler
+        self._released = released
         self._limits = limits
         self._stats = stats
         self._parser = httptools.HttpRequestParser(self)
@@ -192,6 +201,7 @@ class _HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         self._phase = _Phase.CLOSED
         self._stats.open_connections -= 1
+        self._released(self)
 
     def data_received(self, data: bytes) -> None:
         if self._phase is not _Phase.HEAD and self._phase is not _Phase.BODY:
@@ -317,7 +327,8 @@ async def serve_api(
     max_connections: int = MAX_CONNECTIONS,
     linger: float = LINGER_SECONDS,
     stats: ApiStats | None = None,
-) -> asyncio.Server:
+    on_accept_error: Callable[[OSError], None] | None = None,
+) -> Acceptor:
     """Listen for API requests; each is answered by ``handler`` (synchronous, non-blocking).
 
     Args:
@@ -342,8 +353,12 @@ async def serve_api(
         stats: updated in place with open connections, timeouts and refusals; pass one to
             expose them (one per listener).
 
+        on_accept_error: hears accepts that failed for want of descriptors (the port then
+            waits 0.1 s); a warning is logged if omitted.
+
     Returns:
-        The listening server.
+        What accepts the connections (``sockets``, ``close()``); see ``roomcast.listener``
+        for why it is not ``loop.create_server``.
 
     Raises:
         ValueError: a timeout, the linger or ``max_connections`` is not positive.
@@ -352,12 +367,19 @@ async def serve_api(
         raise ValueError("API timeouts, linger and max_connections must be positive")
     limits = _Limits(header_timeout, body_timeout, max_connections, linger)
     counters = stats if stats is not None else ApiStats()
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: _HttpConnection(handler, limits, counters),
-        host,
-        port,
-        reuse_address=True,
-        reuse_port=reuse_port or None,
-        backlog=1024,
+    sockets = listening_sockets(host, port, backlog=1024, reuse_port=reuse_port)
+    acceptor: Acceptor | None = None
+
+    def released(protocol: asyncio.BaseProtocol) -> None:
+        if acceptor is not None:
+            acceptor.released(protocol)
+
+    # The acceptor stops accepting a little above the cap: the sockets past it are the ones
+    # being answered 503, and they go at once.
+    acceptor = Acceptor(
+        sockets,
+        lambda: _HttpConnection(handler, limits, counters, released),
+        max_connections + API_REFUSAL_HEADROOM,
+        on_accept_error or (lambda exc: logger.warning("API accept failed: %s", exc)),
     )
+    return acceptor

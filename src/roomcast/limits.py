@@ -45,3 +45,42 @@ class RateLimit:
         strikes += 1
         verdict = Verdict.CUT_OFF if strikes >= self.strikes else Verdict.REFUSE
         return verdict, tokens, now, strikes
+
+
+RESERVED_DESCRIPTORS = 64
+"""Descriptors kept out of the WebSocket port's budget whatever the caps: standard streams,
+the event loop's own, Redis connections, log files, a supervisor's pipes."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DescriptorBudget:
+    """How many sockets the WebSocket port may hold, from the process's open-file limit.
+
+    Running out of descriptors is worse than refusing: ``accept()`` fails with EMFILE, the
+    client gets no answer at all, and (under uvloop) the listener can be closed for good.  So
+    the port holds at most ``sockets`` at once, and admits at most ``connections`` of them as
+    WebSocket clients; the difference is headroom for the sockets that are being answered
+    503, doing their handshake, or asking ``/healthz``.
+    """
+
+    sockets: int
+    """Sockets the WebSocket port may hold at once; it stops accepting at this count."""
+    connections: int
+    """WebSocket connections admitted; beyond it, upgrades get HTTP 503."""
+    lowered: bool
+    """True when the open-file limit, not the configured cap, set ``connections``."""
+
+    @classmethod
+    def plan(cls, open_files: int, max_connections: int, api_connections: int) -> DescriptorBudget:
+        """The budget for a process allowed ``open_files`` descriptors, configured for
+        ``max_connections`` clients, whose API port may hold ``api_connections`` sockets."""
+        sockets = open_files - RESERVED_DESCRIPTORS - api_connections
+        headroom = max(16, sockets // 20)
+        if sockets - headroom < 1:
+            raise ValueError(
+                f"an open-file limit of {open_files} leaves no room for WebSocket clients "
+                f"({RESERVED_DESCRIPTORS} reserved, {api_connections} for the API port): "
+                "raise it (ulimit -n)"
+            )
+        connections = min(max_connections, sockets - headroom)
+        return cls(sockets, connections, connections < max_connections)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -41,6 +41,8 @@ class ServerCounters:
     """Client messages dropped for exceeding the rate limit."""
     token_expiries: int = 0
     """Clients closed (4001) because their token expired and no new one came in time."""
+    accept_errors: int = 0
+    """Accepts that failed for want of descriptors (EMFILE, ENFILE) or memory."""
 
 
 def _task_count() -> int:
@@ -150,6 +152,11 @@ class _HubCollector(Collector):
                 "Upgrade requests refused with an HTTP error.",
                 counters.refused_upgrades,
             ),
+            (
+                "roomcast_accept_errors",
+                "Accepts that failed for want of descriptors (EMFILE, ENFILE) or memory.",
+                counters.accept_errors,
+            ),
         )
         for name, documentation, value in counter_values:
             yield CounterMetricFamily(name, documentation, value)
@@ -180,12 +187,34 @@ def _broker_metrics(manager: DistributedWebSocketManager) -> Iterator[Metric]:
         yield CounterMetricFamily(f"roomcast_broker_{name}", documentation, value)
 
 
+Sample = tuple[str, str, str, float]
+"""``(kind, name, documentation, value)``: kind is "gauge" or "counter"."""
+
+
+class _SampleCollector(Collector):
+    """Metrics read from the server when scraped."""
+
+    def __init__(self, read: Callable[[], Iterable[Sample]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        for kind, name, documentation, value in self._read():
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, documentation, value)
+
+
 def metrics_registry(
-    manager: ConnectionManager, counters: ServerCounters, buffered_bytes: Callable[[], int]
+    manager: ConnectionManager,
+    counters: ServerCounters,
+    buffered_bytes: Callable[[], int],
+    more: Callable[[], Iterable[Sample]] | None = None,
 ) -> CollectorRegistry:
-    """A registry exposing one server's metrics."""
+    """A registry exposing one server's metrics (``more``: further samples, read at each
+    scrape)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_HubCollector(manager, counters, buffered_bytes))
+    if more is not None:
+        registry.register(_SampleCollector(more))
     return registry
 
 

@@ -24,10 +24,13 @@ This module imports picows; ``import roomcast`` does not import this module.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
-from picows import WSFrame, WSListener, WSMsgType, WSTransport
+from picows import WSAutoPingStrategy, WSFrame, WSListener, WSMsgType, WSTransport
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame
@@ -39,6 +42,7 @@ __all__ = [
     "TransportOwner",
     "close_reply",
     "fragment_cap",
+    "server_protocols",
 ]
 
 _ACCEPTED = Delivery.ACCEPTED
@@ -386,3 +390,52 @@ def close_reply(payload: bytes) -> tuple[int, bytes]:
     except UnicodeDecodeError:
         return 1007, b"close reason is not UTF-8"
     return code, b""
+
+
+def server_protocols(
+    route: Callable[[Any], Any],
+    released: Callable[[Any], None],
+    *,
+    handshake_timeout: float,
+    max_frame_size: int,
+    logger: logging.LoggerAdapter[logging.Logger],
+) -> Callable[[], Any]:
+    """A factory of picows' server protocol for sockets accepted by ``roomcast.listener``.
+
+    ``ws_create_server`` would make these itself, but it accepts through the event loop's
+    ``create_server`` (see ``roomcast.listener`` for why roomcast does not).  The arguments
+    are those ``ws_create_server`` passes, in picows' order (pinned to picows 2.3.x in
+    ``pyproject.toml``): ``route`` answers each upgrade request, pings are answered by
+    ``NativeTransport`` (rate limited), and the read buffer starts at its minimum.
+    ``released`` hears every lost connection, upgraded or not.
+    """
+
+    class CountedProtocol(WSProtocol):  # type: ignore[misc]
+        __slots__ = ()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                released(self)
+
+    def make() -> Any:
+        return CountedProtocol(
+            None,  # host and port: a client's
+            None,  # path: a client's
+            False,  # is_client_side
+            route,
+            logger,
+            True,  # disconnect_on_exception
+            handshake_timeout,
+            False,  # enable_auto_ping: the heartbeat pings
+            20.0,  # auto_ping_idle_timeout (unused)
+            20.0,  # auto_ping_reply_timeout (unused)
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            False,  # enable_auto_pong: NativeTransport answers pings
+            max_frame_size,
+            None,  # extra_headers
+            1024,  # read_buffer_init_size (picows' minimum is 2048)
+        )
+
+    return make

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import socket
 import time
 import uuid
@@ -35,7 +36,6 @@ from picows import (
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
 
 from roomcast.auth import (
@@ -47,13 +47,21 @@ from roomcast.auth import (
 )
 from roomcast.connection import Connection
 from roomcast.distributed import DistributedWebSocketManager
-from roomcast.errors import CloseCode, InvalidIdentifier, InvalidMessage
+from roomcast.errors import CapacityExceeded, CloseCode, InvalidIdentifier, InvalidMessage
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
 from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
-from roomcast.http_api import ApiRequest, ApiResponse, key_matches, serve_api
-from roomcast.limits import RateLimit
+from roomcast.http_api import (
+    API_REFUSAL_HEADROOM,
+    ApiRequest,
+    ApiResponse,
+    ApiStats,
+    key_matches,
+    serve_api,
+)
+from roomcast.limits import DescriptorBudget, RateLimit
 from roomcast.limits import Verdict as RateVerdict
+from roomcast.listener import Acceptor, listening_sockets
 from roomcast.manager import ConnectionManager, OverflowPolicy
 from roomcast.messages import (
     AckMessage,
@@ -63,8 +71,8 @@ from roomcast.messages import (
     WSMessage,
     preview,
 )
-from roomcast.metrics import EventLog, ServerCounters, metrics_registry, render
-from roomcast.native import EchoTransport, FlushScheduler, NativeTransport
+from roomcast.metrics import EventLog, Sample, ServerCounters, metrics_registry, render
+from roomcast.native import EchoTransport, FlushScheduler, NativeTransport, server_protocols
 from roomcast.presence_feed import (
     RESERVED_PREFIX,
     STATS_ROOM,
@@ -107,8 +115,17 @@ class ServerConfig:
     handshake_timeout: float = 5.0
     """Seconds a new socket gets to complete the WebSocket handshake."""
     backlog: int = 4096
+    """Connections the kernel keeps waiting to be accepted (at most the descriptor budget)."""
     api_port: int | None = None
     """Port of the HTTP API (publish, health, metrics); None disables it."""
+    api_max_connections: int = 256
+    """Connections the HTTP API port holds at once; more are answered 503 and closed.  The
+    WebSocket port's descriptor budget keeps this many free for it."""
+    api_header_timeout: float = 10.0
+    """Seconds from the accept within which an API request's head must have arrived (408)."""
+    api_body_timeout: float = 10.0
+    """Seconds from the end of the head within which an API request's body must have
+    arrived (408)."""
     api_key: str | None = None
     """Key that ``POST /api/publish`` requires in ``X-API-Key``; without one, every publish
     is refused with 401."""
@@ -155,6 +172,11 @@ class ServerConfig:
     """Seconds between this instance's figures in the ``$stats`` room; 0 turns them off."""
     demo: bool = True
     """Serve the demo page at ``/`` (``/client.js`` is always served)."""
+    max_rooms: int = 100_000
+    """Rooms with members this process holds at once (a room costs a few hundred bytes plus
+    its name); a join that would open one more gets an error (1013)."""
+    max_id_bytes: int = 256
+    """Longest room or user id, in UTF-8 bytes."""
 
 
 _NOT_FOUND = b"not found\n"
@@ -176,9 +198,16 @@ class Server:
         self.max_message_size = config.max_message_size
         self.counters = ServerCounters()
         self.events = EventLog(logger)
-        self._metrics = metrics_registry(self.manager, self.counters, self._buffered_bytes)
-        self._server: asyncio.Server | None = None
-        self._api: asyncio.Server | None = None
+        self._metrics = metrics_registry(
+            self.manager, self.counters, self._buffered_bytes, self._port_metrics
+        )
+        self.budget = self._plan_descriptors()
+        self.max_connections = self.budget.connections
+        """Connections admitted: ``config.max_connections``, or fewer if the open-file limit
+        cannot hold them."""
+        self._acceptor: Acceptor | None = None
+        self._api: Acceptor | None = None
+        self.api_stats = ApiStats()
         self.scheduler = FlushScheduler()
         self._rate = (
             RateLimit(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
@@ -235,41 +264,133 @@ class Server:
     @property
     def port(self) -> int:
         """The port actually listened on (useful with ``port=0``)."""
-        assert self._server is not None, "server not started"
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._acceptor is not None, "server not started"
+        return int(self._acceptor.sockets[0].getsockname()[1])
+
+    def _plan_descriptors(self) -> DescriptorBudget:
+        """The WebSocket port's share of the open-file limit, with a warning when the limit
+        cannot hold ``max_connections`` (upgrades beyond the lowered cap get 503)."""
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        api = (
+            self.config.api_max_connections + API_REFUSAL_HEADROOM
+            if self.config.api_port is not None
+            else 0
+        )
+        budget = DescriptorBudget.plan(open_files, self.config.max_connections, api)
+        if budget.lowered:
+            logger.warning(
+                "the open-file limit (%d) holds at most %d WebSocket connections, not "
+                "--max-connections %d: serving at most %d; raise the limit (ulimit -n, "
+                "LimitNOFILE=) or run more workers",
+                open_files,
+                budget.connections,
+                self.config.max_connections,
+                budget.connections,
+            )
+        return budget
+
+    def _backlog(self) -> int:
+        """The listen backlog: at most the sockets the port may hold (the kernel keeps the
+        rest of a connect storm waiting for us, not for a descriptor we do not have)."""
+        return max(16, min(self.config.backlog, self.budget.sockets))
+
+    def _port_metrics(self) -> list[Sample]:
+        acceptor, api = self._acceptor, self.api_stats
+        return [
+            (
+                "gauge",
+                "roomcast_max_connections",
+                "Connections admitted (the configured cap, or less under the open-file limit).",
+                self.max_connections,
+            ),
+            (
+                "gauge",
+                "roomcast_port_sockets",
+                "Sockets the WebSocket port holds (clients, handshakes, refusals).",
+                acceptor.held if acceptor is not None else 0,
+            ),
+            (
+                "gauge",
+                "roomcast_port_socket_limit",
+                "Sockets the WebSocket port may hold before it stops accepting.",
+                self.budget.sockets,
+            ),
+            (
+                "gauge",
+                "roomcast_accepting",
+                "1 while the WebSocket port accepts sockets, 0 while at its socket limit.",
+                int(acceptor is not None and not acceptor.paused),
+            ),
+            (
+                "gauge",
+                "roomcast_api_open_connections",
+                "Connections open on the HTTP API port.",
+                api.open_connections,
+            ),
+            (
+                "counter",
+                "roomcast_api_timeouts",
+                "API requests cut off (408) for a head or body that came too slowly.",
+                api.timeouts,
+            ),
+            (
+                "counter",
+                "roomcast_api_refused_connections",
+                "API connections refused (503) over --api-max-connections.",
+                api.refused_connections,
+            ),
+        ]
+
+    def _released(self, protocol: Any) -> None:
+        assert self._acceptor is not None
+        self._acceptor.released(protocol)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        self.counters.accept_errors += 1
+        self.events.event(
+            "accept_failed",
+            "%s: out of descriptors; the port waits %.1f s (open-file limit %d)",
+            exc.strerror or exc,
+            0.1,
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        )
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen and accept clients, on ``sock`` if given (already bound and listening)."""
-        where: dict[str, Any] = (
-            {"sock": sock}
-            if sock is not None
-            else {
-                "host": self.config.host,
-                "port": self.config.port,
-                "reuse_address": True,
-                "reuse_port": self.config.reuse_port or None,
-            }
-        )
-        if sock is None:
-            where["backlog"] = self.config.backlog
         if isinstance(self.manager, DistributedWebSocketManager):
             await self.manager.start()
         if self.presence is not None:
             await self.presence.start()
-        self._server = await ws_create_server(
-            self._route,
-            websocket_handshake_timeout=self.config.handshake_timeout,
-            logger_name=logging.LoggerAdapter(logging.getLogger("roomcast.picows")),
-            enable_auto_ping=False,
-            enable_auto_pong=False,  # NativeTransport answers pings (rate limited)
-            max_frame_size=self.config.max_message_size,
-            read_buffer_init_size=1024,
-            use_aiofastnet=False,
-            **where,
+        sockets = (
+            [sock]
+            if sock is not None
+            else listening_sockets(
+                self.config.host, self.config.port, self._backlog(), self.config.reuse_port
+            )
+        )
+        self._acceptor = Acceptor(
+            sockets,
+            server_protocols(
+                self._route,
+                self._released,
+                handshake_timeout=self.config.handshake_timeout,
+                max_frame_size=self.config.max_message_size,
+                logger=logging.LoggerAdapter(logging.getLogger("roomcast.picows")),
+            ),
+            self.budget.sockets,
+            self._accept_failed,
         )
         if self.config.api_port is not None:
             self._api = await serve_api(
-                self._api_request, self.config.host, self.config.api_port, self.config.reuse_port
+                self._api_request,
+                self.config.host,
+                self.config.api_port,
+                self.config.reuse_port,
+                header_timeout=self.config.api_header_timeout,
+                body_timeout=self.config.api_body_timeout,
+                max_connections=self.config.api_max_connections,
+                stats=self.api_stats,
+                on_accept_error=self._accept_failed,
             )
         if self.config.authenticator is not None:
             self._tasks.spawn(
@@ -292,8 +413,8 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, close every client with 1001, and wait (bounded) until they left."""
         self._accepting = False
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         transports = list(self._open)
         # Close in batches, yielding between them, so a large hub keeps serving the close
         # handshakes already under way instead of stalling the loop for one long pass.
@@ -320,11 +441,8 @@ class Server:
         await self.manager.close_all()
         if isinstance(self.manager, DistributedWebSocketManager):
             await self.manager.stop()
-        if self._server is not None:
-            await self._server.wait_closed()
         if self._api is not None:
             self._api.close()
-            await self._api.wait_closed()
 
     # ------------------------------------------------------------------ routing
 
@@ -339,7 +457,7 @@ class Server:
             return _respond(status, body, content_type)
         if not self._accepting:
             return self._refuse_upgrade(503, b"shutting down\n")
-        if len(self._open) >= self.config.max_connections:
+        if len(self._open) >= self.max_connections:
             return self._refuse_upgrade(503, b"server at capacity\n")
         allowed = self.config.allowed_origins
         if allowed is not None:
@@ -367,6 +485,8 @@ class Server:
                     self.manager.check_id(what, value)
         except InvalidIdentifier as exc:
             return self._refuse_upgrade(400, f"{exc}\n".encode())
+        if room is not None and not self.manager.can_open(room):
+            return self._refuse_upgrade(503, b"this server holds its maximum of rooms\n")
         cap = self.config.max_connections_per_user
         if cap and user_id is not None and len(self.manager.get_user_connections(user_id)) >= cap:
             return self._refuse_upgrade(403, b"too many connections for this user\n")
@@ -430,11 +550,15 @@ class Server:
         connection.transport = transport
         self._open.add(transport)
         self.manager.attach(connection)
-        if transport.initial_room is not None:
-            self.manager.join(connection, transport.initial_room)
+        room, transport.initial_room = transport.initial_room, None
+        if room is not None:
+            try:
+                self.manager.join(connection, room)
+            except CapacityExceeded as exc:  # (checked at the upgrade; kept for safety)
+                transport.close(CloseCode.TRY_AGAIN_LATER, str(exc))
+                return
             if self.presence is not None:
-                self.presence.joined(connection, transport.initial_room)
-            transport.initial_room = None
+                self.presence.joined(connection, room)
         if self.heartbeat is not None:
             self.heartbeat.start_heartbeat(connection.connection_id, transport, self._silent)
         expires_at = connection.metadata.get("token_expires_at")
@@ -604,6 +728,9 @@ class Server:
         except InvalidIdentifier as exc:
             self._refuse(connection, command.event_id, str(exc))
             return
+        except CapacityExceeded as exc:
+            self._refuse(connection, command.event_id, str(exc), CloseCode.TRY_AGAIN_LATER)
+            return
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
         presence = self.presence
         if presence is None or room == STATS_ROOM:
@@ -674,7 +801,13 @@ class Server:
             message = StatsMessage(instance=self.instance_id, data=self.stats())
             self.manager.deliver_to_room(STATS_ROOM, encode(message))
 
-    def _refuse(self, connection: Connection, event_id: str, why: str) -> None:
+    def _refuse(
+        self,
+        connection: Connection,
+        event_id: str,
+        why: str,
+        code: CloseCode = CloseCode.POLICY_VIOLATION,
+    ) -> None:
         self.counters.protocol_errors += 1
         self.events.event(
             "command_refused",
@@ -685,7 +818,7 @@ class Server:
         )
         self._reply(
             connection,
-            ErrorMessage(error=why, code=CloseCode.POLICY_VIOLATION, ref_event_id=event_id),
+            ErrorMessage(error=why, code=code, ref_event_id=event_id),
         )
 
     def _reply(self, connection: Connection, message: Any) -> None:
@@ -758,6 +891,8 @@ def _protocol_ping(connection_id: str, transport: NativeTransport, message: obje
 
 def _new_manager(config: ServerConfig) -> ConnectionManager:
     options: dict[str, Any] = {
+        "max_rooms": config.max_rooms,
+        "max_id_length": config.max_id_bytes,
         "send_buffer_limit": config.send_buffer_limit,
         "overflow": OverflowPolicy.CLOSE,
         "close_timeout": config.close_timeout,
