@@ -335,3 +335,34 @@ async def test_presence_is_off_by_default_with_redis(
         assert refused["code"] == 1008 and "reserved" in refused["error"]
         assert (await ann.call(type="join", room="$stats"))["type"] == "ack"
         await ann.ws.close()
+
+
+async def test_repeated_snapshot_requests_are_coalesced() -> None:
+    """A client that re-joins ``$presence:R`` 100 times in a burst gets one snapshot at once
+    and one more at the end of the interval (the latest members), not 100; every join is
+    still acknowledged."""
+    from roomcast.presence_feed import SNAPSHOT_INTERVAL
+
+    async with running() as server:
+        watcher = await Peer.open(server, "watcher")
+        others = [await Peer.open(server, f"m{n}") for n in range(20)]
+        for peer in (watcher, *others):
+            await peer.call(type="join", room="big")
+        for _ in range(100):
+            await watcher.send(type="join", room="$presence:big")
+        first = await watcher.next("presence", room="big")
+        assert len(first["members"]) == 21
+        late = await Peer.open(server, "late")
+        await late.call(type="join", room="big")
+        assert (await watcher.next("presence", room="big"))["joined"]["user_id"] == "late"
+        second = await watcher.next("presence", room="big")
+        assert len(second["members"]) == 22  # sent after the interval: includes "late"
+        await watcher.call(type="ping")
+        await asyncio.sleep(SNAPSHOT_INTERVAL * 1.5)
+        await watcher.call(type="ping")
+        snapshots = [m for m in watcher.seen if m["type"] == "presence" and m.get("members")]
+        acks = [m for m in watcher.seen if m["type"] == "ack"]
+        assert len(snapshots) == 2 and len(acks) >= 100
+        assert server.presence is not None and server.presence.coalesced == 99
+        for peer in (watcher, late, *others):
+            await peer.ws.close()

@@ -14,6 +14,11 @@ every join and leave is published, since watchers elsewhere are not known here (
 presence is off by default with Redis).  Members are keyed by connection id (a user with two
 tabs is two members), which makes applying a snapshot and events idempotent.
 
+A client may ask for a fresh snapshot by joining ``$presence:R`` again, but at most one is sent
+per connection and room each ``SNAPSHOT_INTERVAL``: further requests within it are coalesced
+into one snapshot at its end.  (A snapshot of a big room is large; re-asking in a loop would
+otherwise turn a client's 100 messages a second into megabytes a second.)
+
 The snapshot is this process's registry on an in-memory hub.  With Redis it comes from the
 cluster-wide ``RoomRoster``: joins, leaves and snapshot reads go through one bounded queue, in
 order (changes written up to 1,000 per round trip), so a snapshot read after a join includes
@@ -68,6 +73,20 @@ def watched_room(room: str) -> str | None:
     return room[len(PRESENCE_PREFIX) :] if room.startswith(PRESENCE_PREFIX) else None
 
 
+SNAPSHOT_INTERVAL = 1.0
+"""Seconds between two snapshots of one room to one connection."""
+
+
+class _Window:
+    """A snapshot was sent recently; ``pending``: another was asked for meanwhile."""
+
+    __slots__ = ("handle", "pending")
+
+    def __init__(self, handle: asyncio.TimerHandle) -> None:
+        self.handle = handle
+        self.pending = False
+
+
 def _member(connection_id: str, user_id: str | None) -> dict[str, str | None]:
     return {"connection_id": connection_id, "user_id": user_id}
 
@@ -103,6 +122,9 @@ class PresenceFeed:
         """Roster changes written."""
         self.round_trips = 0
         """Batches those changes were written in."""
+        self.coalesced = 0
+        """Snapshot requests folded into a later snapshot (``SNAPSHOT_INTERVAL``)."""
+        self._windows: dict[tuple[str, str], _Window] = {}
 
     async def start(self) -> None:
         if self.roster is None:
@@ -125,6 +147,9 @@ class PresenceFeed:
                 return
 
     async def stop(self) -> None:
+        for window in self._windows.values():
+            window.handle.cancel()
+        self._windows.clear()
         await self._tasks.cancel_all()
         if self.roster is not None:
             await self.roster.stop()
@@ -170,6 +195,31 @@ class PresenceFeed:
             self._manager.deliver_to_room(watchers, encode(event))
 
     # ---------------------------------------------------------------- snapshots
+
+    def request_snapshot(self, connection: Connection, room: str) -> None:
+        """Send ``connection`` a snapshot of ``room`` now, or at the end of the current
+        ``SNAPSHOT_INTERVAL`` if it had one within it (however often it asks meanwhile)."""
+        key = (connection.connection_id, room)
+        window = self._windows.get(key)
+        if window is None:
+            self._send_and_wait(key, connection, room)
+        else:
+            window.pending = True
+            self.coalesced += 1
+
+    def _send_and_wait(self, key: tuple[str, str], connection: Connection, room: str) -> None:
+        handle = asyncio.get_running_loop().call_later(SNAPSHOT_INTERVAL, self._window_over, key)
+        self._windows[key] = _Window(handle)
+        self.snapshot(connection, room)
+
+    def _window_over(self, key: tuple[str, str]) -> None:
+        window = self._windows.pop(key)
+        if not window.pending:
+            return
+        connection_id, room = key
+        connection = self._manager.get_connection(connection_id)
+        if connection is not None and presence_room(room) in connection.rooms:
+            self._send_and_wait(key, connection, room)
 
     def snapshot(self, connection: Connection, room: str) -> None:
         """Send ``connection`` the members of ``room`` (now, or after the queued writes)."""

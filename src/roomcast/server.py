@@ -296,7 +296,19 @@ class Server:
 
     def _port_metrics(self) -> list[Sample]:
         acceptor, api = self._acceptor, self.api_stats
+        presence: list[Sample] = []
+        if self.presence is not None:
+            presence.append(
+                (
+                    "counter",
+                    "roomcast_presence_snapshots_coalesced",
+                    "Presence snapshot requests folded into a later snapshot (one a second "
+                    "per connection and room).",
+                    self.presence.coalesced,
+                )
+            )
         return [
+            *presence,
             (
                 "gauge",
                 "roomcast_max_connections",
@@ -738,7 +750,7 @@ class Server:
         watched = watched_room(room)
         if isinstance(command, JoinMessage):
             if watched is not None:
-                presence.snapshot(connection, watched)  # also after a repeated join: a resync
+                presence.request_snapshot(connection, watched)  # a repeated join: a resync
             elif joined:
                 presence.joined(connection, room)
         elif watched is None:
