@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -292,3 +293,25 @@ async def drill(own_redis: RedisServer, interval: float) -> None:
         await eventually(lambda: a.settled, timeout_units=10)
         await a.publish_broadcast("after sleep")
         assert [item["data"] for item in await inbox.wait_for(2)] == ["after kill", "after sleep"]
+
+
+async def test_publish_failures_during_an_outage_are_logged_as_their_count(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1,060 publishes refused while Redis is away: the log's counts add up to 1,060 (the
+    first at once, the rest summed when Redis is back), not one line per publish."""
+    async with pubsub(own_redis.url) as sender:
+        own_redis.kill()
+        await eventually(lambda: not sender.ready)
+        with caplog.at_level(logging.WARNING, "roomcast.redis"):
+            for n in range(1060):
+                sender.publish(Target.ROOM, "r", b"%d" % n)
+            own_redis.start()
+            await eventually(lambda: sender.ready, timeout_units=10)
+        counts = [
+            int(record.getMessage().split()[0])
+            for record in caplog.records
+            if "could not be published" in record.getMessage()
+        ]
+        assert sum(counts) == sender.stats.publish_failures >= 1060
+        assert len(counts) <= 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -788,3 +789,27 @@ async def test_reconnect_storm_after_a_restart() -> None:
             await client.close()
     finally:
         await successor.stop()
+
+
+async def test_slow_consumer_closes_are_logged_within_a_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """25 clients that never read are all closed 4008, and the log has 20 lines for them
+    (the budget), not one per close."""
+    from tests.serve_process import RawClient
+
+    async with running(send_buffer_limit=64 * 1024) as server:
+        stalled = [await RawClient.connect(server.port, "/ws/r?user_id=slow") for _ in range(25)]
+        await eventually(lambda: server.manager.active_connections == 25)
+        with caplog.at_level(logging.WARNING, "roomcast"):
+            chunk = "x" * 32_000
+            for _ in range(200):
+                if server.manager.stats.slow_consumer_closes == 25:
+                    break
+                await server.manager.broadcast_to_room("r", chunk)
+                await asyncio.sleep(0.01)
+        assert server.manager.stats.slow_consumer_closes == 25
+        lines = [r for r in caplog.records if "slow_consumer" in r.getMessage()]
+        assert len(lines) == 20
+        for client in stalled:
+            client.abort()

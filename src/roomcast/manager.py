@@ -23,6 +23,7 @@ from roomcast.errors import CapacityExceeded, CloseCode, ConnectionStateError
 from roomcast.frame import Frame, encode
 from roomcast.heartbeat import HeartbeatManager
 from roomcast.identifiers import DEFAULT_MAX_ID_BYTES, check_identifier
+from roomcast.logbudget import EventLog
 from roomcast.messages import MessageType, PingMessage, preview
 from roomcast.registry import Departure, Registry, RoomChange
 from roomcast.tasks import TaskSet
@@ -108,6 +109,7 @@ class ConnectionManager:
         self._close_timeout = close_timeout
         self._max_id_length = max_id_length
         self._max_rooms = max_rooms
+        self._events = EventLog(logger)  # one line per slow consumer, within a budget
         self._direct_writes = direct_writes
         self._registry = Registry()
         # Starlette's WebSocket is a Mapping and so unhashable: index it by identity.  The
@@ -488,8 +490,9 @@ class ConnectionManager:
                 self.stats.dropped_frames += 1
             else:
                 self.stats.slow_consumer_closes += 1
-                logger.warning(
-                    "closing slow consumer %s (user %s): send buffer over %d bytes",
+                self._events.event(
+                    "slow_consumer",
+                    "closing connection %s (user %s): send buffer over %d bytes",
                     connection.connection_id,
                     preview(connection.user_id),
                     self._send_buffer_limit,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,7 +19,7 @@ from prometheus_client.registry import Collector
 from roomcast.distributed import DistributedWebSocketManager
 from roomcast.manager import ConnectionManager
 
-__all__ = ["EventLog", "ServerCounters", "metrics_registry", "render"]
+__all__ = ["Sample", "ServerCounters", "metrics_registry", "render"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -50,26 +49,6 @@ def _task_count() -> int:
         return len(asyncio.all_tasks())
     except RuntimeError:  # scraped outside a running loop (tests)
         return 0
-
-
-class EventLog:
-    """One log line per notable event (a refused upgrade, a limit hit, a dropped client), with
-    a budget: the first ``burst`` lines of each kind, then one in ``every`` (with the count), so
-    that a flood of bad clients cannot flood the log.  Lines carry ids and reasons, never
-    tokens or message bodies; ids are escaped and cut by the caller (``preview``).
-    """
-
-    def __init__(self, logger: logging.Logger, burst: int = 20, every: int = 1000) -> None:
-        self._logger = logger
-        self._burst = burst
-        self._every = every
-        self._counts: dict[str, int] = {}
-
-    def event(self, kind: str, message: str, *args: object) -> None:
-        count = self._counts.get(kind, 0) + 1
-        self._counts[kind] = count
-        if count <= self._burst or count % self._every == 0:
-            self._logger.warning("%s (%s #%d): " + message, kind, kind, count, *args)
 
 
 class _HubCollector(Collector):

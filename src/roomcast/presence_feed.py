@@ -37,9 +37,9 @@ from typing import Any
 from roomcast.connection import Connection
 from roomcast.errors import CloseCode
 from roomcast.frame import encode
+from roomcast.logbudget import EventLog
 from roomcast.manager import ConnectionManager
 from roomcast.messages import ErrorMessage, preview
-from roomcast.metrics import EventLog
 from roomcast.protocol import PresenceMessage
 from roomcast.roster import Member, RoomRoster, RosterChange
 from roomcast.tasks import TaskSet

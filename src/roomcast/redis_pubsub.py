@@ -38,6 +38,7 @@ from roomcast.broker import BrokerStats, Channels, EnvelopeHandler, Inbound, Out
 from roomcast.envelope import Envelope, Target
 from roomcast.errors import BrokerUnavailable
 from roomcast.frame import encode
+from roomcast.logbudget import FailureTally
 from roomcast.redis_link import Link, Topology, discover, encode_channel
 from roomcast.tasks import TaskSet
 
@@ -115,6 +116,7 @@ class RedisPubSub:
         self._ready = False
         self._ready_event = asyncio.Event()
         self._lost_at: float | None = None
+        self._publish_failures = FailureTally(logger, "message(s) could not be published")
         self._handler_queue: asyncio.Queue[tuple[MessageHandler, Envelope]] = asyncio.Queue(
             handler_queue_limit
         )
@@ -345,6 +347,7 @@ class RedisPubSub:
 
     def _failed(self, result: asyncio.Future[int] | None, why: str) -> None:
         self._stats.publish_failures += 1
+        self._publish_failures.add(why)
         if result is None:
             return
         if not result.done():
@@ -354,8 +357,6 @@ class RedisPubSub:
         pending = [item for link in self._links for item in link.take_pending()]
         for _, _, result in pending:
             self._failed(result, why)
-        if pending:
-            logger.warning("%d message(s) could not be published: %s", len(pending), why)
 
     # ---------------------------------------------------------------- the supervisor
 
@@ -477,6 +478,7 @@ class RedisPubSub:
             return
         self._ready = True
         self._ready_event.set()
+        self._publish_failures.flush()
         if self._lost_at is not None:
             self._stats.reconnects += 1
             logger.warning(

@@ -62,6 +62,7 @@ from roomcast.http_api import (
 from roomcast.limits import DescriptorBudget, RateLimit
 from roomcast.limits import Verdict as RateVerdict
 from roomcast.listener import Acceptor, listening_sockets
+from roomcast.logbudget import EventLog
 from roomcast.manager import ConnectionManager, OverflowPolicy
 from roomcast.messages import (
     AckMessage,
@@ -71,7 +72,7 @@ from roomcast.messages import (
     WSMessage,
     preview,
 )
-from roomcast.metrics import EventLog, Sample, ServerCounters, metrics_registry, render
+from roomcast.metrics import Sample, ServerCounters, metrics_registry, render
 from roomcast.native import EchoTransport, FlushScheduler, NativeTransport, server_protocols
 from roomcast.presence_feed import (
     RESERVED_PREFIX,
