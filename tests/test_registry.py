@@ -176,3 +176,25 @@ RegistryMachine.TestCase.settings = settings(
     max_examples=200, stateful_step_count=40, deadline=None
 )
 test_registry_state_machine = RegistryMachine.TestCase
+
+
+def test_indexes_give_their_tables_back_after_a_crowd_leaves() -> None:
+    """After 10,000 rooms and 5,000 connections came and went, the index dicts are small
+    again (a dict never shrinks by itself)."""
+    import sys
+
+    registry = Registry()
+    connections = [Connection(None, f"u{n}") for n in range(5000)]
+    for n, connection in enumerate(connections):
+        registry.add(connection)
+        registry.join(connection.connection_id, f"a{n}")
+        registry.join(connection.connection_id, f"b{n}")
+    peak_rooms, peak_ids = sys.getsizeof(registry._rooms), sys.getsizeof(registry._by_id)
+    for connection in connections[:2500]:
+        registry.leave(connection.connection_id, f"a{connections.index(connection)}")
+    for connection in connections:
+        registry.remove(connection.connection_id)
+    assert len(registry) == 0 and not registry.rooms()
+    # What is left is sized for at most COMPACT_AFTER entries, whatever the peak was.
+    assert sys.getsizeof(registry._rooms) < peak_rooms / 8
+    assert sys.getsizeof(registry._by_id) < peak_ids / 2

@@ -11,6 +11,12 @@ Invariants (checked by the property-based tests):
 * a connection with a ``user_id`` is in that user's map iff it is registered;
 * no room and no user maps to an empty member map: empty entries are deleted at once.
 
+Memory is given back: a Python dict never shrinks its table when entries are deleted, so
+after 200,000 rooms came and went the index would keep a table sized for 200,000.  Once the
+indexes have had more deletions than twice their live entries (and at least
+``COMPACT_AFTER``, or they are empty), they are copied into right-sized dicts: O(1) amortised
+per deletion.
+
 Because nothing here awaits, a caller on the event loop can check and change the index without
 a lock: no other task runs between the two.
 """
@@ -24,7 +30,10 @@ from collections.abc import Iterator, KeysView, ValuesView
 from roomcast.connection import Connection
 from roomcast.errors import ConnectionStateError
 
-__all__ = ["Departure", "Registry", "RoomChange"]
+__all__ = ["COMPACT_AFTER", "Departure", "Registry", "RoomChange"]
+
+COMPACT_AFTER = 4096
+"""Deletions from the indexes before they may be copied into right-sized tables."""
 
 
 class RoomChange(enum.Enum):
@@ -61,9 +70,10 @@ class Departure:
 class Registry:
     """Connections indexed by id, room and user."""
 
-    __slots__ = ("_by_id", "_rooms", "_users")
+    __slots__ = ("_by_id", "_deleted", "_rooms", "_users")
 
     def __init__(self) -> None:
+        self._deleted = 0
         self._by_id: dict[str, Connection] = {}
         # Member maps are dicts keyed by connection id: ordered (stable fan-out order), O(1)
         # removal, and the key makes `exclude` checks cheap.
@@ -144,12 +154,14 @@ class Registry:
                 del self._rooms[room]
                 emptied.append(room)
         user_gone = False
+        self._deleted += 1 + len(emptied)
         if connection.user_id is not None:
             devices = self._users[connection.user_id]
             del devices[connection_id]
             if not devices:
                 del self._users[connection.user_id]
                 user_gone = True
+        self._compact_if_sparse()
         return Departure(connection, tuple(emptied), user_gone)
 
     def join(self, connection_id: str, room: str) -> RoomChange:
@@ -184,7 +196,19 @@ class Registry:
         if members:
             return RoomChange.LEFT
         del self._rooms[room]
+        self._deleted += 1
+        self._compact_if_sparse()
         return RoomChange.EMPTIED
+
+    def _compact_if_sparse(self) -> None:
+        """Copy the indexes into right-sized dicts once deletions dwarf what is left."""
+        deleted, live = self._deleted, len(self._by_id) + len(self._rooms)
+        if deleted < 2 * live or (deleted < COMPACT_AFTER and live):
+            return
+        self._by_id = dict(self._by_id)
+        self._rooms = dict(self._rooms)
+        self._users = dict(self._users)
+        self._deleted = 0
 
     def _require(self, connection_id: str) -> Connection:
         connection = self._by_id.get(connection_id)
