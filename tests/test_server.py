@@ -813,3 +813,41 @@ async def test_slow_consumer_closes_are_logged_within_a_budget(
         assert len(lines) == 20
         for client in stalled:
             client.abort()
+
+
+async def test_a_slow_consumer_that_never_reads_is_reset_after_close_timeout() -> None:
+    """A client closed with 4008 that reads nothing is reset once close_timeout passes: its
+    connection is not ESTABLISHED at either end any more (the kernel drops the unsent
+    bytes instead of holding them for minutes)."""
+    from tests.test_slow_consumer_abort import established, stalled_client
+
+    async with running(sndbuf=4096, send_buffer_limit=64 * 1024, close_timeout=0.5) as server:
+        stalled = [await stalled_client(f"ws://127.0.0.1:{server.port}", "/ws/r") for _ in range(4)]
+        await eventually(lambda: server.manager.active_connections == 4)
+        chunk = "x" * 16_000
+        for _ in range(200):
+            if server.manager.stats.slow_consumer_closes == 4:
+                break
+            await server.manager.broadcast_to_room("r", chunk)
+            await asyncio.sleep(0.005)
+        assert server.manager.stats.slow_consumer_closes == 4
+        await eventually(
+            lambda: established(server.port, stalled) == 0, what="stalled sockets reset"
+        )
+        for sock in stalled:
+            sock.close()
+
+
+async def test_an_authenticator_that_raises_gets_500_and_the_server_goes_on() -> None:
+    """A custom authenticator with a bug (it raises something other than
+    AuthenticationError) answers the upgrade with HTTP 500, not a dropped connection."""
+
+    def broken(token: str) -> Any:
+        raise ValueError("bug in the application's authenticator")
+
+    async with running(authenticator=broken) as server:
+        for _ in range(2):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url(server, "/ws"), additional_headers={"Authorization": "Bearer t"})
+            assert refused.value.response.status_code == 500
+            assert b"authenticator failed" in refused.value.response.body

@@ -24,7 +24,10 @@ This module imports picows; ``import roomcast`` does not import this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -46,6 +49,8 @@ __all__ = [
 ]
 
 _ACCEPTED = Delivery.ACCEPTED
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+"""SO_LINGER on with a zero timeout: the close sends a reset and drops what is unsent."""
 _NO_HEADERS: Any = CIMultiDictProxy(CIMultiDict())
 
 
@@ -337,9 +342,17 @@ class NativeTransport(WSListener):
             ws.send_ping()
 
     def abort(self) -> None:
-        """Drop the socket now, without a close handshake."""
+        """Drop the socket now, without a close handshake.
+
+        With a reset (SO_LINGER 0): a plain close would leave the kernel holding the unsent
+        bytes, and the connection open at the client, until TCP gives up on it minutes later.
+        """
         ws = self._ws
         if ws is not None and not ws.is_disconnected:
+            sock = self._raw.get_extra_info("socket") if self._raw is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
             ws.disconnect(graceful=False)
 
     def detach(self) -> None:

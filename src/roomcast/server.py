@@ -523,7 +523,14 @@ class Server:
 
     def _verify(self, token: str) -> Identity:
         assert self.config.authenticator is not None
-        identity = self.config.authenticator(token)
+        try:
+            identity = self.config.authenticator(token)
+        except AuthenticationError:
+            raise
+        except Exception as exc:  # a bug in a custom authenticator: the client is not to blame
+            logger.error("the authenticator failed: %r", exc)
+            why = "server misconfigured: the authenticator failed"
+            raise AuthenticationError(why, 500) from exc
         if not isinstance(identity, Identity):
             raise AuthenticationError("server misconfigured: the authenticator must be sync", 500)
         return identity
