@@ -572,11 +572,8 @@ class Server:
         self.manager.attach(connection)
         room, transport.initial_room = transport.initial_room, None
         if room is not None:
-            try:
-                self.manager.join(connection, room)
-            except CapacityExceeded as exc:  # (checked at the upgrade; kept for safety)
-                transport.close(CloseCode.TRY_AGAIN_LATER, str(exc))
-                return
+            # (_route checked can_open: picows calls this in the same callback.)
+            self.manager.join(connection, room)
             if self.presence is not None:
                 self.presence.joined(connection, room)
         if self.heartbeat is not None:
