@@ -113,6 +113,13 @@ SPECS: dict[str, Spec] = {
             path=f"/ws/{ROOM}",
         ),
         Spec(
+            "roomcast-ref",
+            "`roomcast serve` from the source tree in $BENCH_ROOMCAST_REF (e.g. a git worktree "
+            "of the previous commit): a before/after pair in one run",
+            "roomcast",
+            path=f"/ws/{ROOM}",
+        ),
+        Spec(
             "roomcast-nofreeze",
             "`roomcast serve` with gc.freeze a no-op (cyclic GC left alone)",
             "roomcast",
@@ -218,6 +225,12 @@ class Target:
             if spec.gc_mode:
                 script = str(BENCH_DIR / "peers" / "roomcast_launch.py")
                 command = [sys.executable, script, spec.gc_mode, str(stats_path), *serve]
+            elif spec.name == "roomcast-ref":
+                reference = os.environ.get("BENCH_ROOMCAST_REF")
+                if not reference:
+                    raise SystemExit("roomcast-ref needs BENCH_ROOMCAST_REF=<checkout of roomcast>")
+                env["PYTHONPATH"] = str(Path(reference) / "src")
+                command = [sys.executable, "-m", "roomcast.cli", *serve]
             else:
                 command = [str(VENV_BIN / "roomcast"), *serve]
         elif spec.uvicorn:
