@@ -154,10 +154,10 @@ async def test_subscriptions_follow_local_interest(hub: Hub, prefix: str) -> Non
     assert hub.channels() == expected
     connection = instance.get_connection(connection_id)
     assert connection is not None
-    instance.join(connection, "extra")
+    instance.hub.join(connection, "extra")
     await hub.settle()
     assert f"{prefix}:room:extra" in hub.channels()
-    instance.leave(connection, "extra")
+    instance.hub.leave(connection, "extra")
     await hub.settle()
     assert hub.channels() == expected
     await client.close()
@@ -181,13 +181,14 @@ async def test_close_reaches_remote_members(hub: Hub) -> None:
 
 
 async def test_native_paths_publish_too(hub: Hub) -> None:
-    """deliver_to_room / deliver_to_user (the native server's paths) reach other instances."""
+    """Hub.deliver of encoded frames (the native server's path) reaches other instances."""
     from roomcast import encode
+    from roomcast.envelope import Target
 
     b, _ = await hub.client(1, "lobby", "bob")
-    assert hub.managers[0].deliver_to_room("lobby", encode("room frame")) == 0
+    assert hub.managers[0].hub.deliver(Target.ROOM, "lobby", encode("room frame")) == 0
     assert await recv(b) == "room frame"
-    assert hub.managers[0].deliver_to_user("bob", encode("user frame")) == 0
+    assert hub.managers[0].hub.deliver(Target.USER, "bob", encode("user frame")) == 0
     assert await recv(b) == "user frame"
     assert hub.managers[0].broker_stats.published >= 2
 
@@ -213,9 +214,9 @@ async def test_leaving_and_rejoining_at_once_keeps_the_subscription(hub: Hub) ->
     connection = instance.get_connection(connection_id)
     assert connection is not None
     for _ in range(20):
-        instance.leave(connection, "lobby")
+        instance.hub.leave(connection, "lobby")
         await asyncio.sleep(0)
-        instance.join(connection, "lobby")
+        instance.hub.join(connection, "lobby")
         await asyncio.sleep(0)
     await hub.settle()
     assert instance.ready and instance.broker_stats.reconnects == 0

@@ -40,15 +40,15 @@ async def fill(server: Server, tag: str) -> list[ClientConnection]:
     for client in clients:
         for _ in range(ROOMS_EACH):
             assert json.loads(await recv(client))["type"] == "ack"
-    await eventually(lambda: len(server.manager.active_rooms) == CLIENTS * ROOMS_EACH)
+    await eventually(lambda: len(server.hub.active_rooms) == CLIENTS * ROOMS_EACH)
     return clients
 
 
 async def leave(server: Server, clients: list[ClientConnection]) -> None:
     for client in clients:
         await client.close()
-    await eventually(lambda: server.manager.active_connections == 0, timeout_units=20)
-    assert server.manager.active_rooms == []
+    await eventually(lambda: server.hub.active_connections == 0, timeout_units=20)
+    assert server.hub.active_rooms == []
     gc.collect()
 
 

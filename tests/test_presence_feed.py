@@ -206,7 +206,7 @@ async def test_presence_and_stats_span_instances(shared_redis: RedisServer, pref
 
         # A dead instance's members, purged by a survivor, are announced as gone.
         assert one.presence is not None
-        one.presence.departed("lobby", [("c0ffee", "zed")])
+        one.presence.purged("lobby", [("c0ffee", "zed")])
         gone = await ann.next("presence", room="lobby", joined=None, members=None)
         assert gone["left"] == {"connection_id": "c0ffee", "user_id": "zed"}
         await ann.ws.close()
@@ -240,8 +240,8 @@ async def test_a_full_queue_drops_and_redis_is_rewritten_from_memory(
         instance_ttl=3.0,
         refresh_interval=0.3,
     )
-    server.presence = PresenceFeed(server.manager, server.events, roster, queue_limit=2)
-    server.manager.on_departure = server._departed
+    server.presence = PresenceFeed(server.hub, server.events, roster, queue_limit=2)
+    server.hub.observe(server.presence)
     await server.start()
     try:
         ann = await Peer.open(server, "ann")
@@ -279,14 +279,14 @@ async def test_a_slow_consumer_closed_by_the_manager_is_announced_as_gone() -> N
         await bob.call(type="join", room="lobby")
         await ann.call(type="join", room="$presence:lobby")
         await ann.next("presence", room="lobby")  # the snapshot
-        (connection,) = server.manager.get_user_connections("bob")
+        (connection,) = server.hub.get_user_connections("bob")
         frame = encode(RoomMessage(room="lobby", data="x" * 60_000))
         for _ in range(2000):  # bob reads nothing: his buffers fill, then he is cut off
-            if server.manager.stats.slow_consumer_closes:
+            if server.hub.stats.slow_consumer_closes:
                 break
-            server.manager.deliver_to(connection, frame)
+            server.hub.deliver_to(connection, frame)
             await asyncio.sleep(0)
-        assert server.manager.stats.slow_consumer_closes == 1
+        assert server.hub.stats.slow_consumer_closes == 1
         left = await ann.next("presence", room="lobby", joined=None, members=None)
         assert left["left"]["user_id"] == "bob"
         await ann.ws.close()

@@ -98,9 +98,9 @@ async def test_churn_on_a_shard_does_not_look_like_a_moved_slot(cluster: list[Re
         await eventually(lambda: managers[1].active_connections == 1 and managers[1].broker.settled)
         (connection,) = managers[1].get_user_connections("u")
         for _ in range(20):
-            managers[1].leave(connection, "churn")
+            managers[1].hub.leave(connection, "churn")
             await asyncio.sleep(0)
-            managers[1].join(connection, "churn")
+            managers[1].hub.join(connection, "churn")
             await asyncio.sleep(0)
         await eventually(lambda: managers[1].broker.settled)
         assert managers[1].ready and managers[1].broker_stats.reconnects == 0

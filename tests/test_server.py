@@ -19,6 +19,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from roomcast import CloseCode
+from roomcast.envelope import Target
+from roomcast.frame import encode
 from roomcast.server import Server, ServerConfig
 from tests.support import connect, eventually, listening_socket, recv, seconds
 
@@ -69,14 +71,14 @@ async def test_join_publish_leave_round_trip() -> None:
         assert delivered["sender"] == "alice" and delivered["data"] == {"t": "hi"}
         assert delivered["event_id"] == "p1"
         assert (await call(bob, type="leave", room="lobby", event_id="l1"))["type"] == "ack"
-        assert server.manager.get_room_members("lobby")[0].user_id == "alice"
+        assert server.hub.get_room_members("lobby")[0].user_id == "alice"
         pong = await call(bob, type="ping", event_id="k1")
         assert pong["type"] == "pong" and pong["ping_event_id"] == "k1"
         with pytest.raises(TimeoutError):
             await recv(alice, timeout_units=0.1)
         await alice.close()
         await bob.close()
-        await eventually(lambda: server.manager.active_connections == 0)
+        await eventually(lambda: server.hub.active_connections == 0)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +125,7 @@ async def test_unacceptable_frames_close_only_the_sender(send: str | bytes, code
         assert sender.close_code == code
         assert (await call(neighbour, type="publish", room="r", data=1))["type"] == "ack"
         await neighbour.close()
-        await eventually(lambda: server.manager.active_connections == 0)
+        await eventually(lambda: server.hub.active_connections == 0)
 
 
 async def test_invalid_utf8_is_closed_with_1007() -> None:
@@ -185,7 +187,7 @@ async def test_slow_consumer_is_closed_with_4008_and_others_get_everything() -> 
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
         stalled = await connect(url(server, "/ws/r"), sock=sock, max_queue=1)
-        await eventually(lambda: server.manager.active_connections == 2)
+        await eventually(lambda: server.hub.active_connections == 2)
         got = 0
 
         async def read_all() -> None:
@@ -198,12 +200,12 @@ async def test_slow_consumer_is_closed_with_4008_and_others_get_everything() -> 
         task = asyncio.create_task(read_all())
         payload = "x" * 4096
         for _ in range(400):
-            await server.manager.broadcast_to_room("r", payload)
+            server.hub.deliver(Target.ROOM, "r", encode(payload))
             await asyncio.sleep(0)
         async with asyncio.timeout(seconds(20)):
             await task
-        assert server.manager.stats.slow_consumer_closes == 1
-        assert server.manager.active_connections == 1
+        assert server.hub.stats.slow_consumer_closes == 1
+        assert server.hub.active_connections == 1
         with pytest.raises(ConnectionClosed):
             async with asyncio.timeout(seconds(20)):
                 async for _ in stalled:
@@ -218,7 +220,7 @@ async def test_stop_closes_every_client_with_1001_and_refuses_new_ones() -> None
     await server.start()
     address = url(server, "/ws/r")
     clients = [await connect(address) for _ in range(50)]
-    await eventually(lambda: server.manager.active_connections == 50)
+    await eventually(lambda: server.hub.active_connections == 50)
     async with asyncio.timeout(seconds(10)):
         await server.stop()
     for client in clients:
@@ -226,7 +228,7 @@ async def test_stop_closes_every_client_with_1001_and_refuses_new_ones() -> None
             await recv(client)
         assert client.close_code == CloseCode.GOING_AWAY
         assert "reconnect" in (client.close_reason or "")
-    assert server.manager.active_connections == 0
+    assert server.hub.active_connections == 0
     with pytest.raises(OSError):
         await connect(address)
 
@@ -294,7 +296,7 @@ async def test_publish_api_delivers_to_rooms_and_users() -> None:
         member = await connect(url(server, "/ws/r?user_id=a"))
         phone = await connect(url(server, "/ws?user_id=b"))
         laptop = await connect(url(server, "/ws?user_id=b"))
-        await eventually(lambda: server.manager.active_connections == 3)
+        await eventually(lambda: server.hub.active_connections == 3)
         room_body = json.dumps({"room": "r", "data": {"n": 1}}).encode()
         assert await http_request(server.api_port, publish_request(room_body)) == (
             200,
@@ -334,7 +336,7 @@ async def test_a_batch_bigger_than_a_send_buffer_is_refused_whole() -> None:
             b'{"delivered": 20}\n'
         )
         assert len([await recv(member) for _ in range(20)]) == 20
-        assert server.manager.stats.slow_consumer_closes == 0
+        assert server.hub.stats.slow_consumer_closes == 0
         await member.close()
 
 
@@ -415,9 +417,9 @@ async def test_a_burst_in_one_iteration_arrives_whole_and_in_order() -> None:
     """Ten broadcasts queued in one loop iteration reach every member, in order."""
     async with running() as server:
         clients = [await connect(url(server, "/ws/r")) for _ in range(5)]
-        await eventually(lambda: server.manager.active_connections == 5)
+        await eventually(lambda: server.hub.active_connections == 5)
         for seq in range(10):
-            await server.manager.broadcast_to_room("r", str(seq))
+            server.hub.deliver(Target.ROOM, "r", encode(str(seq)))
         for client in clients:
             assert [await recv(client) for _ in range(10)] == [str(i) for i in range(10)]
             await client.close()
@@ -438,15 +440,15 @@ async def test_heartbeat_drops_a_client_that_stops_answering_and_keeps_the_other
         )
         async with asyncio.timeout(seconds(5)):
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-        await eventually(lambda: server.manager.active_connections == 2)
+        await eventually(lambda: server.hub.active_connections == 2)
         began = asyncio.get_running_loop().time()
-        await eventually(lambda: server.manager.active_connections == 1, timeout_units=10)
+        await eventually(lambda: server.hub.active_connections == 1, timeout_units=10)
         assert asyncio.get_running_loop().time() - began <= 2 * interval + seconds(1.5)
-        assert server.manager.get_user_connections("ok")
+        assert server.hub.get_user_connections("ok")
         assert server.counters.heartbeat_timeouts == 1
         assert server.heartbeat is not None and server.heartbeat.watched == 1
         await asyncio.sleep(3 * interval)
-        assert server.manager.get_user_connections("ok")  # still answering
+        assert server.hub.get_user_connections("ok")  # still answering
         health = server.heartbeat.get_all_health_metrics()
         (only,) = health.values()
         assert only.alive and only.rtt is not None
@@ -487,7 +489,7 @@ async def test_jwt_on_the_upgrade_refuses_before_anything_is_registered(
                 await connect(url(server, "/ws/r?user_id=mallory"), additional_headers=headers)
             assert refused.value.response.status_code == 401
             assert expired.encode() not in refused.value.response.body
-        assert server.manager.active_connections == 0
+        assert server.hub.active_connections == 0
         assert server.counters.auth_failures == 3
         assert expired not in caplog.text
 
@@ -501,8 +503,8 @@ async def test_jwt_on_the_upgrade_refuses_before_anything_is_registered(
         )
         assert by_protocol.subprotocol == "bearer"
         by_query = await connect(url(server, f"/ws/r?token={jwt_token(sub='carol')}"))
-        await eventually(lambda: server.manager.active_connections == 3)
-        users = {c.user_id for c in server.manager.get_room_members("r")}
+        await eventually(lambda: server.hub.active_connections == 3)
+        users = {c.user_id for c in server.hub.get_room_members("r")}
         assert users == {"alice", "bob", "carol"}
         for client in (by_header, by_protocol, by_query):
             await client.close()
@@ -539,7 +541,7 @@ async def test_token_expiry_warns_then_closes_unless_a_fresh_token_arrives() -> 
         assert lapsing.close_code == CloseCode.TOKEN_EXPIRED
         assert server.counters.token_expiries == 1
         await asyncio.sleep(seconds(1))
-        assert server.manager.get_user_connections("bob")  # renewed: still connected
+        assert server.hub.get_user_connections("bob")  # renewed: still connected
         await renewing.close()
 
 
@@ -561,7 +563,7 @@ async def test_foreign_origins_are_refused() -> None:
             assert refused.value.response.status_code == 403
         good = await connect(url(server), origin="https://chat.example")
         plain = await connect(url(server))
-        await eventually(lambda: server.manager.active_connections == 2)
+        await eventually(lambda: server.hub.active_connections == 2)
         assert server.counters.refused_upgrades == len(tricks)
         await good.close()
         await plain.close()
@@ -578,7 +580,7 @@ async def test_limits_rate_rooms_and_connections_per_user(
     ) as server:
         flooder = await connect(url(server, "/ws/r?user_id=flood"))
         neighbour = await connect(url(server, "/ws/r?user_id=calm"))
-        await eventually(lambda: server.manager.active_connections == 2)
+        await eventually(lambda: server.hub.active_connections == 2)
         for n in range(200):
             await flooder.send(json.dumps({"type": "publish", "room": "r", "data": n}))
         answers = []
@@ -657,7 +659,7 @@ async def test_handshake_abuse_is_refused_and_the_server_keeps_serving(
         answer = await handshake(server.port, request_bytes)
         assert not answer.startswith(b"HTTP/1.1 101")
         assert answer == b"" or answer.startswith(b"HTTP/1.1 4") or answer.startswith(b"HTTP/1.1 5")
-        assert server.manager.active_connections == 0
+        assert server.hub.active_connections == 0
         client = await connect(url(server, "/ws/r?user_id=ok"))
         assert (await call(client, type="ping"))["type"] == "pong"
         await client.close()
@@ -678,7 +680,7 @@ async def test_ids_with_control_characters_or_too_long_are_refused(
             assert refused.value.response.status_code == 400
         assert b"control characters" in refused.value.response.body
         client = await connect(url(server, "/ws/r?user_id=" + urllib.parse.quote("😀" * 64)))
-        await eventually(lambda: server.manager.active_connections == 1)
+        await eventually(lambda: server.hub.active_connections == 1)
         await client.close()
         assert "\x1b" not in caplog.text and "\r\nINJECTED" not in caplog.text
 
@@ -699,7 +701,7 @@ async def test_joins_past_max_rooms_are_refused_with_1013() -> None:
         bob = await connect(url(server, "/ws/a?user_id=bob"))  # an existing room: fine
         assert (await call(alice, type="leave", room="c"))["type"] == "ack"
         assert (await call(alice, type="join", room="d"))["type"] == "ack"
-        assert sorted(server.manager.active_rooms) == ["a", "b", "d"]
+        assert sorted(server.hub.active_rooms) == ["a", "b", "d"]
         await alice.close()
         await bob.close()
 
@@ -723,7 +725,7 @@ async def test_room_ids_are_limited_in_bytes_and_free_of_control_characters(
         client = await connect(url(server, "/ws?user_id=u"))
         answer = await call(client, type="join", room=room)
         assert answer["type"] == "error" and why in answer["error"]
-        assert server.manager.active_rooms == []
+        assert server.hub.active_rooms == []
         await client.close()
 
 
@@ -735,7 +737,7 @@ async def test_cross_user_isolation_under_concurrent_sends() -> None:
             f"user{u}": [await connect(url(server, f"/ws?user_id=user{u}")) for _ in range(2)]
             for u in range(50)
         }
-        await eventually(lambda: server.manager.active_connections == 100)
+        await eventually(lambda: server.hub.active_connections == 100)
 
         async def send_all(user: str) -> None:
             for n in range(10):
@@ -781,7 +783,7 @@ async def test_reconnect_storm_after_a_restart() -> None:
         again = await asyncio.gather(
             *(connect(f"ws://127.0.0.1:{port}/ws/r?user_id=u{n}") for n in range(1000))
         )
-        await eventually(lambda: successor.manager.active_connections == 1000)
+        await eventually(lambda: successor.hub.active_connections == 1000)
         elapsed = asyncio.get_running_loop().time() - began
         print(f"reconnect storm: 1000 clients back in {elapsed:.2f} s")
         assert successor.counters.refused_upgrades == 0
@@ -800,15 +802,15 @@ async def test_slow_consumer_closes_are_logged_within_a_budget(
 
     async with running(send_buffer_limit=64 * 1024) as server:
         stalled = [await RawClient.connect(server.port, "/ws/r?user_id=slow") for _ in range(25)]
-        await eventually(lambda: server.manager.active_connections == 25)
+        await eventually(lambda: server.hub.active_connections == 25)
         with caplog.at_level(logging.WARNING, "roomcast"):
             chunk = "x" * 32_000
             for _ in range(200):
-                if server.manager.stats.slow_consumer_closes == 25:
+                if server.hub.stats.slow_consumer_closes == 25:
                     break
-                await server.manager.broadcast_to_room("r", chunk)
+                server.hub.deliver(Target.ROOM, "r", encode(chunk))
                 await asyncio.sleep(0.01)
-        assert server.manager.stats.slow_consumer_closes == 25
+        assert server.hub.stats.slow_consumer_closes == 25
         lines = [r for r in caplog.records if "slow_consumer" in r.getMessage()]
         assert len(lines) == 20
         for client in stalled:
@@ -823,14 +825,14 @@ async def test_a_slow_consumer_that_never_reads_is_reset_after_close_timeout() -
 
     async with running(sndbuf=4096, send_buffer_limit=64 * 1024, close_timeout=0.5) as server:
         stalled = [await stalled_client(f"ws://127.0.0.1:{server.port}", "/ws/r") for _ in range(4)]
-        await eventually(lambda: server.manager.active_connections == 4)
+        await eventually(lambda: server.hub.active_connections == 4)
         chunk = "x" * 16_000
         for _ in range(200):
-            if server.manager.stats.slow_consumer_closes == 4:
+            if server.hub.stats.slow_consumer_closes == 4:
                 break
-            await server.manager.broadcast_to_room("r", chunk)
+            server.hub.deliver(Target.ROOM, "r", encode(chunk))
             await asyncio.sleep(0.005)
-        assert server.manager.stats.slow_consumer_closes == 4
+        assert server.hub.stats.slow_consumer_closes == 4
         await eventually(
             lambda: established(server.port, stalled) == 0, what="stalled sockets reset"
         )

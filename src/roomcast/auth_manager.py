@@ -96,15 +96,18 @@ class AuthConnectionManager:
         self.config = config
         hub_options.setdefault("ping_interval", config.ping_interval)
         hub_options.setdefault("pong_timeout", config.pong_timeout)
-        self.hub = DistributedWebSocketManager(
+        self.manager = DistributedWebSocketManager(
             config.redis_url, prefix=config.key_prefix, **hub_options
         )
+        """The face that accepts websockets and sends (over Redis to every instance)."""
+        self.hub = self.manager.hub
+        """The registry and fan-out under it."""
         self._redis = redis.asyncio.Redis.from_url(
             config.redis_url, max_connections=config.max_redis_connections
         )
         self.presence = PresenceRegistry(
             self._redis,
-            self.hub.broker.instance_id.hex(),
+            self.manager.broker.instance_id.hex(),
             prefix=config.key_prefix,
             connection_ttl=config.connection_ttl,
             instance_ttl=config.instance_ttl,
@@ -118,7 +121,7 @@ class AuthConnectionManager:
 
     async def initialize(self) -> None:
         """Connect to Redis (pub/sub and registry) and start the refresh and expiry loops."""
-        await self.hub.start()
+        await self.manager.start()
         await self.presence.start()
         self._tasks.spawn(
             run_expiry(self._expiry, self._expiry_changed, self._expiry_step),
@@ -128,9 +131,9 @@ class AuthConnectionManager:
     async def close(self) -> None:
         """Close local connections (1001), remove this instance's records, disconnect."""
         await self._tasks.cancel_all()
-        await self.hub.close_all()
+        await self.manager.close_all()
         await self.presence.stop()
-        await self.hub.stop()
+        await self.manager.stop()
         await self._redis.aclose()
 
     # ---------------------------------------------------------------- connections
@@ -178,14 +181,14 @@ class AuthConnectionManager:
         except AuthenticationError as exc:
             await _refuse(websocket, exc)
             raise
-        connection = await self.hub.connect(
+        connection = await self.manager.connect(
             websocket, None, identity.user_id, metadata, subprotocol=protocol
         )
         connection_id = connection.connection_id
         if not await self.presence.add(
             connection_id, identity.user_id, self.config.max_connections_per_user
         ):
-            self.hub.disconnect(websocket)
+            self.manager.disconnect(websocket)
             await websocket.close(code=CloseCode.POLICY_VIOLATION, reason="too many connections")
             raise AuthenticationError("too many connections for this user", 403)
         # Known (and joinable) from here on, once the registry has its record.
@@ -307,16 +310,16 @@ class AuthConnectionManager:
     ) -> int:
         """Send to every connection of ``user_id`` on every instance (message first, as in
         the seed); returns the local deliveries."""
-        return await self.hub.send_to_user(user_id, message, type)
+        return await self.manager.send_to_user(user_id, message, type)
 
     async def broadcast(self, message: Any, type: MessageType | None = None) -> int:
         """Send to every connection on every instance; returns the local deliveries."""
-        return await self.hub.broadcast(message, type)
+        return await self.manager.broadcast(message, type)
 
     async def broadcast_to_room(
         self, room: str, message: Any, type: MessageType | None = None
     ) -> int:
-        return await self.hub.broadcast_to_room(room, message, type)
+        return await self.manager.broadcast_to_room(room, message, type)
 
     # ---------------------------------------------------------------- cluster-wide queries
 

@@ -1,6 +1,6 @@
 """Prometheus metrics of a server, read from its counters when scraped.
 
-Nothing here runs per message: the manager and the server keep plain integer counters, and this
+Nothing here runs per message: the hub and the server keep plain integer counters, and this
 collector turns them into metric families only when ``/metrics`` is requested.  Each server has
 its own ``CollectorRegistry`` (no process-global registry), so several servers or tests in one
 process do not collide.
@@ -16,15 +16,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from roomcast.distributed import DistributedWebSocketManager
-from roomcast.manager import ConnectionManager
+from roomcast.broker import Broker
+from roomcast.hub import Hub
 
 __all__ = ["Sample", "ServerCounters", "metrics_registry", "render"]
 
 
 @dataclasses.dataclass(slots=True)
 class ServerCounters:
-    """What the server counts itself (the manager counts what it sends)."""
+    """What the server counts itself (the hub counts what it sends)."""
 
     messages_in: int = 0
     bytes_in: int = 0
@@ -54,20 +54,20 @@ def _task_count() -> int:
 class _HubCollector(Collector):
     def __init__(
         self,
-        manager: ConnectionManager,
+        hub: Hub,
         counters: ServerCounters,
         buffered_bytes: Callable[[], int],
     ) -> None:
-        self._manager = manager
+        self._hub = hub
         self._counters = counters
         self._buffered_bytes = buffered_bytes
 
     def collect(self) -> Iterator[Metric]:
-        manager, counters, stats = self._manager, self._counters, self._manager.stats
+        hub, counters, stats = self._hub, self._counters, self._hub.stats
         yield GaugeMetricFamily(
-            "roomcast_connections", "Open WebSocket connections.", manager.active_connections
+            "roomcast_connections", "Open WebSocket connections.", hub.active_connections
         )
-        yield GaugeMetricFamily("roomcast_rooms", "Rooms with members.", len(manager.active_rooms))
+        yield GaugeMetricFamily("roomcast_rooms", "Rooms with members.", len(hub.active_rooms))
         yield GaugeMetricFamily(
             "roomcast_tasks", "asyncio tasks alive in the process.", _task_count()
         )
@@ -139,12 +139,12 @@ class _HubCollector(Collector):
         )
         for name, documentation, value in counter_values:
             yield CounterMetricFamily(name, documentation, value)
-        if isinstance(manager, DistributedWebSocketManager):
-            yield from _broker_metrics(manager)
+        if hub.broker is not None:
+            yield from _broker_metrics(hub.broker)
 
 
-def _broker_metrics(manager: DistributedWebSocketManager) -> Iterator[Metric]:
-    broker, stats = manager.broker, manager.broker_stats
+def _broker_metrics(broker: Broker) -> Iterator[Metric]:
+    stats = broker.stats
     yield GaugeMetricFamily(
         "roomcast_broker_ready", "1 while connected and subscribed to the broker.", broker.ready
     )
@@ -183,7 +183,7 @@ class _SampleCollector(Collector):
 
 
 def metrics_registry(
-    manager: ConnectionManager,
+    hub: Hub,
     counters: ServerCounters,
     buffered_bytes: Callable[[], int],
     more: Callable[[], Iterable[Sample]] | None = None,
@@ -191,7 +191,7 @@ def metrics_registry(
     """A registry exposing one server's metrics (``more``: further samples, read at each
     scrape)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_HubCollector(manager, counters, buffered_bytes))
+    registry.register(_HubCollector(hub, counters, buffered_bytes))
     if more is not None:
         registry.register(_SampleCollector(more))
     return registry

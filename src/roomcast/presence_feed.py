@@ -35,10 +35,11 @@ import logging
 from typing import Any
 
 from roomcast.connection import Connection
+from roomcast.envelope import Target
 from roomcast.errors import CloseCode
 from roomcast.frame import encode
+from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
-from roomcast.manager import ConnectionManager
 from roomcast.messages import ErrorMessage, preview
 from roomcast.protocol import PresenceMessage
 from roomcast.roster import Member, RoomRoster, RosterChange
@@ -95,7 +96,8 @@ class PresenceFeed:
     """Presence events and snapshots for one server.
 
     Args:
-        manager: The hub (its ``deliver_to_room`` spreads events over Redis when distributed).
+        hub: The hub (its deliveries spread events over Redis when it has a broker); the feed
+            observes it (``hub.observe(feed)``) to hear of joins, leaves and departures.
         events: Where refused work is logged, with a budget.
         roster: The cluster-wide roster (with Redis); None answers from ``manager``.
         queue_limit: Roster operations that may wait; beyond it they are dropped and
@@ -104,12 +106,12 @@ class PresenceFeed:
 
     def __init__(
         self,
-        manager: ConnectionManager,
+        hub: Hub,
         events: EventLog,
         roster: RoomRoster | None = None,
         queue_limit: int = 100_000,
     ) -> None:
-        self._manager = manager
+        self._hub = hub
         self._events = events
         self.roster = roster
         self._ops: asyncio.Queue[RosterChange | Read] = asyncio.Queue(queue_limit)
@@ -156,23 +158,30 @@ class PresenceFeed:
 
     # ---------------------------------------------------------------- membership events
 
+    # HubObserver: joins, leaves and departures of rooms that are not the server's.
+
     def joined(self, connection: Connection, room: str) -> None:
-        """``connection`` became a member of ``room`` (not a reserved one)."""
+        """``connection`` became a member of ``room``."""
+        if room.startswith(RESERVED_PREFIX):
+            return
         self._announce(room, joined=_member(connection.connection_id, connection.user_id))
         if self.roster is not None:
             self._queue(RosterChange(True, room, connection.connection_id, connection.user_id))
 
     def left(self, connection: Connection, room: str) -> None:
+        """``connection`` left ``room``."""
+        if room.startswith(RESERVED_PREFIX):
+            return
         self._announce(room, left=_member(connection.connection_id, connection.user_id))
         if self.roster is not None:
             self._queue(RosterChange(False, room, connection.connection_id, connection.user_id))
 
-    def gone(self, connection: Connection, rooms: list[str]) -> None:
-        """``connection`` closed while a member of ``rooms`` (reserved ones excluded)."""
-        for room in rooms:
+    def departed(self, connection: Connection) -> None:
+        """``connection`` went, however it went: its rooms hear it left."""
+        for room in connection.rooms:
             self.left(connection, room)
 
-    def departed(self, room: str, members: list[Member]) -> None:
+    def purged(self, room: str, members: list[Member]) -> None:
         """A dead instance's members of ``room`` were purged: its watchers hear they left."""
         for connection_id, user_id in members:
             self._announce(room, left=_member(connection_id, user_id))
@@ -190,9 +199,9 @@ class PresenceFeed:
         left: dict[str, str | None] | None = None,
     ) -> None:
         watchers = presence_room(room)
-        if self._manager.has_listeners(watchers):  # no encoding where nobody watches
+        if self._hub.reaches(Target.ROOM, watchers):  # no encoding where nobody watches
             event = PresenceMessage(room=room, joined=joined, left=left)
-            self._manager.deliver_to_room(watchers, encode(event))
+            self._hub.deliver(Target.ROOM, watchers, encode(event))
 
     # ---------------------------------------------------------------- snapshots
 
@@ -217,7 +226,7 @@ class PresenceFeed:
         if not window.pending:
             return
         connection_id, room = key
-        connection = self._manager.get_connection(connection_id)
+        connection = self._hub.get_connection(connection_id)
         if connection is not None and presence_room(room) in connection.rooms:
             self._send_and_wait(key, connection, room)
 
@@ -226,25 +235,25 @@ class PresenceFeed:
         if self.roster is None:
             members = [
                 _member(member.connection_id, member.user_id)
-                for member in self._manager.get_room_members(room)
+                for member in self._hub.get_room_members(room)
             ]
             self._send(connection, room, members)
         else:
             self._queue(Read(connection, room))
 
     def _send(self, connection: Connection, room: str, members: list[dict[str, Any]]) -> None:
-        if self._manager.get_connection(connection.connection_id) is connection:
+        if self._hub.get_connection(connection.connection_id) is connection:
             snapshot = PresenceMessage(room=room, members=members)
-            self._manager.deliver_to(connection, encode(snapshot))
+            self._hub.deliver_to(connection, encode(snapshot))
 
     def _unavailable(self, connection: Connection, room: str, why: str) -> None:
         """Say so rather than send a partial list; the client may watch again later."""
-        if self._manager.get_connection(connection.connection_id) is connection:
+        if self._hub.get_connection(connection.connection_id) is connection:
             error = ErrorMessage(
                 error=f"presence of {preview(room)} unavailable ({why})",
                 code=CloseCode.TRY_AGAIN_LATER,
             )
-            self._manager.deliver_to(connection, encode(error))
+            self._hub.deliver_to(connection, encode(error))
 
     # ---------------------------------------------------------------- the roster queue
 

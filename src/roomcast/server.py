@@ -46,7 +46,7 @@ from roomcast.auth import (
     token_from_request,
 )
 from roomcast.connection import Connection
-from roomcast.distributed import DistributedWebSocketManager
+from roomcast.envelope import Target
 from roomcast.errors import CapacityExceeded, CloseCode, InvalidIdentifier, InvalidMessage
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
 from roomcast.frame import encode
@@ -59,11 +59,11 @@ from roomcast.http_api import (
     key_matches,
     serve_api,
 )
+from roomcast.hub import Hub, OverflowPolicy
 from roomcast.limits import DescriptorBudget, RateLimit
 from roomcast.limits import Verdict as RateVerdict
 from roomcast.listener import Acceptor, listening_sockets
 from roomcast.logbudget import EventLog
-from roomcast.manager import ConnectionManager, OverflowPolicy
 from roomcast.messages import (
     AckMessage,
     ErrorMessage,
@@ -188,19 +188,20 @@ class Server:
 
     Args:
         config: Listening address and limits.
-        manager: The hub to serve; a new ``ConnectionManager`` if omitted.
+        hub: The hub to serve; a new one from ``config`` if omitted (with a Redis broker
+            when ``config.redis_url`` is set).
     """
 
-    def __init__(self, config: ServerConfig, manager: ConnectionManager | None = None) -> None:
+    def __init__(self, config: ServerConfig, hub: Hub | None = None) -> None:
         self.config = config
-        self.manager = manager or _new_manager(config)
+        self.hub = hub or _new_hub(config)
         self.send_buffer_limit = config.send_buffer_limit
         self.close_timeout = config.close_timeout
         self.max_message_size = config.max_message_size
         self.counters = ServerCounters()
         self.events = EventLog(logger)
         self._metrics = metrics_registry(
-            self.manager, self.counters, self._buffered_bytes, self._port_metrics
+            self.hub, self.counters, self._buffered_bytes, self._port_metrics
         )
         self.budget = self._plan_descriptors()
         self.max_connections = self.budget.connections
@@ -229,8 +230,8 @@ class Server:
         self._redis: Any = None
         self.presence: PresenceFeed | None = None
         if config.presence if config.presence is not None else config.redis_url is None:
-            self.presence = PresenceFeed(self.manager, self.events, self._new_roster())
-            self.manager.on_departure = self._departed
+            self.presence = PresenceFeed(self.hub, self.events, self._new_roster())
+            self.hub.observe(self.presence)
         self._static = _load_static(config.demo)
 
     def _new_roster(self) -> Any:
@@ -249,18 +250,12 @@ class Server:
             self.instance_id,
             prefix=self.config.channel_prefix,
             on_departed=lambda room, members: (
-                self.presence.departed(room, members) if self.presence else None
+                self.presence.purged(room, members) if self.presence else None
             ),
             on_restored=lambda room, members: (
                 self.presence.restored(room, members) if self.presence else None
             ),
         )
-
-    def _departed(self, connection: Connection) -> None:
-        """The manager let a connection go (however it went): its rooms hear it left."""
-        assert self.presence is not None
-        rooms = [room for room in connection.rooms if not room.startswith(RESERVED_PREFIX)]
-        self.presence.gone(connection, rooms)
 
     @property
     def port(self) -> int:
@@ -370,8 +365,7 @@ class Server:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen and accept clients, on ``sock`` if given (already bound and listening)."""
-        if isinstance(self.manager, DistributedWebSocketManager):
-            await self.manager.start()
+        await self.hub.start()
         if self.presence is not None:
             await self.presence.start()
         sockets = (
@@ -451,9 +445,8 @@ class Server:
             await self.presence.stop()
         if self._redis is not None:
             await self._redis.aclose()
-        await self.manager.close_all()
-        if isinstance(self.manager, DistributedWebSocketManager):
-            await self.manager.stop()
+        self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.hub.stop()
         if self._api is not None:
             self._api.close()
 
@@ -462,9 +455,7 @@ class Server:
     def _route(self, request: WSUpgradeRequest) -> Any:
         path, _, query = request.path.decode("latin-1").partition("?")
         if path == "/echo" and self.config.echo and self._accepting:
-            echo = EchoTransport(self, Connection(None, None))
-            echo.connection.websocket = echo
-            return echo
+            return EchoTransport(self, Connection(None, None))
         if path != "/ws" and not path.startswith("/ws/"):
             status, body, content_type = self._plain_get(path)
             return _respond(status, body, content_type)
@@ -495,16 +486,15 @@ class Server:
         try:
             for what, value in (("room", room), ("user_id", user_id)):
                 if value is not None:
-                    self.manager.check_id(what, value)
+                    self.hub.check_id(what, value)
         except InvalidIdentifier as exc:
             return self._refuse_upgrade(400, f"{exc}\n".encode())
-        if room is not None and not self.manager.can_open(room):
+        if room is not None and not self.hub.can_open(room):
             return self._refuse_upgrade(503, b"this server holds its maximum of rooms\n")
         cap = self.config.max_connections_per_user
-        if cap and user_id is not None and len(self.manager.get_user_connections(user_id)) >= cap:
+        if cap and user_id is not None and len(self.hub.get_user_connections(user_id)) >= cap:
             return self._refuse_upgrade(403, b"too many connections for this user\n")
         transport = NativeTransport(self, Connection(None, user_id), room)
-        transport.connection.websocket = transport
         if expires_at is not None:
             transport.connection.metadata["token_expires_at"] = expires_at
         if protocol is not None:  # the token came as a subprotocol: select "bearer"
@@ -547,7 +537,7 @@ class Server:
         if path == "/readyz":
             if not self._accepting:
                 return 503, b"draining\n", _TEXT
-            if isinstance(self.manager, DistributedWebSocketManager) and not self.manager.ready:
+            if not self.hub.ready:
                 return 503, b"broker unavailable\n", _TEXT
             return 200, b"ready\n", _TEXT
         if path == "/metrics":
@@ -569,13 +559,11 @@ class Server:
         connection = transport.connection
         connection.transport = transport
         self._open.add(transport)
-        self.manager.attach(connection)
+        self.hub.attach(connection)
         room, transport.initial_room = transport.initial_room, None
         if room is not None:
             # (_route checked can_open: picows calls this in the same callback.)
-            self.manager.join(connection, room)
-            if self.presence is not None:
-                self.presence.joined(connection, room)
+            self.hub.join(connection, room)
         if self.heartbeat is not None:
             self.heartbeat.start_heartbeat(connection.connection_id, transport, self._silent)
         expires_at = connection.metadata.get("token_expires_at")
@@ -584,7 +572,7 @@ class Server:
 
     def gone(self, transport: NativeTransport) -> None:
         self._open.discard(transport)
-        self.manager.forget(transport.connection)  # (presence hears it through on_departure)
+        self.hub.forget(transport.connection)  # (presence, an observer, hears it)
         if self.heartbeat is not None:
             self.heartbeat.stop_heartbeat(transport.connection.connection_id)
         self._expiry.forget(transport.connection.connection_id)
@@ -605,7 +593,7 @@ class Server:
 
     def _silent(self, connection_id: str) -> None:
         """The heartbeat gave up on a client: drop the socket (it would not read a close)."""
-        connection = self.manager.get_connection(connection_id)
+        connection = self.hub.get_connection(connection_id)
         if connection is not None and isinstance(connection.transport, NativeTransport):
             self.counters.heartbeat_timeouts += 1
             self.events.event(
@@ -711,7 +699,7 @@ class Server:
 
     def _expiry_step(self, connection_id: str, step: Step) -> None:
         """Warn at expiry; close (4001) after the grace."""
-        connection = self.manager.get_connection(connection_id)
+        connection = self.hub.get_connection(connection_id)
         if connection is None:
             return
         if step is Step.WARN:
@@ -738,8 +726,8 @@ class Server:
                 if refusal is not None:
                     self._refuse(connection, command.event_id, refusal)
                     return
-                joined = self.manager.join(connection, room)
-            elif not self.manager.leave(connection, room):
+                self.hub.join(connection, room)  # (presence, an observer, hears it)
+            elif not self.hub.leave(connection, room):
                 self._refuse(connection, command.event_id, f"not in room {preview(room)}")
                 return
         except InvalidIdentifier as exc:
@@ -756,11 +744,8 @@ class Server:
         if isinstance(command, JoinMessage):
             if watched is not None:
                 presence.request_snapshot(connection, watched)  # a repeated join: a resync
-            elif joined:
-                presence.joined(connection, room)
         elif watched is None:
-            presence.left(connection, room)
-            self.manager.leave(connection, presence_room(room))  # no longer allowed to watch
+            self.hub.leave(connection, presence_room(room))  # no longer allowed to watch
 
     def _reserved_refusal(self, connection: Connection, room: str) -> str | None:
         """Why ``connection`` may not join the server's room ``room`` (None: it may)."""
@@ -788,19 +773,19 @@ class Server:
             data=command.data,
             event_id=command.event_id,
         )
-        self.manager.deliver_to_room(command.room, encode(outgoing), exclude=connection)
+        self.hub.deliver(Target.ROOM, command.room, encode(outgoing), (connection.connection_id,))
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
 
     # ------------------------------------------------------------------ the $stats room
 
     def stats(self) -> dict[str, Any]:
         """This instance's figures; counters are totals since start."""
-        stats = self.manager.stats
+        stats = self.hub.stats
         return {
             "label": f"{self.config.host}:{self.port} pid {os.getpid()}",
             "uptime": round(time.monotonic() - self._started_at, 3),
             "connections": len(self._open),
-            "rooms": sum(1 for r in self.manager.active_rooms if not r.startswith(RESERVED_PREFIX)),
+            "rooms": sum(1 for r in self.hub.active_rooms if not r.startswith(RESERVED_PREFIX)),
             "messages_in": self.counters.messages_in,
             "messages_out": stats.frames_sent,
             "slow_consumer_closes": stats.slow_consumer_closes,
@@ -813,10 +798,10 @@ class Server:
         interval = self.config.stats_interval
         while True:
             await asyncio.sleep(interval)
-            if not self.manager.has_listeners(STATS_ROOM):
+            if not self.hub.reaches(Target.ROOM, STATS_ROOM):
                 continue
             message = StatsMessage(instance=self.instance_id, data=self.stats())
-            self.manager.deliver_to_room(STATS_ROOM, encode(message))
+            self.hub.deliver(Target.ROOM, STATS_ROOM, encode(message))
 
     def _refuse(
         self,
@@ -839,7 +824,7 @@ class Server:
         )
 
     def _reply(self, connection: Connection, message: Any) -> None:
-        self.manager.deliver_to(connection, encode(message))
+        self.hub.deliver_to(connection, encode(message))
 
     # ------------------------------------------------------------------ HTTP API
 
@@ -875,12 +860,12 @@ class Server:
         try:
             # Encode everything before sending anything: a bad item fails the whole batch.
             if room is not None:
-                self.manager.check_id("room", room)
+                self.hub.check_id("room", room)
                 if room.startswith(RESERVED_PREFIX):
                     raise InvalidIdentifier(f"room {preview(room)} is reserved")
                 frames = [encode(RoomMessage(room=room, data=data)) for data in payloads]
             else:
-                user = self.manager.check_id("user_id", user_id)
+                user = self.hub.check_id("user_id", user_id)
                 frames = [encode(WSMessage(data=data)) for data in payloads]
         except (InvalidIdentifier, InvalidMessage) as exc:
             return ApiResponse.json(400, {"error": str(exc)})
@@ -896,9 +881,9 @@ class Server:
                 },
             )
         if room is not None:
-            delivered = sum(self.manager.deliver_to_room(room, f) for f in frames)
+            delivered = sum(self.hub.deliver(Target.ROOM, room, f) for f in frames)
         else:
-            delivered = sum(self.manager.deliver_to_user(user, f) for f in frames)
+            delivered = sum(self.hub.deliver(Target.USER, user, f) for f in frames)
         return ApiResponse.json(200, {"delivered": delivered})
 
 
@@ -906,17 +891,19 @@ def _protocol_ping(connection_id: str, transport: NativeTransport, message: obje
     transport.ping()
 
 
-def _new_manager(config: ServerConfig) -> ConnectionManager:
-    options: dict[str, Any] = {
-        "max_rooms": config.max_rooms,
-        "max_id_length": config.max_id_bytes,
-        "send_buffer_limit": config.send_buffer_limit,
-        "overflow": OverflowPolicy.CLOSE,
-        "close_timeout": config.close_timeout,
-    }
-    if config.redis_url is None:
-        return ConnectionManager(**options)
-    return DistributedWebSocketManager(config.redis_url, prefix=config.channel_prefix, **options)
+def _new_hub(config: ServerConfig) -> Hub:
+    broker = None
+    if config.redis_url is not None:
+        from roomcast.redis_pubsub import RedisPubSub
+
+        broker = RedisPubSub(config.redis_url, prefix=config.channel_prefix)
+    return Hub(
+        broker,
+        overflow=OverflowPolicy.CLOSE,
+        send_buffer_limit=config.send_buffer_limit,
+        max_id_bytes=config.max_id_bytes,
+        max_rooms=config.max_rooms,
+    )
 
 
 MAX_BATCH = 1000
