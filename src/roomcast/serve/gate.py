@@ -1,0 +1,142 @@
+"""Who may open a WebSocket: the checks an upgrade request passes before anything is kept.
+
+Runs in picows' upgrade callback, before a transport exists: draining, capacity, Origin, the
+room in the path, the token (or ``?user_id=``), id rules, the room cap and the per-user cap, in
+that order.  A refusal is an HTTP answer, counted and logged within the log budget; nothing
+about the client is registered until it is admitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from urllib.parse import unquote
+
+from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
+
+from roomcast.auth import AuthenticationError, Identity, query_value, token_from_request
+from roomcast.errors import InvalidIdentifier
+from roomcast.hub import Hub
+from roomcast.logbudget import EventLog
+from roomcast.metrics import ServerCounters
+from roomcast.presence_feed import RESERVED_PREFIX
+from roomcast.serve.config import ServerConfig
+from roomcast.serve.pages import respond
+
+__all__ = ["Admitted", "Gate"]
+
+logger = logging.getLogger("roomcast.server")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admitted:
+    """An upgrade that passed: who the client is and what it asked for."""
+
+    user_id: str | None
+    room: str | None
+    """A room to join at once (``/ws/ROOM``)."""
+    expires_at: float | None
+    """When the client's token expires, with authentication."""
+    protocol: str | None
+    """The subprotocol to select (``bearer`` when the token came as one)."""
+
+
+class Gate:
+    """Decides each upgrade request.
+
+    Args:
+        config: The limits, the authenticator, the allowed Origins.
+        hub: Checks ids, room capacity and the user's connections.
+        counters: ``refused_upgrades`` and ``auth_failures`` are counted here.
+        events: Where refusals are logged, within the budget.
+    """
+
+    def __init__(
+        self, config: ServerConfig, hub: Hub, counters: ServerCounters, events: EventLog
+    ) -> None:
+        self._config = config
+        self._hub = hub
+        self._counters = counters
+        self._events = events
+
+    def admit(
+        self, request: WSUpgradeRequest, path: str, query: str, *, open_now: int, cap: int
+    ) -> Admitted | WSUpgradeResponseWithListener:
+        """The client's identity and room, or the HTTP refusal to answer with.
+
+        ``open_now`` connections are open; ``cap`` is the most this process admits.
+        """
+        config = self._config
+        if open_now >= cap:
+            return self.refuse(503, b"server at capacity\n")
+        allowed = config.allowed_origins
+        if allowed is not None:
+            origin = request.headers.get("origin")
+            if origin is not None and origin not in allowed:
+                return self.refuse(403, b"origin not allowed\n")
+        room = unquote(path[4:]) if path.startswith("/ws/") else None
+        if room is not None and room.startswith(RESERVED_PREFIX):
+            return self.refuse(400, b"rooms starting with '$' cannot be joined here\n")
+        protocol = None
+        expires_at = None
+        user_id: str | None
+        if config.authenticator is not None:
+            try:
+                identity, protocol = self._authenticate(request, query)
+            except AuthenticationError as exc:
+                self._counters.auth_failures += 1
+                return self.refuse(exc.status, f"{exc}\n".encode())
+            user_id, expires_at = identity.user_id, identity.expires_at
+        else:
+            user_id = query_value(query, "user_id")
+        try:
+            for what, value in (("room", room), ("user_id", user_id)):
+                if value is not None:
+                    self._hub.check_id(what, value)
+        except InvalidIdentifier as exc:
+            return self.refuse(400, f"{exc}\n".encode())
+        if room is not None and not self._hub.can_open(room):
+            return self.refuse(503, b"this server holds its maximum of rooms\n")
+        per_user = config.max_connections_per_user
+        if per_user and user_id is not None and self._user_full(user_id, per_user):
+            return self.refuse(403, b"too many connections for this user\n")
+        return Admitted(user_id, room, expires_at, protocol)
+
+    def _user_full(self, user_id: str, per_user: int) -> bool:
+        return len(self._hub.get_user_connections(user_id)) >= per_user
+
+    def _authenticate(self, request: WSUpgradeRequest, query: str) -> tuple[Identity, str | None]:
+        """The identity a valid token proves, and the subprotocol to accept."""
+        headers = [(str(name), str(value)) for name, value in request.headers.items()]
+        token, protocol = token_from_request(
+            headers, query, allow_query=self._config.token_in_query
+        )
+        if not token:
+            raise AuthenticationError("a token is required")
+        return self.verify(token), protocol
+
+    def verify(self, token: str) -> Identity:
+        """The identity ``token`` proves (at the upgrade and at a refresh).
+
+        Raises:
+            AuthenticationError: the token is refused, or the authenticator is broken (500).
+        """
+        authenticator = self._config.authenticator
+        assert authenticator is not None
+        try:
+            identity = authenticator(token)
+        except AuthenticationError:
+            raise
+        except Exception as exc:  # a bug in a custom authenticator: the client is not to blame
+            logger.error("the authenticator failed: %r", exc)
+            why = "server misconfigured: the authenticator failed"
+            raise AuthenticationError(why, 500) from exc
+        if not isinstance(identity, Identity):
+            raise AuthenticationError("server misconfigured: the authenticator must be sync", 500)
+        return identity
+
+    def refuse(self, status: int, body: bytes) -> WSUpgradeResponseWithListener:
+        """An HTTP refusal, counted and logged."""
+        self._counters.refused_upgrades += 1
+        self._events.event("upgrade_refused", "HTTP %d: %s", status, body.decode().strip())
+        return respond(status, body)

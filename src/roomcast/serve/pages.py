@@ -1,0 +1,100 @@
+"""The GET routes of both ports: health, readiness, metrics, the JavaScript client, the demo.
+
+picows serves these from its upgrade callback (a request that is not an upgrade gets the
+answer built here); the API port serves the same through ``http_api``.  Pages are read once at
+start-up; the demo page gets a Content-Security-Policy that allows only this server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+
+from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
+from prometheus_client import CollectorRegistry
+
+from roomcast.hub import Hub
+from roomcast.metrics import render
+
+__all__ = ["GET_PATHS", "TEXT", "Pages", "respond"]
+
+TEXT = "text/plain; charset=utf-8"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+_NOT_FOUND = b"not found\n"
+GET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class Pages:
+    """Answers GETs: ``/healthz``, ``/readyz``, ``/metrics`` and the static files.
+
+    Args:
+        hub: Its readiness (the broker's) is part of ``/readyz``.
+        metrics: Rendered for ``/metrics``.
+        demo: Serve the demo page at ``/`` (``/client.js`` is always served).
+        accepting: False while the server drains (``/readyz`` answers 503).
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        metrics: CollectorRegistry,
+        demo: bool,
+        accepting: Callable[[], bool],
+    ) -> None:
+        self._hub = hub
+        self._metrics = metrics
+        self._accepting = accepting
+        self._static = _load_static(demo)
+
+    def get(self, path: str) -> tuple[int, bytes, str]:
+        """Status, body and content type of ``GET path``."""
+        if path == "/healthz":
+            return 200, b"ok\n", TEXT
+        if path == "/readyz":
+            if not self._accepting():
+                return 503, b"draining\n", TEXT
+            if not self._hub.ready:
+                return 503, b"broker unavailable\n", TEXT
+            return 200, b"ready\n", TEXT
+        if path == "/metrics":
+            return 200, render(self._metrics), _PROMETHEUS
+        static = self._static.get(path)
+        if static is not None:
+            return 200, static[0], static[1]
+        return 404, _NOT_FOUND, TEXT
+
+
+_STATIC_FILES = {
+    "/client.js": ("client.js", "text/javascript; charset=utf-8"),
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/demo.js": ("demo.js", "text/javascript; charset=utf-8"),
+    "/demo.css": ("demo.css", "text/css; charset=utf-8"),
+}
+
+
+def _load_static(demo: bool) -> dict[str, tuple[bytes, str]]:
+    """The files served over GET, read once at start-up (package data in ``static/``)."""
+    folder = resources.files("roomcast") / "static"
+    return {
+        path: ((folder / name).read_bytes(), content_type)
+        for path, (name, content_type) in _STATIC_FILES.items()
+        if demo or path == "/client.js"
+    }
+
+
+_PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+"""The demo page loads nothing from elsewhere (no CDN) and talks only to this server."""
+
+
+def respond(status: int, body: bytes, content_type: str = TEXT) -> WSUpgradeResponseWithListener:
+    headers = {"Content-Type": content_type, "X-Content-Type-Options": "nosniff"}
+    if content_type.startswith("text/html"):
+        headers["Content-Security-Policy"] = _PAGE_POLICY
+    if status == 200:
+        response = WSUpgradeResponse.create_ok_response(body, headers)
+    else:
+        response = WSUpgradeResponse.create_error_response(status, body, headers)
+    return WSUpgradeResponseWithListener(response, None)

@@ -1,0 +1,103 @@
+"""``POST /api/publish``: how a backend sends to rooms and users over HTTP.
+
+Served on ``--api-port`` (the WebSocket port answers only GETs).  A request carries one message
+(``data``) or up to ``MAX_BATCH`` (``batch``), for a room or a user, and needs the key in
+``X-API-Key`` (compared in constant time).  Everything is encoded before anything is sent: a
+bad item fails the whole request; and whatever one request carries must fit in half a
+client's send buffer, or every recipient would be closed as a slow consumer.
+"""
+
+from __future__ import annotations
+
+import json
+
+from roomcast.envelope import Target
+from roomcast.errors import InvalidIdentifier, InvalidMessage
+from roomcast.frame import encode
+from roomcast.http_api import ApiRequest, ApiResponse, key_matches
+from roomcast.hub import Hub
+from roomcast.messages import WSMessage, preview
+from roomcast.presence_feed import RESERVED_PREFIX
+from roomcast.protocol import RoomMessage
+from roomcast.serve.pages import GET_PATHS, Pages
+
+__all__ = ["MAX_BATCH", "PublishApi"]
+
+MAX_BATCH = 1000
+"""Most messages one ``POST /api/publish`` may carry in ``batch``."""
+
+
+class PublishApi:
+    """The API port's request handler.
+
+    Args:
+        hub: Where the messages go (every instance, with a broker).
+        api_key: The key requests must carry; None refuses every publish (401).
+        send_buffer_limit: Clients' send buffers; a request may fill at most half of one.
+        pages: Answers the GETs the API port serves too.
+    """
+
+    def __init__(self, hub: Hub, api_key: str | None, send_buffer_limit: int, pages: Pages) -> None:
+        self._hub = hub
+        self._api_key = api_key
+        self._send_buffer_limit = send_buffer_limit
+        self._pages = pages
+
+    def __call__(self, request: ApiRequest) -> ApiResponse:
+        """The answer to one request on the API port."""
+        if request.path != "/api/publish":
+            if request.method != "GET":
+                return ApiResponse.json(
+                    405 if request.path in GET_PATHS else 404, {"error": "not found"}
+                )
+            status, body, content_type = self._pages.get(request.path)
+            return ApiResponse(status, body, content_type)
+        if request.method != "POST":
+            return ApiResponse.json(405, {"error": "use POST"})
+        if not key_matches(self._api_key, request.headers.get("x-api-key")):
+            return ApiResponse.json(401, {"error": "missing or wrong X-API-Key"})
+        return self._publish(request.body)
+
+    def _publish(self, body: bytes) -> ApiResponse:
+        try:
+            request = json.loads(body)
+        except (ValueError, RecursionError):
+            return ApiResponse.json(400, {"error": "body is not valid JSON"})
+        if not isinstance(request, dict) or ("data" in request) == ("batch" in request):
+            return ApiResponse.json(
+                400, {"error": "body must be an object with 'data' or a 'batch' list"}
+            )
+        payloads = [request["data"]] if "data" in request else request["batch"]
+        if not isinstance(payloads, list) or not payloads or len(payloads) > MAX_BATCH:
+            return ApiResponse.json(400, {"error": f"'batch' must list 1 to {MAX_BATCH} items"})
+        room, user_id = request.get("room"), request.get("user_id")
+        if (room is None) == (user_id is None):
+            return ApiResponse.json(400, {"error": "give exactly one of 'room' and 'user_id'"})
+        try:
+            # Encode everything before sending anything: a bad item fails the whole batch.
+            if room is not None:
+                self._hub.check_id("room", room)
+                if room.startswith(RESERVED_PREFIX):
+                    raise InvalidIdentifier(f"room {preview(room)} is reserved")
+                frames = [encode(RoomMessage(room=room, data=data)) for data in payloads]
+            else:
+                user = self._hub.check_id("user_id", user_id)
+                frames = [encode(WSMessage(data=data)) for data in payloads]
+        except (InvalidIdentifier, InvalidMessage) as exc:
+            return ApiResponse.json(400, {"error": str(exc)})
+        # Everything lands in each recipient's send buffer in one go: a batch that does not
+        # fit would close every one of them as a slow consumer (4008).
+        size, fits = sum(frame.size for frame in frames), self._send_buffer_limit // 2
+        if size > fits:
+            return ApiResponse.json(
+                413,
+                {
+                    "error": f"the messages encode to {size} bytes; at most {fits} (half of "
+                    "--send-buffer-limit) go out at once: split them"
+                },
+            )
+        if room is not None:
+            delivered = sum(self._hub.deliver(Target.ROOM, room, f) for f in frames)
+        else:
+            delivered = sum(self._hub.deliver(Target.USER, user, f) for f in frames)
+        return ApiResponse.json(200, {"delivered": delivered})

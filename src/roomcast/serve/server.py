@@ -1,0 +1,470 @@
+"""``roomcast serve``'s server: the parts wired together, and the life of each connection.
+
+One ``Server`` owns a ``Hub`` (registry, fan-out, optional Redis broker), the WebSocket port
+(picows over roomcast's own acceptor, within the descriptor budget) and the optional API port.
+The jobs are in modules of their own: ``gate`` admits upgrades, ``pages`` answers GETs,
+``session`` carries out client messages, ``publish_api`` serves ``POST /api/publish``,
+``stats`` feeds the ``$stats`` room.  What stays here is the wiring, start and stop, and the
+events each ``NativeTransport`` reports (opened, a message, a pong, gone).
+
+Paths: ``/ws`` and ``/ws/{room}`` upgrade (``?user_id=`` names the user until authentication
+arrives; ``/ws/{room}`` joins that room at once); ``/healthz``, ``/readyz``, ``/metrics``,
+``/`` (the demo) and ``/client.js`` are GETs; anything else is 404.  Room ids starting with
+``$`` are the server's: ``$stats`` and ``$presence:R``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import socket
+import uuid
+from typing import Any
+
+from picows import (
+    WSMsgType,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
+
+from roomcast.connection import Connection
+from roomcast.errors import CloseCode
+from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
+from roomcast.frame import encode
+from roomcast.heartbeat import HeartbeatManager
+from roomcast.http_api import API_REFUSAL_HEADROOM, ApiStats, serve_api
+from roomcast.hub import Hub, OverflowPolicy
+from roomcast.limits import DescriptorBudget
+from roomcast.listener import Acceptor, listening_sockets
+from roomcast.logbudget import EventLog
+from roomcast.messages import (
+    preview,
+)
+from roomcast.metrics import Sample, ServerCounters, metrics_registry
+from roomcast.native import EchoTransport, FlushScheduler, NativeTransport, server_protocols
+from roomcast.presence_feed import (
+    PresenceFeed,
+)
+from roomcast.serve.config import ServerConfig
+from roomcast.serve.gate import Admitted, Gate
+from roomcast.serve.pages import Pages, respond
+from roomcast.serve.publish_api import PublishApi
+from roomcast.serve.session import Session
+from roomcast.serve.stats import StatsFeed
+from roomcast.tasks import TaskSet
+
+__all__ = ["Server", "ServerConfig"]  # (ServerConfig from roomcast.serve.config)
+
+logger = logging.getLogger("roomcast.server")
+
+
+class Server:
+    """A roomcast hub served natively over picows.
+
+    Args:
+        config: Listening address and limits.
+        hub: The hub to serve; a new one from ``config`` if omitted (with a Redis broker
+            when ``config.redis_url`` is set).
+    """
+
+    def __init__(self, config: ServerConfig, hub: Hub | None = None) -> None:
+        self.config = config
+        self.hub = hub or _new_hub(config)
+        self.send_buffer_limit = config.send_buffer_limit
+        self.close_timeout = config.close_timeout
+        self.max_message_size = config.max_message_size
+        self.counters = ServerCounters()
+        self.events = EventLog(logger)
+        metrics = metrics_registry(
+            self.hub, self.counters, self._buffered_bytes, self._port_metrics
+        )
+        self.pages = Pages(self.hub, metrics, config.demo, lambda: self._accepting)
+        self.gate = Gate(config, self.hub, self.counters, self.events)
+        self.budget = self._plan_descriptors()
+        self.max_connections = self.budget.connections
+        """Connections admitted: ``config.max_connections``, or fewer if the open-file limit
+        cannot hold them."""
+        self._acceptor: Acceptor | None = None
+        self._api: Acceptor | None = None
+        self.api_stats = ApiStats()
+        self.scheduler = FlushScheduler()
+        self._expiry = ExpiryClock(config.token_grace)
+        self._expiry_changed = asyncio.Event()
+        self._tasks = TaskSet()
+        self.heartbeat: HeartbeatManager | None = None
+        if config.ping_interval > 0:
+            self.heartbeat = HeartbeatManager(
+                config.ping_interval, config.pong_timeout, send_ping=_protocol_ping
+            )
+        self._accepting = False
+        self._open: set[NativeTransport] = set()
+        self._all_gone = asyncio.Event()
+        self.instance_id = uuid.uuid4().hex
+        self._redis: Any = None
+        self.presence: PresenceFeed | None = None
+        if config.presence if config.presence is not None else config.redis_url is None:
+            self.presence = PresenceFeed(self.hub, self.events, self._new_roster())
+            self.hub.observe(self.presence)
+        self.session = Session(
+            config,
+            self.hub,
+            self.counters,
+            self.events,
+            lambda: self.presence,
+            self.gate.verify if config.authenticator is not None else None,
+            self._arm_expiry,
+        )
+        self.stats = StatsFeed(
+            self.hub,
+            self.counters,
+            self.instance_id,
+            config.host,
+            lambda: self.port,
+            config.stats_interval,
+        )
+
+    def _new_roster(self) -> Any:
+        """The cluster-wide room roster when the hub spans processes, else None."""
+        if self.config.redis_url is None:
+            return None
+        import redis.asyncio
+
+        from roomcast.roster import RoomRoster
+
+        self._redis = redis.asyncio.Redis.from_url(
+            self.config.redis_url, max_connections=4, socket_timeout=5.0
+        )
+        return RoomRoster(
+            self._redis,
+            self.instance_id,
+            prefix=self.config.channel_prefix,
+            on_departed=lambda room, members: (
+                self.presence.purged(room, members) if self.presence else None
+            ),
+            on_restored=lambda room, members: (
+                self.presence.restored(room, members) if self.presence else None
+            ),
+        )
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with ``port=0``)."""
+        assert self._acceptor is not None, "server not started"
+        return int(self._acceptor.sockets[0].getsockname()[1])
+
+    def _plan_descriptors(self) -> DescriptorBudget:
+        """The WebSocket port's share of the open-file limit, with a warning when the limit
+        cannot hold ``max_connections`` (upgrades beyond the lowered cap get 503)."""
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        api = (
+            self.config.api_max_connections + API_REFUSAL_HEADROOM
+            if self.config.api_port is not None
+            else 0
+        )
+        budget = DescriptorBudget.plan(open_files, self.config.max_connections, api)
+        if budget.lowered:
+            logger.warning(
+                "the open-file limit (%d) holds at most %d WebSocket connections, not "
+                "--max-connections %d: serving at most %d; raise the limit (ulimit -n, "
+                "LimitNOFILE=) or run more workers",
+                open_files,
+                budget.connections,
+                self.config.max_connections,
+                budget.connections,
+            )
+        return budget
+
+    def _backlog(self) -> int:
+        """The listen backlog: at most the sockets the port may hold (the kernel keeps the
+        rest of a connect storm waiting for us, not for a descriptor we do not have)."""
+        return max(16, min(self.config.backlog, self.budget.sockets))
+
+    def _port_metrics(self) -> list[Sample]:
+        acceptor, api = self._acceptor, self.api_stats
+        presence: list[Sample] = []
+        if self.presence is not None:
+            presence.append(
+                (
+                    "counter",
+                    "roomcast_presence_snapshots_coalesced",
+                    "Presence snapshot requests folded into a later snapshot (one a second "
+                    "per connection and room).",
+                    self.presence.coalesced,
+                )
+            )
+        return [
+            *presence,
+            (
+                "gauge",
+                "roomcast_max_connections",
+                "Connections admitted (the configured cap, or less under the open-file limit).",
+                self.max_connections,
+            ),
+            (
+                "gauge",
+                "roomcast_port_sockets",
+                "Sockets the WebSocket port holds (clients, handshakes, refusals).",
+                acceptor.held if acceptor is not None else 0,
+            ),
+            (
+                "gauge",
+                "roomcast_port_socket_limit",
+                "Sockets the WebSocket port may hold before it stops accepting.",
+                self.budget.sockets,
+            ),
+            (
+                "gauge",
+                "roomcast_accepting",
+                "1 while the WebSocket port accepts sockets, 0 while at its socket limit.",
+                int(acceptor is not None and not acceptor.paused),
+            ),
+            (
+                "gauge",
+                "roomcast_api_open_connections",
+                "Connections open on the HTTP API port.",
+                api.open_connections,
+            ),
+            (
+                "counter",
+                "roomcast_api_timeouts",
+                "API requests cut off (408) for a head or body that came too slowly.",
+                api.timeouts,
+            ),
+            (
+                "counter",
+                "roomcast_api_refused_connections",
+                "API connections refused (503) over --api-max-connections.",
+                api.refused_connections,
+            ),
+        ]
+
+    def _released(self, protocol: Any) -> None:
+        assert self._acceptor is not None
+        self._acceptor.released(protocol)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        self.counters.accept_errors += 1
+        self.events.event(
+            "accept_failed",
+            "%s: out of descriptors; the port waits %.1f s (open-file limit %d)",
+            exc.strerror or exc,
+            0.1,
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        )
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen and accept clients, on ``sock`` if given (already bound and listening)."""
+        await self.hub.start()
+        if self.presence is not None:
+            await self.presence.start()
+        sockets = (
+            [sock]
+            if sock is not None
+            else listening_sockets(
+                self.config.host, self.config.port, self._backlog(), self.config.reuse_port
+            )
+        )
+        self._acceptor = Acceptor(
+            sockets,
+            server_protocols(
+                self._route,
+                self._released,
+                handshake_timeout=self.config.handshake_timeout,
+                max_frame_size=self.config.max_message_size,
+                logger=logging.LoggerAdapter(logging.getLogger("roomcast.picows")),
+            ),
+            self.budget.sockets,
+            self._accept_failed,
+        )
+        if self.config.api_port is not None:
+            self._api = await serve_api(
+                PublishApi(self.hub, self.config.api_key, self.send_buffer_limit, self.pages),
+                self.config.host,
+                self.config.api_port,
+                self.config.reuse_port,
+                header_timeout=self.config.api_header_timeout,
+                body_timeout=self.config.api_body_timeout,
+                max_connections=self.config.api_max_connections,
+                stats=self.api_stats,
+                on_accept_error=self._accept_failed,
+            )
+        if self.config.authenticator is not None:
+            self._tasks.spawn(
+                run_expiry(self._expiry, self._expiry_changed, self._expiry_step),
+                name="roomcast-token-expiry",
+            )
+        if self.config.stats_interval > 0:
+            self._tasks.spawn(self.stats.run(), name="roomcast-stats")
+        self._accepting = True
+        logger.info("listening on port %d", self.port)
+        if self._api is not None:
+            logger.info("HTTP API on port %d", self.api_port)
+
+    @property
+    def api_port(self) -> int:
+        """The port of the HTTP API."""
+        assert self._api is not None, "API not started"
+        return int(self._api.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, close every client with 1001, and wait (bounded) until they left."""
+        self._accepting = False
+        if self._acceptor is not None:
+            self._acceptor.close()
+        transports = list(self._open)
+        # Close in batches, yielding between them, so a large hub keeps serving the close
+        # handshakes already under way instead of stalling the loop for one long pass.
+        for start in range(0, len(transports), 1000):
+            for transport in transports[start : start + 1000]:
+                transport.close(CloseCode.GOING_AWAY, "server shutting down; reconnect")
+            await asyncio.sleep(0)
+        if self._open:
+            self._all_gone.clear()
+            try:
+                async with asyncio.timeout(self.config.shutdown_timeout):
+                    await self._all_gone.wait()
+            except TimeoutError:
+                logger.warning("%d clients did not close in time; aborting", len(self._open))
+                for transport in list(self._open):
+                    transport.abort()
+        if self.heartbeat is not None:
+            await self.heartbeat.close()
+        await self._tasks.cancel_all()
+        if self.presence is not None:
+            await self.presence.stop()
+        if self._redis is not None:
+            await self._redis.aclose()
+        self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.hub.stop()
+        if self._api is not None:
+            self._api.close()
+
+    def _route(self, request: WSUpgradeRequest) -> Any:
+        """picows' upgrade callback: a GET's answer, a refusal, or the client's transport."""
+        path, _, query = request.path.decode("latin-1").partition("?")
+        if path == "/echo" and self.config.echo and self._accepting:
+            return EchoTransport(self, Connection(None, None))
+        if path != "/ws" and not path.startswith("/ws/"):
+            return respond(*self.pages.get(path))
+        if not self._accepting:
+            return self.gate.refuse(503, b"shutting down\n")
+        admitted = self.gate.admit(
+            request, path, query, open_now=len(self._open), cap=self.max_connections
+        )
+        if not isinstance(admitted, Admitted):
+            return admitted
+        transport = NativeTransport(self, Connection(None, admitted.user_id), admitted.room)
+        if admitted.expires_at is not None:
+            transport.connection.metadata["token_expires_at"] = admitted.expires_at
+        if admitted.protocol is not None:  # the token came as a subprotocol: select "bearer"
+            headers = {"Sec-WebSocket-Protocol": admitted.protocol}
+            accept = WSUpgradeResponse.create_101_response(headers)
+            return WSUpgradeResponseWithListener(accept, transport)
+        return transport
+
+    def _buffered_bytes(self) -> int:
+        return sum(transport.buffered_bytes for transport in self._open)
+
+    # ------------------------------------------------------------------ connection events
+
+    # TransportOwner: the events transports report (their limits are attributes, set in
+    # __init__, because send() reads one per recipient).
+
+    def opened(self, transport: NativeTransport) -> None:
+        connection = transport.connection
+        connection.transport = transport
+        self._open.add(transport)
+        self.hub.attach(connection)
+        room, transport.initial_room = transport.initial_room, None
+        if room is not None:
+            # (_route checked can_open: picows calls this in the same callback.)
+            self.hub.join(connection, room)
+        if self.heartbeat is not None:
+            self.heartbeat.start_heartbeat(connection.connection_id, transport, self._silent)
+        expires_at = connection.metadata.get("token_expires_at")
+        if expires_at is not None:
+            self._arm_expiry(connection.connection_id, expires_at)
+
+    def gone(self, transport: NativeTransport) -> None:
+        self._open.discard(transport)
+        self.hub.forget(transport.connection)  # (presence, an observer, hears it)
+        if self.heartbeat is not None:
+            self.heartbeat.stop_heartbeat(transport.connection.connection_id)
+        self._expiry.forget(transport.connection.connection_id)
+        if not self._open:
+            self._all_gone.set()
+
+    def ponged(self, transport: NativeTransport) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.record_pong(transport.connection.connection_id)
+
+    def received(self, transport: NativeTransport, message: str | bytes, size: int) -> None:
+        # (EchoTransport answers by itself and never calls this.)
+        if self.heartbeat is not None:  # any message is a sign of life
+            self.heartbeat.record_pong(transport.connection.connection_id)
+        self.session.received(transport, message, size)
+
+    def admit_frame(self, transport: NativeTransport, opcode: WSMsgType) -> bool:
+        # Pings, pongs and continuation frames cost a token each, like messages: empty
+        # frames are cheap to send and not free to receive.  (Echo connections are for
+        # protocol test suites and are not limited.)
+        if not self.session.rate_limited or type(transport) is EchoTransport:
+            return True
+        return self.session.charge(transport)
+
+    def _silent(self, connection_id: str) -> None:
+        """The heartbeat gave up on a client: drop the socket (it would not read a close)."""
+        connection = self.hub.get_connection(connection_id)
+        if connection is not None and isinstance(connection.transport, NativeTransport):
+            self.counters.heartbeat_timeouts += 1
+            self.events.event(
+                "heartbeat_timeout",
+                "dropped connection %s (user %s): no pong",
+                connection_id,
+                preview(connection.user_id),
+            )
+            connection.transport.abort()
+
+    # ------------------------------------------------------------------ token expiry
+
+    def _arm_expiry(self, connection_id: str, expires_at: float | None) -> None:
+        self._expiry.set(connection_id, expires_at)
+        self._expiry_changed.set()
+
+    def _expiry_step(self, connection_id: str, step: Step) -> None:
+        """Warn at expiry; close (4001) after the grace."""
+        connection = self.hub.get_connection(connection_id)
+        if connection is None:
+            return
+        if step is Step.WARN:
+            self.hub.deliver_to(connection, encode(expiry_warning(self.config.token_grace)))
+        else:
+            self.counters.token_expiries += 1
+            self.events.event(
+                "token_expired",
+                "closed connection %s (user %s) with 4001",
+                connection_id,
+                preview(connection.user_id),
+            )
+            connection.transport.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+
+def _protocol_ping(connection_id: str, transport: NativeTransport, message: object) -> None:
+    transport.ping()
+
+
+def _new_hub(config: ServerConfig) -> Hub:
+    broker = None
+    if config.redis_url is not None:
+        from roomcast.redis_pubsub import RedisPubSub
+
+        broker = RedisPubSub(config.redis_url, prefix=config.channel_prefix)
+    return Hub(
+        broker,
+        overflow=OverflowPolicy.CLOSE,
+        send_buffer_limit=config.send_buffer_limit,
+        max_id_bytes=config.max_id_bytes,
+        max_rooms=config.max_rooms,
+    )

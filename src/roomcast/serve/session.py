@@ -1,0 +1,269 @@
+"""The client protocol of ``roomcast serve``: what each message a client sends does.
+
+A ``Session`` turns a client's messages into changes of the hub and answers: the rate limit
+(with pings, pongs and continuation frames charged too, by the transport), membership with its
+limits and the server's ``$`` rooms, publishing to a room, token refreshes.  It does no I/O of
+its own: answers are frames delivered through the hub, and the only other effect is the
+connection's close for a client over the rate limit.  So it can be driven without a socket
+(``tests/test_session.py``).
+
+Its per-connection state is the rate limit's three numbers, kept on the transport (a slot of
+its own, so that no dictionary per connection is needed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from roomcast.auth import AuthenticationError, Identity
+from roomcast.connection import Connection
+from roomcast.envelope import Target
+from roomcast.errors import CapacityExceeded, CloseCode, InvalidIdentifier
+from roomcast.frame import encode
+from roomcast.hub import Hub
+from roomcast.limits import RateLimit
+from roomcast.limits import Verdict as RateVerdict
+from roomcast.logbudget import EventLog
+from roomcast.messages import AckMessage, ErrorMessage, PingMessage, PongMessage, preview
+from roomcast.metrics import ServerCounters
+from roomcast.presence_feed import (
+    RESERVED_PREFIX,
+    STATS_ROOM,
+    PresenceFeed,
+    presence_room,
+    watched_room,
+)
+from roomcast.protocol import (
+    AuthMessage,
+    JoinMessage,
+    LeaveMessage,
+    PublishMessage,
+    RoomMessage,
+    interpret,
+)
+from roomcast.serve.config import ServerConfig
+
+__all__ = ["ClientTransport", "Session"]
+
+
+class ClientTransport(Protocol):
+    """What a session needs of a client's transport (``NativeTransport`` has it)."""
+
+    connection: Connection
+    rate_state: tuple[float, float, int] | None
+    """The rate limit's bookkeeping for this client (tokens, time, strikes)."""
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+
+class Session:
+    """Carries out client messages for one server (one object for all its connections).
+
+    Args:
+        config: The limits (rate, rooms per connection, the $stats interval).
+        hub: Where membership changes and deliveries go.
+        counters: Messages in, protocol errors, rate-limited messages, auth failures.
+        events: Where refusals are logged, within the budget.
+        presence: The presence feed, if presence is served (read at each use: a server may
+            set its feed up after the session).
+        verify: Checks a refreshed token (None: the server takes no tokens).
+        arm_expiry: Moves a connection's token expiry.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        hub: Hub,
+        counters: ServerCounters,
+        events: EventLog,
+        presence: Callable[[], PresenceFeed | None],
+        verify: Callable[[str], Identity] | None,
+        arm_expiry: Callable[[str, float | None], None],
+    ) -> None:
+        self._config = config
+        self._hub = hub
+        self._counters = counters
+        self._events = events
+        self._presence = presence
+        self._verify = verify
+        self._arm_expiry = arm_expiry
+        self._rate = (
+            RateLimit(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
+        )
+
+    @property
+    def rate_limited(self) -> bool:
+        """Whether a rate limit applies at all."""
+        return self._rate is not None
+
+    def received(self, transport: ClientTransport, message: str | bytes, size: int) -> None:
+        """One complete message from the client: charged to its rate, then carried out."""
+        connection = transport.connection
+        self._counters.messages_in += 1
+        self._counters.bytes_in += size
+        if self._rate is not None and not self.charge(transport):
+            return
+        if isinstance(message, bytes):
+            transport.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+            return
+        command = interpret(message)
+        if isinstance(command, ErrorMessage):
+            self._counters.protocol_errors += 1
+            self._events.event(
+                "bad_message",
+                "connection %s (user %s): %s",
+                connection.connection_id,
+                preview(connection.user_id),
+                command.error,
+            )
+            self._reply(connection, command)
+        elif isinstance(command, PublishMessage):
+            self._publish(connection, command)
+        elif isinstance(command, JoinMessage | LeaveMessage):
+            self._membership(connection, command)
+        elif isinstance(command, PingMessage):
+            self._reply(connection, PongMessage(ping_event_id=command.event_id))
+        elif isinstance(command, AuthMessage):
+            self._reauthenticate(connection, command)
+        # PongMessage: answers to application pings; the heartbeat issue will record them.
+
+    def charge(self, transport: ClientTransport) -> bool:
+        """Charge one message to the client's bucket; refuse or cut off when it is empty."""
+        assert self._rate is not None
+        now = time.monotonic()
+        state = transport.rate_state or (self._rate.burst, now, 0)
+        verdict, tokens, stamp, strikes = self._rate.check(*state, now)
+        transport.rate_state = (tokens, stamp, strikes)
+        if verdict is RateVerdict.ALLOW:
+            return True
+        self._counters.rate_limited += 1
+        if verdict is RateVerdict.CUT_OFF:
+            self._events.event(
+                "rate_limit_close",
+                "closed connection %s (user %s) with 1008",
+                transport.connection.connection_id,
+                preview(transport.connection.user_id),
+            )
+            transport.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+        elif strikes == 1:  # say it once per episode, not per dropped message
+            self._events.event(
+                "rate_limited",
+                "connection %s (user %s) over %g messages/s",
+                transport.connection.connection_id,
+                preview(transport.connection.user_id),
+                self._rate.rate,
+            )
+            self._reply(
+                transport.connection,
+                ErrorMessage(
+                    error=f"rate limit exceeded ({self._rate.rate:g}/s); messages dropped",
+                    code=CloseCode.POLICY_VIOLATION,
+                ),
+            )
+        return False
+
+    def _reauthenticate(self, connection: Connection, command: AuthMessage) -> None:
+        """A fresh token for the same user moves the connection's expiry; anything else is
+        refused (and the old expiry stands)."""
+        if self._verify is None:
+            self._refuse(connection, command.event_id, "this server does not take tokens")
+            return
+        try:
+            identity = self._verify(command.token)
+        except AuthenticationError as exc:
+            self._counters.auth_failures += 1
+            self._refuse(connection, command.event_id, str(exc))
+            return
+        if identity.user_id != connection.user_id:
+            self._refuse(connection, command.event_id, "the token is for another user")
+            return
+        connection.metadata["token_expires_at"] = identity.expires_at
+        self._arm_expiry(connection.connection_id, identity.expires_at)
+        self._reply(connection, AckMessage(ack_event_id=command.event_id))
+
+    def _membership(self, connection: Connection, command: JoinMessage | LeaveMessage) -> None:
+        room = command.room
+        try:
+            if isinstance(command, JoinMessage):
+                limit = self._config.max_rooms_per_connection
+                if room not in connection.rooms and len(connection.rooms) >= limit:
+                    self._refuse(connection, command.event_id, f"at most {limit} rooms")
+                    return
+                refusal = self._reserved_refusal(connection, room)
+                if refusal is not None:
+                    self._refuse(connection, command.event_id, refusal)
+                    return
+                self._hub.join(connection, room)  # (presence, an observer, hears it)
+            elif not self._hub.leave(connection, room):
+                self._refuse(connection, command.event_id, f"not in room {preview(room)}")
+                return
+        except InvalidIdentifier as exc:
+            self._refuse(connection, command.event_id, str(exc))
+            return
+        except CapacityExceeded as exc:
+            self._refuse(connection, command.event_id, str(exc), CloseCode.TRY_AGAIN_LATER)
+            return
+        self._reply(connection, AckMessage(ack_event_id=command.event_id))
+        presence = self._presence()
+        if presence is None or room == STATS_ROOM:
+            return
+        watched = watched_room(room)
+        if isinstance(command, JoinMessage):
+            if watched is not None:
+                presence.request_snapshot(connection, watched)  # a repeated join: a resync
+        elif watched is None:
+            self._hub.leave(connection, presence_room(room))  # no longer allowed to watch
+
+    def _reserved_refusal(self, connection: Connection, room: str) -> str | None:
+        """Why ``connection`` may not join the server's room ``room`` (None: it may)."""
+        if not room.startswith(RESERVED_PREFIX):
+            return None
+        if room == STATS_ROOM and self._config.stats_interval > 0:
+            return None
+        watched = watched_room(room)
+        if watched is not None and self._presence() is not None:
+            if watched.startswith(RESERVED_PREFIX):
+                return f"the presence of {preview(watched)} is not served"
+            return None if watched in connection.rooms else f"join {preview(watched)} first"
+        return f"room {preview(room)} is reserved"
+
+    def _publish(self, connection: Connection, command: PublishMessage) -> None:
+        if command.room.startswith(RESERVED_PREFIX):
+            self._refuse(connection, command.event_id, f"room {preview(command.room)} is reserved")
+            return
+        if command.room not in connection.rooms:
+            self._refuse(connection, command.event_id, f"not in room {preview(command.room)}")
+            return
+        outgoing = RoomMessage(
+            room=command.room,
+            sender=connection.user_id,
+            data=command.data,
+            event_id=command.event_id,
+        )
+        self._hub.deliver(Target.ROOM, command.room, encode(outgoing), (connection.connection_id,))
+        self._reply(connection, AckMessage(ack_event_id=command.event_id))
+
+    def _refuse(
+        self,
+        connection: Connection,
+        event_id: str,
+        why: str,
+        code: CloseCode = CloseCode.POLICY_VIOLATION,
+    ) -> None:
+        self._counters.protocol_errors += 1
+        self._events.event(
+            "command_refused",
+            "connection %s (user %s): %s",
+            connection.connection_id,
+            preview(connection.user_id),
+            why,
+        )
+        self._reply(
+            connection,
+            ErrorMessage(error=why, code=code, ref_event_id=event_id),
+        )
+
+    def _reply(self, connection: Connection, message: Any) -> None:
+        self._hub.deliver_to(connection, encode(message))

@@ -1,0 +1,131 @@
+"""The client protocol as a ``Session`` carries it out, without a socket.
+
+Each test feeds a client's messages to a session over a real ``Hub`` whose connections have an
+in-memory transport that keeps the frames it is given; the frames are what a client would
+read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from roomcast.connection import Connection, Delivery
+from roomcast.frame import Frame
+from roomcast.hub import Hub
+from roomcast.logbudget import EventLog
+from roomcast.metrics import ServerCounters
+from roomcast.serve.config import ServerConfig
+from roomcast.serve.session import Session
+
+
+class Inbox:
+    """A transport that keeps every frame; ``closed`` says how it was closed."""
+
+    def __init__(self, user_id: str) -> None:
+        self.connection = Connection(None, user_id)
+        self.connection.transport = self
+        self.rate_state: tuple[float, float, int] | None = None
+        self.frames: list[Frame] = []
+        self.closed: tuple[int, str] | None = None
+        self.buffered_bytes = 0
+
+    def send(self, frame: Frame) -> Delivery:
+        self.frames.append(frame)
+        return Delivery.ACCEPTED
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+    def detach(self) -> None:
+        pass
+
+    def take(self) -> list[dict[str, Any]]:
+        """The messages received since the last take."""
+        messages = [json.loads(frame.payload) for frame in self.frames]
+        self.frames.clear()
+        return messages
+
+
+def session(**options: Any) -> tuple[Session, Hub, ServerCounters]:
+    """A session over a hub with ``ServerConfig(**options)``'s limits, no presence, no
+    tokens."""
+    config = ServerConfig(**options)
+    hub, counters = Hub(max_rooms=config.max_rooms), ServerCounters()
+    events = EventLog(logging.getLogger("test.session"))
+    carry = Session(config, hub, counters, events, lambda: None, None, lambda *_: None)
+    return carry, hub, counters
+
+
+def client(hub: Hub, user_id: str) -> Inbox:
+    inbox = Inbox(user_id)
+    hub.attach(inbox.connection)
+    return inbox
+
+
+def say(session: Session, inbox: Inbox, **message: Any) -> list[dict[str, Any]]:
+    text = json.dumps(message)
+    session.received(inbox, text, len(text))
+    return inbox.take()
+
+
+def test_join_publish_leave_are_acknowledged_and_delivered() -> None:
+    """A publish reaches the other members (not the sender) and every command gets its ack."""
+    carry, hub, _ = session()
+    ann, bob = client(hub, "ann"), client(hub, "bob")
+    assert say(carry, ann, type="join", room="r", event_id="j")[0]["ack_event_id"] == "j"
+    say(carry, bob, type="join", room="r")
+    assert say(carry, ann, type="publish", room="r", data=1, event_id="p")[0]["type"] == "ack"
+    (delivered,) = bob.take()
+    assert delivered["type"] == "room_message" and delivered["sender"] == "ann"
+    assert say(carry, ann, type="leave", room="r")[0]["type"] == "ack"
+    assert [c.user_id for c in hub.get_room_members("r")] == ["bob"]
+
+
+def test_refusals_say_why_with_their_code() -> None:
+    """Publishing outside a room, leaving a room one is not in, a reserved room, too many
+    rooms and a full server are refused with an error naming the cause."""
+    carry, hub, counters = session(max_rooms_per_connection=2, max_rooms=3)
+    ann = client(hub, "ann")
+    assert "not in room" in say(carry, ann, type="publish", room="x", data=1)[0]["error"]
+    assert "not in room" in say(carry, ann, type="leave", room="x")[0]["error"]
+    assert "reserved" in say(carry, ann, type="join", room="$secret")[0]["error"]
+    say(carry, ann, type="join", room="a")
+    say(carry, ann, type="join", room="b")
+    assert "at most 2 rooms" in say(carry, ann, type="join", room="c")[0]["error"]
+    bob = client(hub, "bob")
+    say(carry, bob, type="join", room="c")
+    (full,) = say(carry, bob, type="join", room="d")
+    assert full["code"] == 1013 and "maximum of 3 rooms" in full["error"]
+    assert counters.protocol_errors == 5
+
+
+def test_a_client_over_the_rate_is_told_once_then_cut_off() -> None:
+    """Over the burst, messages are dropped with one error per episode; 50 refusals in a row
+    close the client with 1008."""
+    carry, hub, counters = session(rate_limit=1, rate_burst=2)
+    ann = client(hub, "ann")
+    answers = [say(carry, ann, type="ping") for _ in range(3)]
+    assert [a[0]["type"] for a in answers] == ["pong", "pong", "error"]
+    for _ in range(60):
+        say(carry, ann, type="ping")
+    assert ann.closed == (1008, "rate limit exceeded")
+    assert counters.rate_limited >= 50
+
+
+def test_bad_json_and_binary_frames() -> None:
+    """Bad JSON gets error 1003 and the connection stays; a binary frame closes it 1003."""
+    carry, hub, _ = session()
+    ann = client(hub, "ann")
+    carry.received(ann, "{not json", 9)
+    assert ann.take()[0]["code"] == 1003 and ann.closed is None
+    carry.received(ann, b"\x00", 1)
+    assert ann.closed == (1003, "binary frames are not supported")
+
+
+def test_auth_without_tokens_is_refused() -> None:
+    """A token refresh on a server that takes no tokens is refused, not ignored."""
+    carry, hub, _ = session()
+    ann = client(hub, "ann")
+    assert "does not take tokens" in say(carry, ann, type="auth", token="t")[0]["error"]
