@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from roomcast.envelope import Envelope, Target
+from roomcast.brokers.envelope import Envelope, Target
 from roomcast.redis_pubsub import RedisPubSub
 from serve import cpu_ns_of
 

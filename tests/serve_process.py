@@ -35,7 +35,7 @@ async def start_serve(
     port, api_port = free_port(), free_port()
     command = ["serve", "--port", str(port), "--api-port", str(api_port), "--log-level", "error"]
     server = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
-        [sys.executable, "-m", "roomcast.cli", *command, *flags],
+        [sys.executable, "-m", "roomcast.serve.cli", *command, *flags],
         env={**os.environ, "ROOMCAST_API_KEY": "k", **(env or {})},
     )
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10)

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from roomcast import Delivery, encode
-from roomcast.asgi import AsgiTransport
+from roomcast.fastapi.asgi import AsgiTransport
 from roomcast.tasks import TaskSet
 
 

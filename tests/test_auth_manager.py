@@ -22,7 +22,7 @@ from roomcast import (
     Identity,
     JWTAuthenticator,
 )
-from roomcast.presence import StaleConnection
+from roomcast.presence.connection_registry import StaleConnection
 from tests.redis_support import RedisServer
 from tests.support import connect, eventually, recv, running_server, seconds
 

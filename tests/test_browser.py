@@ -68,7 +68,7 @@ class ServeProcess:
     def start(self) -> None:
         flags = [flag.format(port=self.port) for flag in self.flags]
         command = ["serve", "--port", str(self.port), "--log-level", "error", *flags]
-        self.process = subprocess.Popen([sys.executable, "-m", "roomcast.cli", *command])
+        self.process = subprocess.Popen([sys.executable, "-m", "roomcast.serve.cli", *command])
         deadline = time.monotonic() + seconds(20)
         while time.monotonic() < deadline:
             assert self.process.poll() is None, "roomcast serve exited"

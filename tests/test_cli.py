@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from roomcast import CloseCode
-from roomcast.cli import _worker_command, build_parser
+from roomcast.serve.cli import _worker_command, build_parser
 from tests.support import connect, recv, seconds
 
 
@@ -26,7 +26,7 @@ def free_port() -> int:
 def test_help_explains_flags_and_environment() -> None:
     """serve --help names each limit and the ROOMCAST_* variables."""
     result = subprocess.run(
-        [sys.executable, "-m", "roomcast.cli", "serve", "--help"],
+        [sys.executable, "-m", "roomcast.serve.cli", "serve", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -82,7 +82,7 @@ def test_presence_defaults_to_the_hub_kind_unless_asked(monkeypatch: pytest.Monk
 
 def test_a_switch_variable_that_does_not_parse_stops_with_a_message() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "roomcast.cli", "serve"],
+        [sys.executable, "-m", "roomcast.serve.cli", "serve"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -113,7 +113,7 @@ async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "roomcast.cli",
+        "roomcast.serve.cli",
         *command,
         "--shutdown-timeout",
         "5",
@@ -160,7 +160,7 @@ async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
 
 def test_bad_authentication_options_stop_at_start(capsys: pytest.CaptureFixture[str]) -> None:
     """An unsafe algorithm list or a missing key file is refused before serving (exit 2)."""
-    from roomcast.cli import main
+    from roomcast.serve.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--jwt-secret", "x" * 32, "--jwt-algorithms", "HS256,RS256"])

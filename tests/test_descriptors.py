@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from roomcast.limits import RESERVED_DESCRIPTORS, DescriptorBudget
-from roomcast.listener import Acceptor, listening_sockets
+from roomcast.serve.listener import Acceptor, listening_sockets
 from tests.redis_support import free_port
 from tests.serve_process import metric, stop_serve
 from tests.support import connect, eventually, recv, seconds
@@ -55,7 +55,7 @@ async def _start_limited(*flags: str) -> tuple[subprocess.Popen[bytes], int, htt
     port, api_port = free_port(), free_port()
     server = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
         [
-            *(sys.executable, "-m", "roomcast.cli", "serve", "--port", str(port)),
+            *(sys.executable, "-m", "roomcast.serve.cli", "serve", "--port", str(port)),
             *("--api-port", str(api_port), "--log-level", "warning", *flags),
         ],
         env={**os.environ, "ROOMCAST_API_KEY": "k"},

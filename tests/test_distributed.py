@@ -183,7 +183,7 @@ async def test_close_reaches_remote_members(hub: Hub) -> None:
 async def test_native_paths_publish_too(hub: Hub) -> None:
     """Hub.deliver of encoded frames (the native server's path) reaches other instances."""
     from roomcast import encode
-    from roomcast.envelope import Target
+    from roomcast.brokers.envelope import Target
 
     b, _ = await hub.client(1, "lobby", "bob")
     assert hub.managers[0].hub.deliver(Target.ROOM, "lobby", encode("room frame")) == 0

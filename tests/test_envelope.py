@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roomcast.envelope import (
+from roomcast.brokers.envelope import (
     MAGIC,
     GapTracker,
     InvalidEnvelope,

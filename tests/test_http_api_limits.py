@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from roomcast import http_api
-from roomcast.http_api import MAX_BODY, ApiRequest, ApiResponse, ApiStats, serve_api
+from roomcast.serve import http_api
+from roomcast.serve.http_api import MAX_BODY, ApiRequest, ApiResponse, ApiStats, serve_api
 from tests.support import eventually, seconds
 
 BIG_ANSWER = 8 * 1024 * 1024

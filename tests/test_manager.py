@@ -275,7 +275,7 @@ async def test_abrupt_drops_during_broadcasts_leave_a_clean_registry(
 
 async def test_direct_writes_are_used_only_under_uvicorns_default_protocol() -> None:
     """The uvicorn protocol is found behind Starlette's sender, and nothing else is."""
-    from roomcast.uvicorn_direct import find_uvicorn_protocol
+    from roomcast.fastapi.uvicorn_direct import find_uvicorn_protocol
 
     manager = ConnectionManager()
     async with running_server(make_app(manager)) as base:

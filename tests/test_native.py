@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roomcast.native import close_reply
+from roomcast.serve.native import close_reply
 
 
 @pytest.mark.parametrize(

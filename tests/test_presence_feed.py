@@ -15,9 +15,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
 from roomcast.frame import encode
-from roomcast.presence_feed import PresenceFeed
+from roomcast.presence.feed import PresenceFeed
+from roomcast.presence.roster import RoomRoster
 from roomcast.protocol import RoomMessage
-from roomcast.roster import RoomRoster
 from roomcast.server import Server, ServerConfig
 from tests.redis_support import RedisServer
 from tests.support import connect, recv, seconds
@@ -341,7 +341,7 @@ async def test_repeated_snapshot_requests_are_coalesced() -> None:
     """A client that re-joins ``$presence:R`` 100 times in a burst gets one snapshot at once
     and one more at the end of the interval (the latest members), not 100; every join is
     still acknowledged."""
-    from roomcast.presence_feed import SNAPSHOT_INTERVAL
+    from roomcast.presence.feed import SNAPSHOT_INTERVAL
 
     async with running() as server:
         watcher = await Peer.open(server, "watcher")

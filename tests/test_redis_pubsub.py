@@ -17,8 +17,8 @@ import pytest
 import redis.asyncio
 
 from roomcast import BrokerUnavailable
-from roomcast.envelope import Target, pack
-from roomcast.redis_pubsub import RedisPubSub
+from roomcast.brokers.envelope import Target, pack
+from roomcast.brokers.redis import RedisPubSub
 from tests.redis_support import RedisServer, free_port
 from tests.support import eventually, seconds
 

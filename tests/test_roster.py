@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
-from roomcast.roster import Member, RoomRoster, RosterChange
+from roomcast.presence.roster import Member, RoomRoster, RosterChange
 from tests.redis_support import RedisServer
 from tests.support import eventually
 

@@ -34,7 +34,7 @@ class Instance:
             [
                 sys.executable,
                 "-m",
-                "roomcast.cli",
+                "roomcast.serve.cli",
                 "serve",
                 "--port",
                 str(self.port),

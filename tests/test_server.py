@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from roomcast import CloseCode
-from roomcast.envelope import Target
+from roomcast.brokers.envelope import Target
 from roomcast.frame import encode
 from roomcast.server import Server, ServerConfig
 from tests.support import connect, eventually, listening_socket, recv, seconds

@@ -15,8 +15,8 @@ from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame
 from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
-from roomcast.metrics import ServerCounters
 from roomcast.serve.config import ServerConfig
+from roomcast.serve.metrics import ServerCounters
 from roomcast.serve.session import Session
 
 

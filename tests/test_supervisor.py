@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from roomcast import CloseCode
-from roomcast.cli import main
+from roomcast.serve.cli import main
 from tests.redis_support import RedisServer, free_port
 from tests.support import connect, eventually, recv, seconds
 
@@ -49,7 +49,7 @@ async def test_workers_share_the_port_are_one_hub_and_are_restarted(own_redis: R
         [
             sys.executable,
             "-m",
-            "roomcast.cli",
+            "roomcast.serve.cli",
             "serve",
             "--workers",
             "3",
@@ -174,7 +174,7 @@ async def test_kill_9_of_the_supervisor_takes_its_workers_down(own_redis: RedisS
         [
             sys.executable,
             "-m",
-            "roomcast.cli",
+            "roomcast.serve.cli",
             "serve",
             "--workers",
             "2",
@@ -233,7 +233,7 @@ def test_a_worker_whose_supervisor_is_already_gone_does_not_start(supervisor: st
     pid = reaped_pid() if supervisor == "reaped" else os.getppid()
     port = free_port()
     worker = subprocess.run(
-        [sys.executable, "-m", "roomcast.cli", "serve", "--worker", "--port", str(port)],
+        [sys.executable, "-m", "roomcast.serve.cli", "serve", "--worker", "--port", str(port)],
         env={**os.environ, "ROOMCAST_SUPERVISOR_PID": str(pid)},
         capture_output=True,
         timeout=seconds(20),
@@ -245,7 +245,7 @@ def test_a_worker_whose_supervisor_is_already_gone_does_not_start(supervisor: st
 
 WEDGED_WORKER = """
 import signal, sys, time
-from roomcast.supervisor import follow_supervisor
+from roomcast.serve.supervisor import follow_supervisor
 follow_supervisor(shutdown_timeout=0.5)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a drain that never ends
 print("ready", flush=True)
@@ -302,7 +302,7 @@ def test_follow_supervisor_does_nothing_unsupervised_or_off_linux(
 ) -> None:
     """Without the supervisor's variable (a hand-run ``serve --worker``) nothing happens;
     where there is no parent-death signal the worker says so and serves on."""
-    from roomcast.supervisor import SUPERVISOR_PID_VARIABLE, follow_supervisor
+    from roomcast.serve.supervisor import SUPERVISOR_PID_VARIABLE, follow_supervisor
 
     monkeypatch.delenv(SUPERVISOR_PID_VARIABLE, raising=False)
     follow_supervisor(1.0)

@@ -41,7 +41,7 @@ async def serving(*options: str) -> AsyncIterator[int]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "roomcast.cli",
+        "roomcast.serve.cli",
         "serve",
         "--port",
         str(port),

@@ -23,8 +23,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from roomcast.http_api import ApiRequest, ApiResponse, serve_api
-from roomcast.listener import Acceptor
+from roomcast.serve.http_api import ApiRequest, ApiResponse, serve_api
+from roomcast.serve.listener import Acceptor
 
 __all__ = ["GcClock", "asgi_with_control", "raise_nofile_limit", "start_control"]
 

@@ -8,10 +8,9 @@ dependency: Starlette, Redis and JWT support load only where they are used.
 from typing import TYPE_CHECKING, Any
 
 from roomcast.auth import AuthenticationError, Authenticator, Identity, JWTAuthenticator
-from roomcast.auth_manager import AuthConnectionManager, ConnectionConfig
-from roomcast.broker import Broker, BrokerStats, MemoryBroker, MemoryBus
+from roomcast.brokers.base import Broker, BrokerStats
+from roomcast.brokers.memory import MemoryBroker, MemoryBus
 from roomcast.connection import Connection, Delivery, Transport
-from roomcast.distributed import DistributedWebSocketManager
 from roomcast.errors import (
     BrokerUnavailable,
     CapacityExceeded,
@@ -21,9 +20,11 @@ from roomcast.errors import (
     InvalidMessage,
     RoomcastError,
 )
+from roomcast.fastapi.auth_manager import AuthConnectionManager, ConnectionConfig
+from roomcast.fastapi.distributed import DistributedWebSocketManager
+from roomcast.fastapi.manager import ConnectionManager, ManagerStats, OverflowPolicy
 from roomcast.frame import Frame, encode
 from roomcast.heartbeat import ConnectionHealth, HeartbeatManager
-from roomcast.manager import ConnectionManager, ManagerStats, OverflowPolicy
 from roomcast.messages import (
     AckMessage,
     ErrorMessage,
@@ -34,11 +35,11 @@ from roomcast.messages import (
 )
 
 if TYPE_CHECKING:
-    from roomcast.redis_pubsub import RedisPubSub as RedisPubSub
+    from roomcast.brokers.redis import RedisPubSub as RedisPubSub
 
 __version__ = "0.1.0"
 
-_LAZY = {"RedisPubSub": "roomcast.redis_pubsub"}
+_LAZY = {"RedisPubSub": "roomcast.brokers.redis"}
 """Public names whose modules import an optional dependency (redis), loaded on first use.
 
 They are not in ``__all__``, so that ``from roomcast import *`` works without the extra."""

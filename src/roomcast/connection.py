@@ -30,7 +30,7 @@ class Delivery(enum.Enum):
 
 
 class Transport(Protocol):
-    """Carries frames to one client.  Implementations: ASGI (``roomcast.asgi``), native server.
+    """Carries frames to one client: ASGI (``roomcast.fastapi.asgi``) or the native server's.
 
     ``send`` and ``close`` are synchronous on purpose: the hub fans a frame out to thousands of
     connections in one loop, and no single client may make that loop wait.  Anything that has to

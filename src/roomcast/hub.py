@@ -26,9 +26,9 @@ import logging
 from collections.abc import Collection, Iterable
 from typing import Protocol
 
-from roomcast.broker import Broker, BrokerStats
+from roomcast.brokers.base import Broker, BrokerStats
+from roomcast.brokers.envelope import Envelope, Target
 from roomcast.connection import Connection, Delivery
-from roomcast.envelope import Envelope, Target
 from roomcast.errors import CapacityExceeded, CloseCode
 from roomcast.frame import Frame
 from roomcast.identifiers import DEFAULT_MAX_ID_BYTES, check_identifier

@@ -18,9 +18,9 @@ from roomcast.auth import AuthenticationError, Identity, query_value, token_from
 from roomcast.errors import InvalidIdentifier
 from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
-from roomcast.metrics import ServerCounters
-from roomcast.presence_feed import RESERVED_PREFIX
+from roomcast.presence.feed import RESERVED_PREFIX
 from roomcast.serve.config import ServerConfig
+from roomcast.serve.metrics import ServerCounters
 from roomcast.serve.pages import respond
 
 __all__ = ["Admitted", "Gate"]

@@ -14,7 +14,7 @@ from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 from prometheus_client import CollectorRegistry
 
 from roomcast.hub import Hub
-from roomcast.metrics import render
+from roomcast.serve.metrics import render
 
 __all__ = ["GET_PATHS", "TEXT", "Pages", "respond"]
 

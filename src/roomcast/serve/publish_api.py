@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 
-from roomcast.envelope import Target
+from roomcast.brokers.envelope import Target
 from roomcast.errors import InvalidIdentifier, InvalidMessage
 from roomcast.frame import encode
-from roomcast.http_api import ApiRequest, ApiResponse, key_matches
 from roomcast.hub import Hub
 from roomcast.messages import WSMessage, preview
-from roomcast.presence_feed import RESERVED_PREFIX
+from roomcast.presence.feed import RESERVED_PREFIX
 from roomcast.protocol import RoomMessage
+from roomcast.serve.http_api import ApiRequest, ApiResponse, key_matches
 from roomcast.serve.pages import GET_PATHS, Pages
 
 __all__ = ["MAX_BATCH", "PublishApi"]

@@ -34,21 +34,21 @@ from roomcast.errors import CloseCode
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
 from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
-from roomcast.http_api import API_REFUSAL_HEADROOM, ApiStats, serve_api
 from roomcast.hub import Hub, OverflowPolicy
 from roomcast.limits import DescriptorBudget
-from roomcast.listener import Acceptor, listening_sockets
 from roomcast.logbudget import EventLog
 from roomcast.messages import (
     preview,
 )
-from roomcast.metrics import Sample, ServerCounters, metrics_registry
-from roomcast.native import EchoTransport, FlushScheduler, NativeTransport, server_protocols
-from roomcast.presence_feed import (
+from roomcast.presence.feed import (
     PresenceFeed,
 )
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.gate import Admitted, Gate
+from roomcast.serve.http_api import API_REFUSAL_HEADROOM, ApiStats, serve_api
+from roomcast.serve.listener import Acceptor, listening_sockets
+from roomcast.serve.metrics import Sample, ServerCounters, metrics_registry
+from roomcast.serve.native import EchoTransport, FlushScheduler, NativeTransport, server_protocols
 from roomcast.serve.pages import Pages, respond
 from roomcast.serve.publish_api import PublishApi
 from roomcast.serve.session import Session
@@ -131,7 +131,7 @@ class Server:
             return None
         import redis.asyncio
 
-        from roomcast.roster import RoomRoster
+        from roomcast.presence.roster import RoomRoster
 
         self._redis = redis.asyncio.Redis.from_url(
             self.config.redis_url, max_connections=4, socket_timeout=5.0
@@ -458,7 +458,7 @@ def _protocol_ping(connection_id: str, transport: NativeTransport, message: obje
 def _new_hub(config: ServerConfig) -> Hub:
     broker = None
     if config.redis_url is not None:
-        from roomcast.redis_pubsub import RedisPubSub
+        from roomcast.brokers.redis import RedisPubSub
 
         broker = RedisPubSub(config.redis_url, prefix=config.channel_prefix)
     return Hub(

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from roomcast.auth import AuthenticationError, Identity
+from roomcast.brokers.envelope import Target
 from roomcast.connection import Connection
-from roomcast.envelope import Target
 from roomcast.errors import CapacityExceeded, CloseCode, InvalidIdentifier
 from roomcast.frame import encode
 from roomcast.hub import Hub
@@ -27,8 +27,7 @@ from roomcast.limits import RateLimit
 from roomcast.limits import Verdict as RateVerdict
 from roomcast.logbudget import EventLog
 from roomcast.messages import AckMessage, ErrorMessage, PingMessage, PongMessage, preview
-from roomcast.metrics import ServerCounters
-from roomcast.presence_feed import (
+from roomcast.presence.feed import (
     RESERVED_PREFIX,
     STATS_ROOM,
     PresenceFeed,
@@ -44,6 +43,7 @@ from roomcast.protocol import (
     interpret,
 )
 from roomcast.serve.config import ServerConfig
+from roomcast.serve.metrics import ServerCounters
 
 __all__ = ["ClientTransport", "Session"]
 

@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from roomcast.envelope import Target
+from roomcast.brokers.envelope import Target
 from roomcast.frame import encode
 from roomcast.hub import Hub
-from roomcast.metrics import ServerCounters
-from roomcast.presence_feed import RESERVED_PREFIX, STATS_ROOM
+from roomcast.presence.feed import RESERVED_PREFIX, STATS_ROOM
 from roomcast.protocol import StatsMessage
+from roomcast.serve.metrics import ServerCounters
 
 __all__ = ["StatsFeed"]
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from roomcast.broker import Broker
+from roomcast.brokers.base import Broker
 from roomcast.hub import Hub
 
 __all__ = ["Sample", "ServerCounters", "metrics_registry", "render"]

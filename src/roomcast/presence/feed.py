@@ -34,15 +34,15 @@ import dataclasses
 import logging
 from typing import Any
 
+from roomcast.brokers.envelope import Target
 from roomcast.connection import Connection
-from roomcast.envelope import Target
 from roomcast.errors import CloseCode
 from roomcast.frame import encode
 from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
 from roomcast.messages import ErrorMessage, preview
+from roomcast.presence.roster import Member, RoomRoster, RosterChange
 from roomcast.protocol import PresenceMessage
-from roomcast.roster import Member, RoomRoster, RosterChange
 from roomcast.tasks import TaskSet
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "watched_room",
 ]
 
-logger = logging.getLogger("roomcast.presence")
+logger = logging.getLogger("roomcast.presence.feed")
 
 RESERVED_PREFIX = "$"
 """Room ids starting with it belong to the server: clients may join only the ones below,

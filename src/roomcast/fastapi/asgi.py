@@ -24,7 +24,7 @@ middleware that wraps ``send``, a close that was not written in time is counted 
 the client) end it.  The native server aborts such sockets the same way.
 
 Under uvicorn's default WebSocket protocol the fast path is shorter still: the frame's bytes,
-built once, are written straight to the socket (``roomcast.uvicorn_direct``); the ASGI path
+built once, are written straight to the socket (``roomcast.fastapi.uvicorn_direct``); the ASGI path
 here takes over whenever uvicorn would not write at once.
 
 This module imports nothing from Starlette: it needs only ``send(event)``, ``close(code,
@@ -44,9 +44,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from roomcast.connection import Delivery
+from roomcast.fastapi.uvicorn_direct import (
+    SocketTransport,
+    find_uvicorn_protocol,
+    find_uvicorn_transport,
+)
 from roomcast.frame import Frame
 from roomcast.tasks import TaskSet
-from roomcast.uvicorn_direct import SocketTransport, find_uvicorn_protocol, find_uvicorn_transport
 
 __all__ = ["AsgiTransport", "AsgiWebSocket"]
 
@@ -157,7 +161,7 @@ class AsgiTransport:
         self._busy = False
         self._direct_writes = direct_writes
         # uvicorn's protocol object when frames may be written to it directly (see
-        # roomcast.uvicorn_direct); found after the handshake.
+        # roomcast.fastapi.uvicorn_direct); found after the handshake.
         self._direct: Any = None
         # The socket's transport, to abort a close that does not complete; found after the
         # handshake, whatever direct_writes says.

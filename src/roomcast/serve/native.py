@@ -413,10 +413,10 @@ def server_protocols(
     max_frame_size: int,
     logger: logging.LoggerAdapter[logging.Logger],
 ) -> Callable[[], Any]:
-    """A factory of picows' server protocol for sockets accepted by ``roomcast.listener``.
+    """A factory of picows' server protocol for sockets accepted by ``roomcast.serve.listener``.
 
     ``ws_create_server`` would make these itself, but it accepts through the event loop's
-    ``create_server`` (see ``roomcast.listener`` for why roomcast does not).  The arguments
+    ``create_server`` (see ``roomcast.serve.listener`` for why roomcast does not).  The arguments
     are those ``ws_create_server`` passes, in picows' order (pinned to picows 2.3.x in
     ``pyproject.toml``): ``route`` answers each upgrade request, pings are answered by
     ``NativeTransport`` (rate limited), and the read buffer starts at its minimum.

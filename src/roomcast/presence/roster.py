@@ -36,7 +36,7 @@ from roomcast.tasks import TaskSet
 
 __all__ = ["Departed", "Member", "RoomRoster", "RosterChange"]
 
-logger = logging.getLogger("roomcast.roster")
+logger = logging.getLogger("roomcast.presence.roster")
 
 Member = tuple[str, str | None]
 """(connection id, user id)."""

@@ -169,7 +169,7 @@ class Acceptor:
 
         ``connect_accepted_socket`` does all its work before it waits for the protocol's
         ``connection_made``; the coroutine is run that far here and finished by a callback
-        on what it waits for (the same technique as ``roomcast.asgi``).
+        on what it waits for (the same technique as ``roomcast.fastapi.asgi``).
         """
         protocol = self._protocol_factory()
         self._held.add(protocol)

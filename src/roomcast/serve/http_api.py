@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import httptools
 
-from roomcast.listener import Acceptor, listening_sockets
+from roomcast.serve.listener import Acceptor, listening_sockets
 
 __all__ = ["ApiRequest", "ApiResponse", "ApiStats", "serve_api"]
 
@@ -357,7 +357,7 @@ async def serve_api(
             waits 0.1 s); a warning is logged if omitted.
 
     Returns:
-        What accepts the connections (``sockets``, ``close()``); see ``roomcast.listener``
+        What accepts the connections (``sockets``, ``close()``); see ``roomcast.serve.listener``
         for why it is not ``loop.create_server``.
 
     Raises:

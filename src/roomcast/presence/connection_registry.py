@@ -34,7 +34,7 @@ from roomcast.tasks import TaskSet
 
 __all__ = ["PresenceRegistry", "StaleConnection"]
 
-logger = logging.getLogger("roomcast.presence")
+logger = logging.getLogger("roomcast.presence.connection_registry")
 
 # Add a connection to a user's set unless the user is at the cap; 1 if added, 0 if refused.
 _CAPPED_ADD = """

@@ -110,7 +110,7 @@ class Supervisor:
         delay = self._restart_delay
         while not self._stopping.is_set():
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "roomcast.cli", "serve", *self._args, env=self._env
+                sys.executable, "-m", "roomcast.serve.cli", "serve", *self._args, env=self._env
             )
             self._processes[slot] = process
             started = loop.time()

@@ -1,0 +1,526 @@
+"""RedisPubSub: the seed's Redis pub/sub API, and the Redis broker behind the distributed hub.
+
+One instance holds two Redis connections: one subscribed (it only reads messages and the
+replies to its own SUBSCRIBE/UNSUBSCRIBE/PING), one that publishes.  Publishing goes through
+one connection and one bounded queue, pipelined, so an instance's messages reach Redis in the
+order they were sent.
+
+Both connections are made with redis-py's asyncio ``Connection`` (hiredis parser) with
+redis-py's own retries switched off: redis-py 8.1 silently reconnects and resubscribes a
+``PubSub`` after a Redis restart, which hides exactly what a hub must notice (it is not
+subscribed for a while; messages are lost).  Here one supervisor task owns the connections:
+
+* connect, subscribe to the current interest set, confirm with a PING, then report ready;
+* on any error (connection lost, no answer to a PING within ``health_check_interval``, a bug
+  in a handler path), drop both connections, report not ready, fail what waits to be
+  published (counted), wait with capped exponential backoff and jitter, and start over.
+
+So the subscriber cannot die silently (python-socketio #1581) or hang on a half-open socket
+(broadcaster #144), and what was lost shows in ``stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from roomcast.brokers.base import BrokerStats, Channels, EnvelopeHandler, Inbound, Outbound
+from roomcast.brokers.envelope import Envelope, Target
+from roomcast.brokers.redis_link import Link, Topology, discover, encode_channel
+from roomcast.errors import BrokerUnavailable
+from roomcast.frame import encode
+from roomcast.logbudget import FailureTally
+from roomcast.tasks import TaskSet
+
+__all__ = ["RedisPubSub"]
+
+logger = logging.getLogger("roomcast.redis")
+
+MessageHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
+"""A seed-style handler: receives each message as a dict (see ``RedisPubSub.subscribe``)."""
+
+
+class RedisPubSub:
+    """Redis pub/sub for a multi-instance hub.
+
+    Channels (``prefix`` "ws" by default): ``ws:broadcast``, ``ws:room:{room_id}``,
+    ``ws:user:{user_id}``, ``ws:connection:{conn_id}``.  Messages travel as roomcast
+    envelopes (``roomcast.brokers.envelope``), numbered so that receivers count what they missed.
+
+    Args:
+        redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL (credentials and db in it).
+        prefix: Channel prefix, so several hubs can share one Redis.
+        publish_queue_limit: Most envelopes waiting to be written to Redis; beyond it a
+            publish fails (counted) instead of growing memory.
+        handler_queue_limit: Most messages waiting for seed-style ``subscribe`` handlers.
+        connect_timeout: Seconds allowed for connecting, and for ``initialize`` to wait.
+        socket_timeout: Seconds allowed for Redis to answer a pipeline of publishes.
+        health_check_interval: Seconds between PINGs on the subscribed connection; no answer
+            by the next one means the connection is dead.
+        reconnect_delay: First wait after losing Redis; doubles per failed attempt...
+        reconnect_max_delay: ...up to this (each wait is jittered down to half of it).
+    """
+
+    def __init__(
+        self,
+        redis_url: str = "redis://localhost:6379",
+        *,
+        prefix: str = "ws",
+        publish_queue_limit: int = 10_000,
+        handler_queue_limit: int = 10_000,
+        connect_timeout: float = 5.0,
+        socket_timeout: float = 5.0,
+        health_check_interval: float = 2.0,
+        reconnect_delay: float = 0.05,
+        reconnect_max_delay: float = 1.0,
+    ) -> None:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": None,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            "client_name": "roomcast",
+            "protocol": 2,  # pub/sub replies as plain arrays (a URL may still ask for RESP3)
+        }
+        if not redis_url.startswith("unix:"):
+            options["socket_keepalive"] = True  # TCP only
+        self._pool = ConnectionPool.from_url(redis_url, **options)
+        self._channels = Channels(prefix)
+        self._outbound = Outbound(self._channels)
+        self._stats = BrokerStats()
+        self.inbound = Inbound(self._channels, self._stats, self._outbound.origin)
+        self._publish_queue_limit = publish_queue_limit
+        self._connect_timeout = connect_timeout
+        self._socket_timeout = socket_timeout
+        self._health_check_interval = health_check_interval
+        self._reconnect_delay = reconnect_delay
+        self._reconnect_max_delay = reconnect_max_delay
+        # One Link per Redis node while connected; the topology says which node has a channel.
+        self._topology: Topology | None = None
+        self._links: list[Link] = []
+        # Interest changes not yet sent to Redis: channel -> subscribe (True) or not.
+        self._changes: dict[str, bool] = {}
+        self._interest_changed = asyncio.Event()
+        self._confirm_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._connected = False
+        self._ready = False
+        self._ready_event = asyncio.Event()
+        self._lost_at: float | None = None
+        self._publish_failures = FailureTally(logger, "message(s) could not be published")
+        self._handler_queue: asyncio.Queue[tuple[MessageHandler, Envelope]] = asyncio.Queue(
+            handler_queue_limit
+        )
+        self._seed_handlers: dict[tuple[str, MessageHandler], EnvelopeHandler] = {}
+        self._tasks = TaskSet()
+        self._started = False
+        self._closed = False
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def instance_id(self) -> bytes:
+        """16 random bytes naming this instance in the envelopes it publishes."""
+        return self._outbound.origin
+
+    @property
+    def channels(self) -> Channels:
+        """The channel names in use (with this instance's prefix)."""
+        return self._channels
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and subscribed to every channel of interest (confirmed by Redis)."""
+        return self._ready
+
+    @property
+    def settled(self) -> bool:
+        """Ready, and Redis confirmed a subscription to exactly the interest set (no change
+        on its way): what a test waits for before publishing from another instance."""
+        return (
+            self._ready
+            and not self._changes
+            and all(
+                not link.unanswered and link.confirmed == link.requested for link in self._links
+            )
+        )
+
+    @property
+    def subscriptions(self) -> int:
+        """Channels Redis confirmed this instance is subscribed to."""
+        return sum(len(link.confirmed) for link in self._links)
+
+    @property
+    def shards(self) -> int:
+        """Redis nodes in use: 1 for a plain Redis, the masters of a cluster (0 if down)."""
+        return len(self._links)
+
+    @property
+    def connected(self) -> bool:
+        """Both connections are up (subscriptions may still be on their way)."""
+        return self._connected
+
+    @property
+    def stats(self) -> BrokerStats:
+        """Counters: published, failed, received, missed, malformed, reconnects..."""
+        return self._stats
+
+    @property
+    def queued(self) -> int:
+        """Envelopes waiting to be written to Redis."""
+        return sum(link.queued for link in self._links)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def initialize(self) -> None:
+        """Start the connection supervisor and wait (up to ``connect_timeout``) until ready.
+
+        If Redis cannot be reached in that time this logs a warning and returns anyway: the
+        supervisor keeps trying, ``ready`` says when it succeeded, and until then publishes
+        fail fast (counted) while local delivery goes on.
+        """
+        if self._closed:
+            raise RuntimeError("this RedisPubSub is closed")
+        if not self._started:
+            self._started = True
+            self._tasks.spawn(self._supervise())
+            self._tasks.spawn(self._run_seed_handlers())
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self._ready_event.wait()
+        except TimeoutError:
+            logger.warning("Redis not reachable yet; serving locally and retrying")
+
+    async def close(self) -> None:
+        """Disconnect, stop every task, and fail whatever was still waiting to be published."""
+        self._closed = True
+        await self._tasks.cancel_all()
+        self._set_down()
+        self._fail_pending("RedisPubSub closed")
+        self._links = []
+        await self._pool.disconnect()
+
+    # ---------------------------------------------------------------- subscriptions
+
+    def listen(self, channel: str, handler: EnvelopeHandler) -> None:
+        """Call ``handler`` (synchronously, in the reader) for every envelope on ``channel``."""
+        if self.inbound.add(channel, handler):
+            self._changes[channel] = True
+            self._interest_changed.set()
+
+    def unlisten(self, channel: str, handler: EnvelopeHandler) -> None:
+        """Stop calling ``handler``; Redis is unsubscribed after the last handler goes."""
+        if self.inbound.remove(channel, handler):
+            self._changes[channel] = False
+            self._interest_changed.set()
+
+    async def subscribe(self, channel: str, handler: MessageHandler) -> None:
+        """Call ``handler`` with every message published on ``channel`` (seed API).
+
+        The handler gets the message as a dict: a JSON object as itself, anything else as
+        ``{"data": value}`` (``bytes`` for a binary message); closes arrive as
+        ``{"type": "close", "reason": ...}``.  It may be sync or async; handlers run one at a
+        time in publish order, off the reader, through a bounded queue (a full queue drops
+        the message, counted in ``stats.handler_drops``).  Messages this instance published
+        itself are delivered too, as Redis does.
+
+        Returns once Redis confirmed the subscription, or at once if Redis is unreachable
+        (the subscription is made when it comes back).
+        """
+        key = (channel, handler)
+        if key in self._seed_handlers:
+            return
+        queue = self._handler_queue
+        stats = self._stats
+
+        def enqueue(envelope: Envelope) -> None:
+            try:
+                queue.put_nowait((handler, envelope))
+            except asyncio.QueueFull:
+                stats.handler_drops += 1
+                logger.warning("handler queue full; dropped a message on %s", channel)
+
+        self._seed_handlers[key] = enqueue
+        self.listen(channel, enqueue)
+        if self._connected:
+            await self._confirmed(channel)
+
+    async def unsubscribe(self, channel: str, handler: MessageHandler | None = None) -> None:
+        """Remove ``handler`` (or every seed-style handler) from ``channel``."""
+        for key in [k for k in self._seed_handlers if k[0] == channel]:
+            if handler is None or key[1] is handler:
+                self.unlisten(channel, self._seed_handlers.pop(key))
+
+    async def _confirmed(self, channel: str) -> None:
+        if any(channel in link.confirmed for link in self._links):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._confirm_waiters.setdefault(channel, []).append(waiter)
+        try:
+            async with asyncio.timeout(self._socket_timeout):
+                await waiter
+        except TimeoutError:
+            # Redis went away meanwhile; the subscription is made when it is back.
+            waiters = self._confirm_waiters.get(channel)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._confirm_waiters[channel]
+
+    # ---------------------------------------------------------------- publishing
+
+    def publish(
+        self,
+        target: Target,
+        target_id: str,
+        payload: bytes,
+        *,
+        binary: bool = False,
+        close: bool = False,
+        exclude: Collection[str] = (),
+    ) -> None:
+        """Queue an envelope for Redis without waiting (the distributed manager's path).
+
+        Failures (Redis down, queue full) are counted in ``stats.publish_failures``, and the
+        receivers count the sequence number that never reaches them.
+        """
+        channel, data = self._outbound.seal(
+            target, target_id, payload, binary=binary, close=close, exclude=exclude
+        )
+        self._enqueue(channel, data, None)
+
+    async def publish_broadcast(self, message: Any, *, exclude: Collection[str] = ()) -> int:
+        """Publish to every connection on every instance; returns how many instances (Redis
+        subscriptions) received it.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable or the publish queue is full.
+            InvalidMessage: ``message`` cannot be encoded.
+        """
+        return await self._publish_message(Target.BROADCAST, "", message, exclude)
+
+    async def publish_to_user(self, user_id: str, message: Any) -> int:
+        """Publish to every connection of ``user_id``, wherever it is (see publish_broadcast)."""
+        return await self._publish_message(Target.USER, user_id, message, ())
+
+    async def publish_to_room(
+        self, room_id: str, message: Any, *, exclude: Collection[str] = ()
+    ) -> int:
+        """Publish to the members of ``room_id`` on every instance (see publish_broadcast)."""
+        return await self._publish_message(Target.ROOM, room_id, message, exclude)
+
+    async def publish_to_connection(self, connection_id: str, message: Any) -> int:
+        """Publish to one connection on whichever instance holds it (see publish_broadcast)."""
+        return await self._publish_message(Target.CONNECTION, connection_id, message, ())
+
+    async def _publish_message(
+        self, target: Target, target_id: str, message: Any, exclude: Collection[str]
+    ) -> int:
+        frame = encode(message)
+        channel, data = self._outbound.seal(
+            target, target_id, frame.payload, binary=frame.binary, exclude=exclude
+        )
+        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._enqueue(channel, data, result)
+        return await result
+
+    def _enqueue(self, channel: str, data: bytes, result: asyncio.Future[int] | None) -> None:
+        topology = self._topology
+        if not self._connected or topology is None:
+            self._failed(result, "Redis is not connected")
+            return
+        name = encode_channel(channel)
+        link = self._links[topology.node_of(name)]
+        if link.queued >= self._publish_queue_limit:
+            self._failed(result, "publish queue is full")
+        else:
+            link.enqueue((name, data, result))
+
+    def _failed(self, result: asyncio.Future[int] | None, why: str) -> None:
+        self._stats.publish_failures += 1
+        self._publish_failures.add(why)
+        if result is None:
+            return
+        if not result.done():
+            result.set_exception(BrokerUnavailable(why))
+
+    def _fail_pending(self, why: str) -> None:
+        pending = [item for link in self._links for item in link.take_pending()]
+        for _, _, result in pending:
+            self._failed(result, why)
+
+    # ---------------------------------------------------------------- the supervisor
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            error = "session ended"
+            try:
+                await self._session()
+            except Exception as exc:  # whatever broke the session, start a new one
+                error = _describe(exc)
+            was_ready = self._ready
+            self._set_down()
+            self._fail_pending("Redis connection lost")
+            self._links = []
+            if was_ready:
+                self._lost_at = loop.time()
+                attempt = 0
+                logger.warning("Redis connection lost (%s); reconnecting", error)
+            elif attempt == 0:
+                logger.warning("cannot reach Redis (%s); retrying", error)
+            else:
+                logger.debug("Redis still unreachable (%s)", error)
+            delay = min(self._reconnect_max_delay, self._reconnect_delay * 2**attempt)
+            attempt += 1
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def _session(self) -> None:
+        """One connected period: returns only by raising."""
+        probe = self._new_connection()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await probe.connect()  # type: ignore[no-untyped-call]
+                # (A unix:// connection has no host or port; it is never a cluster node.)
+                topology = await discover(
+                    probe, getattr(probe, "host", ""), getattr(probe, "port", 0)
+                )
+        finally:
+            await probe.disconnect(nowait=True)
+        links = [
+            Link(
+                self,
+                # A plain Redis is reached exactly as the URL says; cluster nodes by address.
+                functools.partial(self._new_connection, *node)
+                if topology.slots is not None
+                else self._new_connection,
+                topology.dialect,
+                health_check_interval=self._health_check_interval,
+                socket_timeout=self._socket_timeout,
+            )
+            for node in topology.nodes
+        ]
+        self._topology, self._links = topology, links
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                for link in links:
+                    await link.connect()
+            self._connected = True
+            async with asyncio.TaskGroup() as group:
+                for link in links:
+                    link.start(group)
+                group.create_task(self._reconcile(topology, links))
+        finally:
+            for link in links:
+                await link.disconnect()
+
+    def _new_connection(
+        self, host: str | None = None, port: int | None = None
+    ) -> AbstractConnection:
+        # A connection of our own, outside the pool's accounting: the pool only parses the
+        # URL (and its credentials, TLS and db apply to every node).
+        options = dict(self._pool.connection_kwargs)
+        if host is not None:
+            options.update(host=host, port=port)
+        connection: AbstractConnection = self._pool.connection_class(**options)
+        return connection
+
+    def _set_down(self) -> None:
+        self._connected = False
+        self._ready = False
+        self._ready_event.clear()
+
+    async def _reconcile(self, topology: Topology, links: list[Link]) -> None:
+        """Subscribe every link to its share of the interest set, then follow the changes."""
+        self._changes.clear()
+        everything: list[list[str]] = [[] for _ in links]
+        for channel in self.inbound.subscribed():
+            everything[topology.node_of(encode_channel(channel))].append(channel)
+        for link, channels in zip(links, everything, strict=True):
+            await link.change(channels, ())
+            await link.confirm_ready()
+        while True:
+            await self._interest_changed.wait()
+            self._interest_changed.clear()
+            changes, self._changes = self._changes, {}
+            added: list[list[str]] = [[] for _ in links]
+            removed: list[list[str]] = [[] for _ in links]
+            for channel, wanted in changes.items():
+                index = topology.node_of(encode_channel(channel))
+                if wanted != (channel in links[index].requested):
+                    (added if wanted else removed)[index].append(channel)
+            for link, more, fewer in zip(links, added, removed, strict=True):
+                if more or fewer:
+                    await link.change(more, fewer)
+
+    # ---------------------------------------------------------------- LinkOwner
+
+    def delivered(self, channel: str, data: bytes) -> None:
+        self.inbound.deliver(channel, data)
+
+    def confirmed(self, channel: str) -> None:
+        for waiter in self._confirm_waiters.pop(channel, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def link_ready(self) -> None:
+        if self._ready or not all(link.ready for link in self._links):
+            return
+        self._ready = True
+        self._ready_event.set()
+        self._publish_failures.flush()
+        if self._lost_at is not None:
+            self._stats.reconnects += 1
+            logger.warning(
+                "Redis back after %.1f s; subscribed to %d channel(s) on %d node(s)",
+                asyncio.get_running_loop().time() - self._lost_at,
+                sum(len(link.requested) for link in self._links),
+                len(self._links),
+            )
+            self._lost_at = None
+
+    def published(self, count: int) -> None:
+        self._stats.published += count
+
+    # ---------------------------------------------------------------- seed-style handlers
+
+    async def _run_seed_handlers(self) -> None:
+        queue = self._handler_queue
+        while True:
+            handler, envelope = await queue.get()
+            try:
+                outcome = handler(_as_dict(envelope))
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                self._stats.handler_errors += 1
+                logger.exception("subscribe handler failed")
+
+
+def _as_dict(envelope: Envelope) -> dict[str, Any]:
+    if envelope.close:
+        return {"type": "close", "reason": envelope.payload.decode()}
+    if envelope.binary:
+        return {"data": envelope.payload}
+    text = envelope.payload.decode()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"data": text}
+    return value if isinstance(value, dict) else {"data": value}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

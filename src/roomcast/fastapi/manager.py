@@ -1,0 +1,364 @@
+"""ConnectionManager: the seed's API for FastAPI/Starlette applications, over a ``Hub``.
+
+The manager is a face: it accepts ASGI websockets, ties each connection to its endpoint's task,
+keeps the index by websocket that the seed's calls need (they name connections by their
+websocket), runs the optional application-level heartbeat, and turns each send into one hub
+delivery.  Registry, fan-out and the broker are the hub's (``roomcast.hub``).  The methods are
+``async`` because the seed's API is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
+from roomcast.brokers.envelope import Target
+from roomcast.connection import Connection
+from roomcast.errors import CloseCode, ConnectionStateError
+from roomcast.fastapi.asgi import AsgiTransport, AsgiWebSocket
+from roomcast.frame import encode
+from roomcast.heartbeat import HeartbeatManager
+from roomcast.hub import Hub, ManagerStats, OverflowPolicy
+from roomcast.identifiers import DEFAULT_MAX_ID_BYTES
+from roomcast.messages import MessageType, PingMessage
+from roomcast.tasks import TaskSet
+
+__all__ = ["ConnectionManager", "ManagerStats", "OverflowPolicy"]
+
+logger = logging.getLogger("roomcast")
+
+DEFAULT_SEND_BUFFER_LIMIT = 1 << 20
+"""1 MiB per connection: room for a burst, small enough that 50k slow clients stay bounded."""
+
+
+class ConnectionManager:
+    """WebSocket connections with rooms, users and non-blocking fan-out (one process).
+
+    Args:
+        send_buffer_limit: Most bytes roomcast buffers per connection while its socket is
+            applying back-pressure.  Set it above your largest message.
+        overflow: What to do with a connection that exceeds ``send_buffer_limit``.
+        close_timeout: Seconds a close may take (close frame written and answered); then the
+            socket is aborted, where the ASGI server allows it (see ``roomcast.fastapi.asgi``).
+        max_id_length: Longest accepted room or user id, in UTF-8 bytes.
+        direct_writes: Under uvicorn's default WebSocket implementation, write each frame's
+            bytes (built once) straight to the socket instead of one ASGI event per
+            recipient; see ``roomcast.fastapi.uvicorn_direct``.  False forces the ASGI path.
+        ping_interval: Send every connection an application-level ``PingMessage`` this
+            often (seconds); a connection silent (no pong, no message) for ``ping_interval +
+            pong_timeout`` is closed with 4002 and unregistered.  None: no heartbeat.
+        pong_timeout: See ``ping_interval``.
+        max_rooms: Most rooms with members in this process at once; a join that would open
+            one more raises ``CapacityExceeded``.  None: no limit (each room costs a few
+            hundred bytes plus its name; ``roomcast serve`` caps them by default).
+        hub: The hub to serve (``DistributedWebSocketManager`` passes one with a broker); a
+            new one from the options above if omitted.
+    """
+
+    def __init__(
+        self,
+        *,
+        send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
+        overflow: OverflowPolicy = OverflowPolicy.CLOSE,
+        close_timeout: float = 5.0,
+        max_id_length: int = DEFAULT_MAX_ID_BYTES,
+        direct_writes: bool = True,
+        ping_interval: float | None = None,
+        pong_timeout: float = 20.0,
+        max_rooms: int | None = None,
+        hub: Hub | None = None,
+    ) -> None:
+        if send_buffer_limit <= 0:
+            raise ValueError("send_buffer_limit must be positive")
+        self.hub = hub or Hub(
+            overflow=overflow,
+            send_buffer_limit=send_buffer_limit,
+            max_id_bytes=max_id_length,
+            max_rooms=max_rooms,
+        )
+        """Registry, fan-out and broker under this manager."""
+        self.hub.observe(self)
+        self._send_buffer_limit = send_buffer_limit
+        self._close_timeout = close_timeout
+        self._direct_writes = direct_writes
+        # Starlette's WebSocket is a Mapping and so unhashable: index it by identity.  The
+        # Connection holds the websocket, so its id() cannot be reused while registered.
+        self._by_socket: dict[int, Connection] = {}
+        # Endpoint task and the done-callback that unregisters the connection when it ends.
+        self._bound_tasks: dict[str, tuple[asyncio.Task[Any], Callable[..., None]]] = {}
+        self._tasks = TaskSet()
+        self.heartbeat: HeartbeatManager | None = None
+        """Pings every connection (application-level PingMessage) when ``ping_interval`` is
+        set; see ``connect``."""
+        if ping_interval:
+            self.heartbeat = HeartbeatManager(
+                ping_interval, pong_timeout, send_ping=self._send_app_ping
+            )
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def stats(self) -> ManagerStats:
+        """Frames sent, slow consumers closed... (the hub's counters)."""
+        return self.hub.stats
+
+    @property
+    def active_connections(self) -> int:
+        """Number of registered connections."""
+        return self.hub.active_connections
+
+    @property
+    def active_rooms(self) -> list[str]:
+        """Rooms with at least one member."""
+        return self.hub.active_rooms
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def connect(
+        self,
+        websocket: AsgiWebSocket,
+        room: str | None = None,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        subprotocol: str | None = None,
+    ) -> Connection:
+        """Accept ``websocket`` (unless already accepted; selecting ``subprotocol``, if
+        given) and register it.
+
+        The connection is tied to the task that calls ``connect`` (the ASGI endpoint's): when
+        that task ends, however it ends, the connection is unregistered.  So an endpoint that
+        dies of an exception the application did not catch leaks nothing.
+
+        Raises:
+            InvalidIdentifier: ``room`` or ``user_id`` is not a usable id (``Hub.check_id``).
+            ConnectionStateError: this websocket is already registered.
+            CapacityExceeded: ``room`` would be one room more than ``max_rooms`` (the
+                connection stays registered, in no room).
+        """
+        if room is not None:
+            self.hub.check_id("room", room)
+        if user_id is not None:
+            self.hub.check_id("user_id", user_id)
+        if id(websocket) in self._by_socket:
+            raise ConnectionStateError("this websocket is already connected")
+        connection = Connection(websocket, user_id, metadata=dict(metadata or {}))
+        transport = AsgiTransport(
+            websocket,
+            tasks=self._tasks,
+            on_lost=functools.partial(self._lost, connection),
+            limit=self._send_buffer_limit,
+            close_timeout=self._close_timeout,
+            direct_writes=self._direct_writes,
+            on_unabortable=self._unabortable,
+        )
+        connection.transport = transport
+        await transport.open(subprotocol)
+        if id(websocket) in self._by_socket:  # connected concurrently while accepting
+            raise ConnectionStateError("this websocket is already connected")
+        self.hub.attach(connection)
+        self._by_socket[id(websocket)] = connection
+        if room is not None:
+            self.hub.join(connection, room)
+        if self.heartbeat is not None:
+            self.heartbeat.start_heartbeat(connection.connection_id, websocket, self._silent)
+            _watch_incoming(websocket, functools.partial(self._heard, connection.connection_id))
+        task = asyncio.current_task()
+        if task is not None:
+            callback = functools.partial(self._endpoint_done, connection)
+            self._bound_tasks[connection.connection_id] = (task, callback)
+            task.add_done_callback(callback)
+        return connection
+
+    def disconnect(self, websocket: Any) -> Connection | None:
+        """Unregister ``websocket``; returns its connection, or None if it was not registered.
+
+        Does not close the socket (call it after the client has gone, as in the seed's
+        example); anything still buffered for the client is dropped.
+        """
+        connection = self._by_socket.get(id(websocket))
+        if connection is None:
+            return None
+        self.hub.forget(connection)
+        return connection
+
+    def connection_of(self, websocket: Any) -> Connection | None:
+        """The registered connection of ``websocket``, if any."""
+        return self._by_socket.get(id(websocket))
+
+    # HubObserver: the face's own bookkeeping follows every departure, whichever way.
+
+    def joined(self, connection: Connection, room: str) -> None:
+        pass
+
+    def left(self, connection: Connection, room: str) -> None:
+        pass
+
+    def departed(self, connection: Connection) -> None:
+        if self._by_socket.get(id(connection.websocket)) is connection:
+            del self._by_socket[id(connection.websocket)]
+        bound = self._bound_tasks.pop(connection.connection_id, None)
+        if bound is not None:
+            task, callback = bound
+            task.remove_done_callback(callback)
+        if self.heartbeat is not None:
+            self.heartbeat.stop_heartbeat(connection.connection_id)
+
+    def _endpoint_done(self, connection: Connection, _: asyncio.Task[Any]) -> None:
+        self._bound_tasks.pop(connection.connection_id, None)
+        self.hub.forget(connection)
+
+    def _lost(self, connection: Connection) -> None:
+        if self.hub.forget(connection):
+            self.hub.stats.lost_connections += 1
+
+    def _unabortable(self) -> None:
+        self.hub.stats.unabortable_closes += 1
+
+    # ---------------------------------------------------------------- heartbeat
+
+    def _send_app_ping(self, connection_id: str, websocket: Any, message: PingMessage) -> None:
+        connection = self.hub.get_connection(connection_id)
+        if connection is not None:
+            self.hub.deliver_to(connection, encode(message))
+
+    def _heard(self, connection_id: str, is_pong: bool) -> None:
+        assert self.heartbeat is not None
+        self.heartbeat.record_pong(connection_id)
+
+    def _silent(self, connection_id: str) -> None:
+        connection = self.hub.get_connection(connection_id)
+        if connection is not None:
+            self.hub.stats.heartbeat_timeouts += 1
+            self.hub.close(connection, CloseCode.HEARTBEAT_TIMEOUT, "no pong")
+
+    async def close_all(
+        self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down"
+    ) -> None:
+        """Close every connection with ``code`` and wait for the closes (bounded by
+        ``close_timeout``); then cancel whatever background work is left."""
+        if self.heartbeat is not None:
+            await self.heartbeat.close()
+        self.hub.close_all(code, reason)
+        await self._tasks.wait(within=self._close_timeout + 1)
+        await self._tasks.cancel_all()
+
+    # ---------------------------------------------------------------- rooms
+
+    async def join_room(self, websocket: Any, room: str) -> bool:
+        """Add the connection to ``room``; False if it was already a member or not connected."""
+        self.hub.check_id("room", room)
+        connection = self._by_socket.get(id(websocket))
+        return connection is not None and self.hub.join(connection, room)
+
+    async def leave_room(self, websocket: Any, room: str) -> bool:
+        """Remove the connection from ``room``; False if it was not a member or not connected."""
+        connection = self._by_socket.get(id(websocket))
+        return connection is not None and self.hub.leave(connection, room)
+
+    def get_room_members(self, room: str) -> list[Connection]:
+        """Connections in ``room`` (empty if the room does not exist)."""
+        return self.hub.get_room_members(room)
+
+    def get_user_connections(self, user_id: str) -> list[Connection]:
+        """All connections of ``user_id`` (multi-device)."""
+        return self.hub.get_user_connections(user_id)
+
+    def get_connection(self, connection_id: str) -> Connection | None:
+        """The connection with this id, if registered here."""
+        return self.hub.get_connection(connection_id)
+
+    # ---------------------------------------------------------------- sending
+
+    async def send_personal(
+        self, websocket: Any, message: Any, type: MessageType | None = None
+    ) -> bool:
+        """Send to one connection; False if the websocket is not registered or is closing."""
+        connection = self._by_socket.get(id(websocket))
+        return connection is not None and self._send_one(connection, message, type)
+
+    def _send_one(self, connection: Connection, message: Any, kind: MessageType | None) -> bool:
+        """Deliver to (or close, for ``MessageType.CLOSE``) one local connection."""
+        if kind is MessageType.CLOSE:
+            self.hub.close(
+                connection, CloseCode.NORMAL, message if isinstance(message, str) else ""
+            )
+            return True
+        return self.hub.deliver_to(connection, encode(message, kind))
+
+    async def send_to_user(
+        self, user_id: str, message: Any, type: MessageType | None = None
+    ) -> int:
+        """Send to every connection of ``user_id`` (with a broker: on every instance); returns
+        how many local connections took the message."""
+        return self._send(Target.USER, user_id, message, type, ())
+
+    async def broadcast(
+        self,
+        message: Any,
+        type: MessageType | None = None,
+        exclude: Collection[str] | None = None,
+    ) -> int:
+        """Send to every connection except the ids in ``exclude``; returns how many local
+        connections took it."""
+        return self._send(Target.BROADCAST, "", message, type, exclude or ())
+
+    async def broadcast_to_room(
+        self,
+        room: str,
+        message: Any,
+        type: MessageType | None = None,
+        exclude: Collection[str] | None = None,
+    ) -> int:
+        """Send to the members of ``room`` except the ids in ``exclude``; returns how many
+        local members took it."""
+        return self._send(Target.ROOM, room, message, type, exclude or ())
+
+    def _send(
+        self,
+        target: Target,
+        target_id: str,
+        message: Any,
+        kind: MessageType | None,
+        exclude: Collection[str],
+    ) -> int:
+        """Encode once and deliver (or close the targets, for ``MessageType.CLOSE``)."""
+        if not self.hub.reaches(target, target_id):
+            return 0  # nobody to encode it for
+        if kind is MessageType.CLOSE:
+            reason = message if isinstance(message, str) else ""
+            return self.hub.close_target(target, target_id, reason, exclude)
+        return self.hub.deliver(target, target_id, encode(message, kind), exclude)
+
+
+_PONG_PREFIXES = ('{"type":"pong"', '{"type": "pong"')
+
+
+def _watch_incoming(websocket: Any, heard: Callable[[bool], None]) -> None:
+    """Let the heartbeat see what the client sends, without the application's help.
+
+    Starlette's WebSocket reads every event through its ``_receive`` callable; wrapping it
+    means any message from the client counts as a sign of life, and application-level pongs
+    (``{"type": "pong", ...}``) are consumed here instead of reaching the endpoint's
+    ``receive_text()``.  Without that attribute (another framework) the application reports
+    pongs itself with ``heartbeat.record_pong``.
+    """
+    receive = getattr(websocket, "_receive", None)
+    if receive is None:
+        return
+
+    async def receive_and_listen() -> Any:
+        while True:
+            event = await receive()
+            if event.get("type") != "websocket.receive":
+                return event
+            text = event.get("text")
+            is_pong = isinstance(text, str) and text.startswith(_PONG_PREFIXES)
+            heard(is_pong)
+            if not is_pong:
+                return event
+
+    websocket._receive = receive_and_listen
