@@ -20,15 +20,13 @@ whichever way a connection went.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from roomcast.brokers.base import Broker, BrokerStats
 from roomcast.brokers.envelope import Envelope, Target
-from roomcast.connection import Connection, Delivery
+from roomcast.connection import Connection, Delivery, ManagerStats, OverflowPolicy
 from roomcast.errors import CapacityExceeded, CloseCode
 from roomcast.frame import Frame
 from roomcast.identifiers import DEFAULT_MAX_ID_BYTES, check_identifier
@@ -41,38 +39,6 @@ __all__ = ["Hub", "HubObserver", "ManagerStats", "OverflowPolicy"]
 logger = logging.getLogger("roomcast")
 
 _ACCEPTED = Delivery.ACCEPTED
-
-
-class OverflowPolicy(enum.Enum):
-    """What happens to a connection whose send buffer cannot take another frame."""
-
-    CLOSE = "close"
-    """Close it with ``CloseCode.SLOW_CONSUMER`` (4008); it reconnects and resyncs."""
-    DROP = "drop"
-    """Keep it, and drop the frames that do not fit (counted in ``dropped_frames``)."""
-
-
-@dataclasses.dataclass(slots=True)
-class ManagerStats:
-    """Counters since the hub was created; cheap enough to update on every send."""
-
-    frames_sent: int = 0
-    """Frames accepted by a connection's transport (one broadcast to N clients counts N)."""
-    bytes_sent: int = 0
-    """Payload bytes of those frames."""
-    slow_consumer_closes: int = 0
-    """Connections closed because their send buffer overflowed."""
-    unabortable_closes: int = 0
-    """Closes (of any kind) not written within ``close_timeout`` to a socket that roomcast
-    cannot abort: an ASGI server other than uvicorn, or a middleware wrapping ``send``.  Such
-    a socket stays open, holding its buffers, until the server's own timeouts or the client
-    end it."""
-    dropped_frames: int = 0
-    """Frames not delivered to a connection because its buffer was full (DROP policy)."""
-    lost_connections: int = 0
-    """Connections found gone while sending (client vanished before it was unregistered)."""
-    heartbeat_timeouts: int = 0
-    """Connections closed because they stopped answering pings (``ping_interval``)."""
 
 
 class HubObserver(Protocol):

@@ -14,7 +14,8 @@ the event loop's ``connect_accepted_socket``, whose transport is the one ``creat
 would have made.  An accept that fails anyway (descriptors taken by something else) is
 counted, logged within the log budget, and retried after a short pause.
 
-The protocol of every accepted socket must call ``released(protocol)`` when its connection is
+``server_protocols`` makes picows' server protocol for these sockets.  The protocol of every
+accepted socket must call ``released(protocol)`` when its connection is
 lost (a second call is harmless); a socket that fails before its protocol is connected is
 released here.
 """
@@ -29,7 +30,10 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["Acceptor", "listening_sockets"]
+from picows import WSAutoPingStrategy
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
+
+__all__ = ["Acceptor", "listening_sockets", "server_protocols"]
 
 logger = logging.getLogger("roomcast.listener")
 
@@ -202,3 +206,52 @@ class Acceptor:
 
 def _given(protocol: asyncio.BaseProtocol) -> asyncio.BaseProtocol:
     return protocol
+
+
+def server_protocols(
+    route: Callable[[Any], Any],
+    released: Callable[[Any], None],
+    *,
+    handshake_timeout: float,
+    max_frame_size: int,
+    logger: logging.LoggerAdapter[logging.Logger],
+) -> Callable[[], Any]:
+    """A factory of picows' server protocol for sockets accepted by ``roomcast.serve.listener``.
+
+    ``ws_create_server`` would make these itself, but it accepts through the event loop's
+    ``create_server`` (see ``roomcast.serve.listener`` for why roomcast does not).  The arguments
+    are those ``ws_create_server`` passes, in picows' order (pinned to picows 2.3.x in
+    ``pyproject.toml``): ``route`` answers each upgrade request, pings are answered by
+    ``NativeTransport`` (rate limited), and the read buffer starts at its minimum.
+    ``released`` hears every lost connection, upgraded or not.
+    """
+
+    class CountedProtocol(WSProtocol):  # type: ignore[misc]
+        __slots__ = ()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                released(self)
+
+    def make() -> Any:
+        return CountedProtocol(
+            None,  # host and port: a client's
+            None,  # path: a client's
+            False,  # is_client_side
+            route,
+            logger,
+            True,  # disconnect_on_exception
+            handshake_timeout,
+            False,  # enable_auto_ping: the heartbeat pings
+            20.0,  # auto_ping_idle_timeout (unused)
+            20.0,  # auto_ping_reply_timeout (unused)
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            False,  # enable_auto_pong: NativeTransport answers pings
+            max_frame_size,
+            None,  # extra_headers
+            1024,  # read_buffer_init_size (picows' minimum is 2048)
+        )
+
+    return make

@@ -9,31 +9,25 @@ not one per message.
 
 Slow consumers: the socket transport's own buffer is the send buffer.  A frame that would take
 it past the limit closes the client with 4008; the close frame is written after what is already
-buffered, and if the client has not gone ``close_timeout`` seconds later, the socket is aborted
-so that it cannot hold its memory any longer.
+buffered, and if the client has not gone ``close_timeout`` seconds later, the socket is reset.
 
 Incoming frames are hostile until proven otherwise: a fragmented message is accounted in O(1)
 per frame and capped in size and in fragments (``fragment_cap``), and pings, pongs and
 continuation frames are charged to the client's rate limit like messages, because an empty
 frame is cheap to send and not free to receive.  Pings are answered here, not by picows, so
 that a client that sends pings and never reads cannot grow its send buffer without bound.
-
-This module imports picows; ``import roomcast`` does not import this module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import struct
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
-from picows import WSAutoPingStrategy, WSFrame, WSListener, WSMsgType, WSTransport
-from picows.picows import WSProtocol  # type: ignore[attr-defined]
+from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame
@@ -45,7 +39,6 @@ __all__ = [
     "TransportOwner",
     "close_reply",
     "fragment_cap",
-    "server_protocols",
 ]
 
 _ACCEPTED = Delivery.ACCEPTED
@@ -403,52 +396,3 @@ def close_reply(payload: bytes) -> tuple[int, bytes]:
     except UnicodeDecodeError:
         return 1007, b"close reason is not UTF-8"
     return code, b""
-
-
-def server_protocols(
-    route: Callable[[Any], Any],
-    released: Callable[[Any], None],
-    *,
-    handshake_timeout: float,
-    max_frame_size: int,
-    logger: logging.LoggerAdapter[logging.Logger],
-) -> Callable[[], Any]:
-    """A factory of picows' server protocol for sockets accepted by ``roomcast.serve.listener``.
-
-    ``ws_create_server`` would make these itself, but it accepts through the event loop's
-    ``create_server`` (see ``roomcast.serve.listener`` for why roomcast does not).  The arguments
-    are those ``ws_create_server`` passes, in picows' order (pinned to picows 2.3.x in
-    ``pyproject.toml``): ``route`` answers each upgrade request, pings are answered by
-    ``NativeTransport`` (rate limited), and the read buffer starts at its minimum.
-    ``released`` hears every lost connection, upgraded or not.
-    """
-
-    class CountedProtocol(WSProtocol):  # type: ignore[misc]
-        __slots__ = ()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            try:
-                super().connection_lost(exc)
-            finally:
-                released(self)
-
-    def make() -> Any:
-        return CountedProtocol(
-            None,  # host and port: a client's
-            None,  # path: a client's
-            False,  # is_client_side
-            route,
-            logger,
-            True,  # disconnect_on_exception
-            handshake_timeout,
-            False,  # enable_auto_ping: the heartbeat pings
-            20.0,  # auto_ping_idle_timeout (unused)
-            20.0,  # auto_ping_reply_timeout (unused)
-            WSAutoPingStrategy.PING_WHEN_IDLE,
-            False,  # enable_auto_pong: NativeTransport answers pings
-            max_frame_size,
-            None,  # extra_headers
-            1024,  # read_buffer_init_size (picows' minimum is 2048)
-        )
-
-    return make

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import socket
 import uuid
 from typing import Any
@@ -35,7 +34,6 @@ from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
 from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
 from roomcast.hub import Hub, OverflowPolicy
-from roomcast.limits import DescriptorBudget
 from roomcast.logbudget import EventLog
 from roomcast.messages import (
     preview,
@@ -45,11 +43,10 @@ from roomcast.presence.feed import (
 )
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.gate import Admitted, Gate
-from roomcast.serve.http_api import API_REFUSAL_HEADROOM, ApiStats, serve_api
-from roomcast.serve.listener import Acceptor, listening_sockets
 from roomcast.serve.metrics import Sample, ServerCounters, metrics_registry
-from roomcast.serve.native import EchoTransport, FlushScheduler, NativeTransport, server_protocols
+from roomcast.serve.native import EchoTransport, FlushScheduler, NativeTransport
 from roomcast.serve.pages import Pages, respond
+from roomcast.serve.ports import Ports
 from roomcast.serve.publish_api import PublishApi
 from roomcast.serve.session import Session
 from roomcast.serve.stats import StatsFeed
@@ -77,18 +74,10 @@ class Server:
         self.max_message_size = config.max_message_size
         self.counters = ServerCounters()
         self.events = EventLog(logger)
-        metrics = metrics_registry(
-            self.hub, self.counters, self._buffered_bytes, self._port_metrics
-        )
+        self.ports = Ports(config, self.counters, self.events)
+        metrics = metrics_registry(self.hub, self.counters, self._buffered_bytes, self._metrics)
         self.pages = Pages(self.hub, metrics, config.demo, lambda: self._accepting)
         self.gate = Gate(config, self.hub, self.counters, self.events)
-        self.budget = self._plan_descriptors()
-        self.max_connections = self.budget.connections
-        """Connections admitted: ``config.max_connections``, or fewer if the open-file limit
-        cannot hold them."""
-        self._acceptor: Acceptor | None = None
-        self._api: Acceptor | None = None
-        self.api_stats = ApiStats()
         self.scheduler = FlushScheduler()
         self._expiry = ExpiryClock(config.token_grace)
         self._expiry_changed = asyncio.Event()
@@ -150,39 +139,16 @@ class Server:
 
     @property
     def port(self) -> int:
-        """The port actually listened on (useful with ``port=0``)."""
-        assert self._acceptor is not None, "server not started"
-        return int(self._acceptor.sockets[0].getsockname()[1])
+        """The WebSocket port actually listened on (useful with ``port=0``)."""
+        return self.ports.port
 
-    def _plan_descriptors(self) -> DescriptorBudget:
-        """The WebSocket port's share of the open-file limit, with a warning when the limit
-        cannot hold ``max_connections`` (upgrades beyond the lowered cap get 503)."""
-        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        api = (
-            self.config.api_max_connections + API_REFUSAL_HEADROOM
-            if self.config.api_port is not None
-            else 0
-        )
-        budget = DescriptorBudget.plan(open_files, self.config.max_connections, api)
-        if budget.lowered:
-            logger.warning(
-                "the open-file limit (%d) holds at most %d WebSocket connections, not "
-                "--max-connections %d: serving at most %d; raise the limit (ulimit -n, "
-                "LimitNOFILE=) or run more workers",
-                open_files,
-                budget.connections,
-                self.config.max_connections,
-                budget.connections,
-            )
-        return budget
+    @property
+    def api_port(self) -> int:
+        """The port of the HTTP API."""
+        return self.ports.api_port
 
-    def _backlog(self) -> int:
-        """The listen backlog: at most the sockets the port may hold (the kernel keeps the
-        rest of a connect storm waiting for us, not for a descriptor we do not have)."""
-        return max(16, min(self.config.backlog, self.budget.sockets))
-
-    def _port_metrics(self) -> list[Sample]:
-        acceptor, api = self._acceptor, self.api_stats
+    def _metrics(self) -> list[Sample]:
+        """The ports' and presence's samples for ``/metrics``."""
         presence: list[Sample] = []
         if self.presence is not None:
             presence.append(
@@ -194,102 +160,15 @@ class Server:
                     self.presence.coalesced,
                 )
             )
-        return [
-            *presence,
-            (
-                "gauge",
-                "roomcast_max_connections",
-                "Connections admitted (the configured cap, or less under the open-file limit).",
-                self.max_connections,
-            ),
-            (
-                "gauge",
-                "roomcast_port_sockets",
-                "Sockets the WebSocket port holds (clients, handshakes, refusals).",
-                acceptor.held if acceptor is not None else 0,
-            ),
-            (
-                "gauge",
-                "roomcast_port_socket_limit",
-                "Sockets the WebSocket port may hold before it stops accepting.",
-                self.budget.sockets,
-            ),
-            (
-                "gauge",
-                "roomcast_accepting",
-                "1 while the WebSocket port accepts sockets, 0 while at its socket limit.",
-                int(acceptor is not None and not acceptor.paused),
-            ),
-            (
-                "gauge",
-                "roomcast_api_open_connections",
-                "Connections open on the HTTP API port.",
-                api.open_connections,
-            ),
-            (
-                "counter",
-                "roomcast_api_timeouts",
-                "API requests cut off (408) for a head or body that came too slowly.",
-                api.timeouts,
-            ),
-            (
-                "counter",
-                "roomcast_api_refused_connections",
-                "API connections refused (503) over --api-max-connections.",
-                api.refused_connections,
-            ),
-        ]
-
-    def _released(self, protocol: Any) -> None:
-        assert self._acceptor is not None
-        self._acceptor.released(protocol)
-
-    def _accept_failed(self, exc: OSError) -> None:
-        self.counters.accept_errors += 1
-        self.events.event(
-            "accept_failed",
-            "%s: out of descriptors; the port waits %.1f s (open-file limit %d)",
-            exc.strerror or exc,
-            0.1,
-            resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        )
+        return [*presence, *self.ports.metrics()]
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen and accept clients, on ``sock`` if given (already bound and listening)."""
         await self.hub.start()
         if self.presence is not None:
             await self.presence.start()
-        sockets = (
-            [sock]
-            if sock is not None
-            else listening_sockets(
-                self.config.host, self.config.port, self._backlog(), self.config.reuse_port
-            )
-        )
-        self._acceptor = Acceptor(
-            sockets,
-            server_protocols(
-                self._route,
-                self._released,
-                handshake_timeout=self.config.handshake_timeout,
-                max_frame_size=self.config.max_message_size,
-                logger=logging.LoggerAdapter(logging.getLogger("roomcast.picows")),
-            ),
-            self.budget.sockets,
-            self._accept_failed,
-        )
-        if self.config.api_port is not None:
-            self._api = await serve_api(
-                PublishApi(self.hub, self.config.api_key, self.send_buffer_limit, self.pages),
-                self.config.host,
-                self.config.api_port,
-                self.config.reuse_port,
-                header_timeout=self.config.api_header_timeout,
-                body_timeout=self.config.api_body_timeout,
-                max_connections=self.config.api_max_connections,
-                stats=self.api_stats,
-                on_accept_error=self._accept_failed,
-            )
+        api = PublishApi(self.hub, self.config.api_key, self.send_buffer_limit, self.pages)
+        await self.ports.open(self._route, api, sock)
         if self.config.authenticator is not None:
             self._tasks.spawn(
                 run_expiry(self._expiry, self._expiry_changed, self._expiry_step),
@@ -299,20 +178,13 @@ class Server:
             self._tasks.spawn(self.stats.run(), name="roomcast-stats")
         self._accepting = True
         logger.info("listening on port %d", self.port)
-        if self._api is not None:
+        if self.ports.has_api:
             logger.info("HTTP API on port %d", self.api_port)
-
-    @property
-    def api_port(self) -> int:
-        """The port of the HTTP API."""
-        assert self._api is not None, "API not started"
-        return int(self._api.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 1001, and wait (bounded) until they left."""
         self._accepting = False
-        if self._acceptor is not None:
-            self._acceptor.close()
+        self.ports.stop_accepting()
         transports = list(self._open)
         # Close in batches, yielding between them, so a large hub keeps serving the close
         # handshakes already under way instead of stalling the loop for one long pass.
@@ -338,8 +210,7 @@ class Server:
             await self._redis.aclose()
         self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         await self.hub.stop()
-        if self._api is not None:
-            self._api.close()
+        self.ports.close_api()
 
     def _route(self, request: WSUpgradeRequest) -> Any:
         """picows' upgrade callback: a GET's answer, a refusal, or the client's transport."""
@@ -351,7 +222,7 @@ class Server:
         if not self._accepting:
             return self.gate.refuse(503, b"shutting down\n")
         admitted = self.gate.admit(
-            request, path, query, open_now=len(self._open), cap=self.max_connections
+            request, path, query, open_now=len(self._open), cap=self.ports.max_connections
         )
         if not isinstance(admitted, Admitted):
             return admitted
