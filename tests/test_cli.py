@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from roomcast import CloseCode
-from roomcast.serve.cli import _worker_command, build_parser
+from roomcast.serve.cli import _worker_command, build_parser, config_from
+from roomcast.serve.config import ServerConfig
+from roomcast.serve.options import COMMAND_LINE, Option, options
 from tests.support import connect, recv, seconds
 
 
@@ -80,18 +84,29 @@ def test_presence_defaults_to_the_hub_kind_unless_asked(monkeypatch: pytest.Monk
     assert build_parser().parse_args(["serve"]).presence is None
 
 
-def test_a_switch_variable_that_does_not_parse_stops_with_a_message() -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("ROOMCAST_ECHO", "maybe", "expected 1/true/yes/on or 0/false/no/off"),
+        ("ROOMCAST_MAX_ROOMS", "lots", "invalid literal for int()"),
+        ("ROOMCAST_LOG_LEVEL", "loud", "expected one of debug, info, warning, error"),
+    ],
+)
+def test_a_variable_that_does_not_parse_stops_with_one_line(
+    variable: str, value: str, says: str
+) -> None:
+    """A ROOMCAST_* value that does not fit its option: exit 2 and one line that names the
+    variable, no traceback."""
     result = subprocess.run(
         [sys.executable, "-m", "roomcast.serve.cli", "serve"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "ROOMCAST_ECHO": "maybe"},
+        env={**os.environ, variable: value},
     )
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
-        "roomcast: ROOMCAST_ECHO='maybe': expected 1/true/yes/on or 0/false/no/off"
-    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"roomcast: error: {variable}={value!r}") and says in line
 
 
 @pytest.mark.parametrize(
@@ -169,3 +184,59 @@ def test_bad_authentication_options_stop_at_start(capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         main(["serve", "--jwt-public-key", "/nonexistent/key.pem"])
     assert "authentication options" in capsys.readouterr().err
+
+
+def _sample(opt: Option) -> tuple[list[str], str, Any]:
+    """A value other than the default for ``opt``: its command-line words, its variable's
+    text, and the ServerConfig value both must give."""
+    flag = opt.flag
+    if opt.kind in ("switch", "off-switch"):
+        return [flag], "1", opt.kind == "switch"
+    if opt.kind == "either":
+        return ["--no-" + flag[2:]], "0", False
+    if opt.kind == "origins":
+        return (
+            [flag, "https://a.example,https://b.example"],
+            "https://a.example,https://b.example",
+            (frozenset({"https://a.example", "https://b.example"})),
+        )
+    if opt.kind == "port-or-off":
+        return [flag, "9999"], "9999", 9999
+    if opt.kind is int:
+        return [flag, str(opt.default + 7)], str(opt.default + 7), opt.default + 7
+    if opt.kind is float:
+        return [flag, str(opt.default + 0.5)], str(opt.default + 0.5), opt.default + 0.5
+    return [flag, "sample-value"], "sample-value", "sample-value"
+
+
+CONFIG_OPTIONS = [opt for opt in options(ServerConfig) if opt not in COMMAND_LINE]
+
+
+@pytest.mark.parametrize("opt", CONFIG_OPTIONS, ids=lambda opt: opt.name)
+def test_every_config_option_round_trips_through_flags_variables_and_workers(
+    opt: Option,
+) -> None:
+    """Each ServerConfig option gives the same config from its flag, from its ROOMCAST_*
+    variable, and from the argv (and environment) a --workers supervisor hands a worker;
+    secrets never appear in that argv."""
+    words, text, expected = _sample(opt)
+    from_flag = config_from(build_parser({}).parse_args(["serve", *words]))
+    from_variable = config_from(build_parser({opt.variable: text}).parse_args(["serve"]))
+    assert getattr(from_flag, opt.name) == expected
+    assert getattr(from_variable, opt.name) == expected
+    assert getattr(config_from(build_parser({}).parse_args(["serve"])), opt.name) == getattr(
+        ServerConfig(), opt.name
+    )
+    argv, env = _worker_command(build_parser({}).parse_args(["serve", *words, "--workers", "2"]))
+    worker = config_from(build_parser(env).parse_args(["serve", *argv, "--worker"]))
+    assert getattr(worker, opt.name) == expected
+    if opt.secret:
+        assert text not in argv and env[opt.variable] == text
+    assert worker.reuse_port
+
+
+def test_every_server_config_field_is_an_option_or_said_not_to_be() -> None:
+    """No ServerConfig field can be forgotten by the command line: each is an option, except
+    the two it builds itself."""
+    fields = {field.name for field in dataclasses.fields(ServerConfig)}
+    assert fields - {opt.name for opt in CONFIG_OPTIONS} == {"authenticator", "reuse_port"}

@@ -1,92 +1,150 @@
-"""``roomcast serve``'s settings: one frozen dataclass, every field a CLI flag and a variable."""
+"""``roomcast serve``'s settings: one frozen dataclass; each field made with ``option(...)`` is
+also a flag and a ``ROOMCAST_*`` variable (``roomcast.serve.options``)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from roomcast.auth import Authenticator
+from roomcast.serve.options import option
 
 __all__ = ["ServerConfig"]
+
+_AUTH = "authentication"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Settings of ``roomcast serve``; each has a CLI flag and a ``ROOMCAST_*`` variable."""
+    """Settings of ``roomcast serve``.  Two are not options: ``authenticator`` (the command
+    line builds a ``JWTAuthenticator`` from the ``--jwt-*`` options) and ``reuse_port`` (set
+    for ``--workers``)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_message_size: int = 64 * 1024
-    """Largest incoming message in bytes; larger ones close the client with 1009."""
-    send_buffer_limit: int = 1 << 20
-    """Bytes that may wait for one client before it is closed as a slow consumer (4008)."""
-    max_connections: int = 18_000
-    """Connections this process accepts; beyond it, upgrades get HTTP 503."""
-    close_timeout: float = 5.0
-    """Seconds a closing client gets to finish the close handshake before it is aborted."""
-    shutdown_timeout: float = 10.0
-    """Seconds a graceful shutdown may take before the remaining sockets are aborted."""
-    handshake_timeout: float = 5.0
-    """Seconds a new socket gets to complete the WebSocket handshake."""
-    backlog: int = 4096
-    """Connections the kernel keeps waiting to be accepted (at most the descriptor budget)."""
-    api_port: int | None = None
-    """Port of the HTTP API (publish, health, metrics); None disables it."""
-    api_max_connections: int = 256
-    """Connections the HTTP API port holds at once; more are answered 503 and closed.  The
-    WebSocket port's descriptor budget keeps this many free for it."""
-    api_header_timeout: float = 10.0
-    """Seconds from the accept within which an API request's head must have arrived (408)."""
-    api_body_timeout: float = 10.0
-    """Seconds from the end of the head within which an API request's body must have
-    arrived (408)."""
-    api_key: str | None = None
-    """Key that ``POST /api/publish`` requires in ``X-API-Key``; without one, every publish
-    is refused with 401."""
-    redis_url: str | None = None
-    """Redis shared by the instances of one hub; None serves an in-memory hub alone."""
-    channel_prefix: str = "ws"
-    """Prefix of the Redis channels (instances with different prefixes are separate hubs)."""
+    host: str = option("127.0.0.1", "address to bind (the API port too)")
+    port: int = option(8000, "port of the WebSocket listener (and GET /healthz /readyz /metrics)")
+    max_message_size: int = option(
+        64 * 1024, "largest incoming message in bytes (larger: close 1009)"
+    )
+    send_buffer_limit: int = option(
+        1 << 20, "bytes that may wait for one client before it is closed as slow (4008)"
+    )
+    max_connections: int = option(
+        18_000,
+        "connections this process accepts (more: HTTP 503); lowered, with a warning, when "
+        "the open-file limit cannot hold them",
+    )
+    close_timeout: float = option(
+        5.0, "seconds a closing client gets to finish the close handshake before a reset"
+    )
+    shutdown_timeout: float = option(
+        10.0, "seconds SIGTERM/SIGINT may take to close clients (1001) before aborting them"
+    )
+    handshake_timeout: float = option(
+        5.0, "seconds a new socket gets to complete the WebSocket handshake"
+    )
+    backlog: int = option(
+        4096, "connections the kernel keeps waiting to be accepted (at most the socket budget)"
+    )
+    api_port: int | None = option(
+        None,
+        "port of the HTTP API (POST /api/publish, /healthz, /readyz, /metrics); off if not "
+        "given (-1: off)",
+        kind="port-or-off",
+    )
+    api_max_connections: int = option(
+        256,
+        "connections the API port holds at once (more: HTTP 503); kept free of the "
+        "WebSocket port's descriptor budget",
+    )
+    api_header_timeout: float = option(
+        10.0, "seconds from accept within which an API request's head must arrive (else 408)"
+    )
+    api_body_timeout: float = option(
+        10.0, "seconds after the head within which an API request's body must arrive (else 408)"
+    )
+    api_key: str | None = option(
+        None,
+        "key POST /api/publish requires in X-API-Key (without one, every publish gets 401); "
+        "prefer the ROOMCAST_API_KEY variable, which other users cannot see in the process list",
+        kind=str,
+        secret=True,
+    )
+    redis_url: str | None = option(
+        None,
+        "Redis shared by every instance of the hub (redis://[user:password@]host:port/db, "
+        "rediss:// for TLS); without it the hub is in memory, in this process only. A URL "
+        "with a password belongs in ROOMCAST_REDIS_URL",
+        kind=str,
+        secret=True,
+    )
+    channel_prefix: str = option(
+        "ws",
+        "prefix of the Redis channels; hubs with different prefixes share a Redis without "
+        "seeing each other's messages",
+    )
     reuse_port: bool = False
     """Bind with SO_REUSEPORT, so several processes share the ports (``--workers``)."""
     authenticator: Authenticator | None = None
     """Verifies a token on every upgrade (must be synchronous here, e.g. JWTAuthenticator);
     the identity's user id replaces ``?user_id=``.  None: no authentication."""
-    rate_limit: float = 100.0
-    """Messages per second a client may send on average (0: no limit); over it, messages
-    are refused with an error (1008), and a client that keeps going is closed with 1008."""
-    rate_burst: int = 200
-    """Messages a client may send at once before the rate applies."""
-    max_rooms_per_connection: int = 100
-    """Rooms one connection may be in; a join beyond gets an error (1008)."""
-    max_connections_per_user: int = 0
-    """Connections one user id may hold in this process (0: no cap); more get HTTP 403."""
-    echo: bool = False
-    """Serve ``/echo``: every message is sent back as is (for protocol test suites)."""
-    allowed_origins: frozenset[str] | None = None
-    """Origins browsers may connect from (cross-site WebSocket hijacking); an upgrade with
-    another Origin gets HTTP 403.  None accepts any; clients that send no Origin (not
-    browsers) are always accepted."""
-    token_grace: float = 30.0
-    """Seconds a client whose token expired gets to send a new one (``{"type": "auth"}``)
-    before it is closed with 4001."""
-    token_in_query: bool = True
-    """Accept ``?token=`` besides the Authorization header and the bearer subprotocol
-    (browsers cannot set headers; query strings end up in access logs)."""
-    ping_interval: float = 20.0
-    """Seconds between protocol PINGs to each client; 0 turns the heartbeat off."""
-    pong_timeout: float = 20.0
-    """A client silent (no pong, no message) for ping_interval + pong_timeout is dropped."""
-    presence: bool | None = None
-    """Serve presence (``$presence:R`` rooms).  None: on for an in-memory hub (it costs
-    nothing until someone watches), off with ``redis_url``, where it keeps a cluster-wide
-    roster in Redis and publishes every join and leave (measured: 1.4-2.1x the
-    handshake CPU), so it is asked for with True."""
-    stats_interval: float = 1.0
-    """Seconds between this instance's figures in the ``$stats`` room; 0 turns them off."""
-    demo: bool = True
-    """Serve the demo page at ``/`` (``/client.js`` is always served)."""
-    max_rooms: int = 100_000
-    """Rooms with members this process holds at once (a room costs a few hundred bytes plus
-    its name); a join that would open one more gets an error (1013)."""
-    max_id_bytes: int = 256
-    """Longest room or user id, in UTF-8 bytes."""
+    rate_limit: float = option(
+        100.0,
+        "messages per second a client may send on average (pings, pongs and continuation "
+        "frames count); over it: error 1008, and 50 refusals in a row close it (0: no limit)",
+    )
+    rate_burst: int = option(200, "messages a client may send at once before the rate applies")
+    max_rooms_per_connection: int = option(
+        100, "rooms one connection may be in (a join beyond: error 1008)"
+    )
+    max_connections_per_user: int = option(
+        0, "connections per user id in this process (more: HTTP 403; 0: no cap)"
+    )
+    echo: bool = option(
+        False,
+        "also serve /echo, which sends every message back (for protocol test suites such as "
+        "Autobahn)",
+        kind="switch",
+    )
+    allowed_origins: frozenset[str] | None = option(
+        None,
+        "comma-separated Origins browsers may connect from (others: HTTP 403); clients that "
+        "send no Origin are accepted; default: any",
+        kind="origins",
+        group=_AUTH,
+    )
+    token_grace: float = option(
+        30.0,
+        'seconds a client whose token expired gets to send a new one ({"type": "auth"}) '
+        "before it is closed with 4001",
+        group=_AUTH,
+    )
+    token_in_query: bool = option(
+        True,
+        "refuse ?token= (browsers cannot set headers, but query strings end up in access logs)",
+        kind="off-switch",
+        group=_AUTH,
+    )
+    ping_interval: float = option(
+        20.0, "seconds between protocol pings to each client (0: no heartbeat)"
+    )
+    pong_timeout: float = option(
+        20.0, "a client silent for ping-interval + pong-timeout seconds is disconnected"
+    )
+    presence: bool | None = option(
+        None,
+        "serve presence ($presence:ROOM rooms); default: on without --redis-url, off with it "
+        "(cluster-wide presence keeps a roster in Redis and publishes every join and leave: "
+        "1.4-2.1x the handshake CPU)",
+        kind="either",
+    )
+    stats_interval: float = option(
+        1.0, "seconds between this instance's figures in the $stats room (0: none)"
+    )
+    demo: bool = option(
+        True, "do not serve the demo page at / (/client.js is always served)", kind="off-switch"
+    )
+    max_rooms: int = option(
+        100_000,
+        "rooms with members this process holds (a room costs a few hundred bytes plus its "
+        "name); a join opening one more: error 1013",
+    )
+    max_id_bytes: int = option(256, "longest room or user id, in UTF-8 bytes")

@@ -1,0 +1,272 @@
+"""Every option of ``roomcast serve``, defined once.
+
+An option is declared in one place: a ``ServerConfig`` field made with ``option(...)`` (its
+type, default and help), or, for the few that only the command line has (logging, workers,
+the JWT key material), an ``Option`` in ``COMMAND_LINE``.  From that one declaration come the
+flag (``--max-rooms``), its ``ROOMCAST_*`` variable (``ROOMCAST_MAX_ROOMS``), the value a
+``--workers`` supervisor passes to its workers (secrets go by environment, never argv), and the
+``ServerConfig`` the server runs with.  A variable that does not parse is an error that names
+the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = [
+    "COMMAND_LINE",
+    "Option",
+    "OptionError",
+    "add_options",
+    "config_values",
+    "option",
+    "options",
+    "to_argv",
+]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+class OptionError(ValueError):
+    """A ``ROOMCAST_*`` variable whose value does not fit its option."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Option:
+    """One option.
+
+    Attributes:
+        name: The ``ServerConfig`` field, or the argparse destination of a command-line one.
+        help: What ``--help`` says.
+        kind: ``int``, ``float``, ``str``, ``"switch"`` (a flag that turns it on),
+            ``"off-switch"`` (``--no-NAME`` turns a default-on setting off), ``"either"``
+            (``--NAME``/``--no-NAME``, unset: decided by other settings), ``"origins"`` (a
+            comma-separated list) or ``"port-or-off"`` (a port, or none).
+        default: The value without flag or variable.
+        secret: Passed to workers in the environment, never on their command line.
+        choices: The only values allowed, if any.
+        group: The ``--help`` section, if not the main one.
+    """
+
+    name: str
+    help: str
+    kind: Any
+    default: Any = None
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+    group: str | None = None
+
+    @property
+    def flag(self) -> str:
+        prefix = "--no-" if self.kind == "off-switch" else "--"
+        return prefix + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed arguments (``no_demo`` for ``--no-demo``)."""
+        return self.flag[2:].replace("-", "_")
+
+    @property
+    def variable(self) -> str:
+        return "ROOMCAST_" + self.flag[2:].replace("-", "_").upper()
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    kind: Any = None,
+    secret: bool = False,
+    group: str | None = None,
+) -> Any:
+    """A ``ServerConfig`` field that is also a command-line option (see ``Option``); the kind
+    defaults to the default's type."""
+    return dataclasses.field(
+        default=default,
+        metadata={"option": (help, kind or type(default), secret, group)},
+    )
+
+
+COMMAND_LINE: tuple[Option, ...] = (
+    Option(
+        "log_level",
+        "least severe log level shown",
+        str,
+        "info",
+        choices=("debug", "info", "warning", "error"),
+    ),
+    Option(
+        "log_format",
+        "'json' writes one JSON object per line",
+        str,
+        "text",
+        choices=("text", "json"),
+    ),
+    Option(
+        "workers",
+        "worker processes sharing the ports (SO_REUSEPORT), restarted if they die; more "
+        "than 1 needs --redis-url, which makes them one hub",
+        int,
+        1,
+    ),
+    Option(
+        "jwt_secret",
+        "HMAC secret (HS256/384/512); prefer the ROOMCAST_JWT_SECRET variable",
+        str,
+        secret=True,
+        group="authentication",
+    ),
+    Option("jwt_public_key", "PEM file of a public key", str, group="authentication"),
+    Option("jwt_jwks", "JWKS JSON file", str, group="authentication"),
+    Option(
+        "jwt_algorithms",
+        "comma-separated allow-list (default: HS256 with a secret, RS256 otherwise)",
+        str,
+        group="authentication",
+    ),
+    Option("jwt_audience", "the 'aud' tokens must carry", str, group="authentication"),
+    Option("jwt_issuer", "the 'iss' tokens must carry", str, group="authentication"),
+)
+"""Options of the command line that are not ``ServerConfig`` fields."""
+
+
+def options(config_class: type) -> Iterator[Option]:
+    """Every option: ``config_class``'s fields made with ``option(...)``, then
+    ``COMMAND_LINE``'s."""
+    for field in dataclasses.fields(config_class):
+        meta = field.metadata.get("option")
+        if meta is not None:
+            help_text, kind, secret, group = meta
+            yield Option(field.name, help_text, kind, field.default, secret, group=group)
+    yield from COMMAND_LINE
+
+
+def add_options(
+    parser: argparse.ArgumentParser, config_class: type, environ: Mapping[str, str]
+) -> None:
+    """Add every option to ``parser``, with defaults read from ``environ``'s variables.
+
+    Raises:
+        OptionError: a variable does not parse; the message names it.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in options(config_class):
+        target: Any = parser
+        if opt.group is not None:
+            target = groups.get(opt.group) or parser.add_argument_group(opt.group)
+            groups[opt.group] = target
+        default = _from_environment(opt, environ)
+        shown = _shown_default(opt)
+        help_text = f"{opt.help} (default: {shown})" if shown else opt.help
+        if opt.kind == "switch" or opt.kind == "off-switch":
+            target.add_argument(
+                opt.flag, dest=opt.dest, action="store_true", default=default, help=help_text
+            )
+        elif opt.kind == "either":
+            either = target.add_mutually_exclusive_group()
+            either.add_argument(
+                f"--{opt.name.replace('_', '-')}",
+                dest=opt.name,
+                action="store_true",
+                default=default,
+                help=help_text,
+            )
+            either.add_argument(
+                f"--no-{opt.name.replace('_', '-')}",
+                dest=opt.name,
+                action="store_false",
+                default=argparse.SUPPRESS,
+                help=f"the opposite of --{opt.name.replace('_', '-')}",
+            )
+        else:
+            target.add_argument(
+                opt.flag,
+                dest=opt.dest,
+                type=_parser(opt),
+                default=default,
+                choices=opt.choices or None,
+                help=help_text,
+                metavar=None if opt.choices else opt.name.upper(),
+            )
+
+
+def config_values(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    """The ``ServerConfig`` fields that ``args`` sets (``off-switch`` options inverted)."""
+    values: dict[str, Any] = {}
+    for opt in options(config_class):
+        if opt not in COMMAND_LINE:
+            value = getattr(args, opt.dest)
+            values[opt.name] = not value if opt.kind == "off-switch" else value
+    return values
+
+
+def to_argv(
+    args: argparse.Namespace, config_class: type, skip: frozenset[str] = frozenset()
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and the variables that give a worker the same options as ``args``:
+    secrets go in the variables, never in the arguments (which ``ps`` shows)."""
+    argv: list[str] = []
+    env: dict[str, str] = {}
+    for opt in options(config_class):
+        value = getattr(args, opt.dest)
+        if opt.name in skip or value is None:
+            continue
+        if opt.secret:
+            env[opt.variable] = str(value)
+        elif opt.kind == "switch" or opt.kind == "off-switch":
+            argv += [opt.flag] if value else []
+        elif opt.kind == "either":
+            argv.append(("--" if value else "--no-") + opt.name.replace("_", "-"))
+        elif opt.kind == "origins":
+            argv += [opt.flag, ",".join(sorted(value))]
+        else:
+            argv += [opt.flag, str(value)]
+    return argv, env
+
+
+def _parser(opt: Option) -> Any:
+    if opt.kind == "origins":
+        return _origins
+    if opt.kind == "port-or-off":
+        return _port_or_off
+    return opt.kind
+
+
+def _origins(text: str) -> frozenset[str] | None:
+    origins = frozenset(o.strip() for o in text.split(",") if o.strip())
+    return origins or None
+
+
+def _port_or_off(text: str) -> int | None:
+    port = int(text)
+    return None if port < 0 else port
+
+
+def _shown_default(opt: Option) -> str:
+    if opt.default is None or opt.kind in ("switch", "off-switch", "either"):
+        return ""
+    return str(opt.default)
+
+
+def _from_environment(opt: Option, environ: Mapping[str, str]) -> Any:
+    raw = environ.get(opt.variable)
+    if raw is None:
+        return opt.default if opt.kind != "off-switch" else False
+    try:
+        if opt.kind in ("switch", "off-switch", "either"):
+            word = raw.strip().lower()
+            if word not in _TRUE | _FALSE:
+                raise ValueError("expected 1/true/yes/on or 0/false/no/off")
+            if opt.kind == "either" and not word:
+                return None
+            return word in _TRUE
+        value = _parser(opt)(raw)
+    except ValueError as exc:
+        raise OptionError(f"{opt.variable}={raw!r} is not a valid {opt.flag} ({exc})") from None
+    if opt.choices and value not in opt.choices:
+        raise OptionError(f"{opt.variable}={raw!r}: expected one of {', '.join(opt.choices)}")
+    return value
