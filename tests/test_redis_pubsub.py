@@ -18,7 +18,7 @@ import redis.asyncio
 
 from roomcast import BrokerUnavailable
 from roomcast.brokers.envelope import Target, pack
-from roomcast.brokers.redis import RedisPubSub
+from roomcast.brokers.redis_pubsub import RedisPubSub
 from tests.redis_support import RedisServer, free_port
 from tests.support import eventually, seconds
 

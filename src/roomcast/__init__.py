@@ -35,11 +35,11 @@ from roomcast.messages import (
 )
 
 if TYPE_CHECKING:
-    from roomcast.brokers.redis import RedisPubSub as RedisPubSub
+    from roomcast.brokers.redis_pubsub import RedisPubSub as RedisPubSub
 
 __version__ = "0.1.0"
 
-_LAZY = {"RedisPubSub": "roomcast.brokers.redis"}
+_LAZY = {"RedisPubSub": "roomcast.brokers.redis_pubsub"}
 """Public names whose modules import an optional dependency (redis), loaded on first use.
 
 They are not in ``__all__``, so that ``from roomcast import *`` works without the extra."""

@@ -1,5 +1,5 @@
-"""Compatibility path: ``RedisPubSub`` lives in ``roomcast.brokers.redis``."""
+"""Compatibility path: ``RedisPubSub`` lives in ``roomcast.brokers.redis_pubsub``."""
 
-from roomcast.brokers.redis import RedisPubSub
+from roomcast.brokers.redis_pubsub import RedisPubSub
 
 __all__ = ["RedisPubSub"]

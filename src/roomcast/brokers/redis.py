@@ -1,4 +1,4 @@
-"""RedisPubSub: the seed's Redis pub/sub API, and the Redis broker behind the distributed hub.
+"""The Redis broker behind a distributed hub (``RedisPubSub`` puts the seed's API on it).
 
 One instance holds two Redis connections: one subscribed (it only reads messages and the
 replies to its own SUBSCRIBE/UNSUBSCRIBE/PING), one that publishes.  Publishing goes through
@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
-import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -35,23 +33,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from roomcast.brokers.base import BrokerStats, Channels, EnvelopeHandler, Inbound, Outbound
-from roomcast.brokers.envelope import Envelope, Target
+from roomcast.brokers.envelope import Target
 from roomcast.brokers.redis_link import Link, Topology, discover, encode_channel
 from roomcast.errors import BrokerUnavailable
-from roomcast.frame import encode
 from roomcast.logbudget import FailureTally
 from roomcast.tasks import TaskSet
 
-__all__ = ["RedisPubSub"]
+__all__ = ["RedisBroker"]
 
 logger = logging.getLogger("roomcast.redis")
 
-MessageHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
-"""A seed-style handler: receives each message as a dict (see ``RedisPubSub.subscribe``)."""
 
-
-class RedisPubSub:
-    """Redis pub/sub for a multi-instance hub.
+class RedisBroker:
+    """The Redis broker of a multi-instance hub (``RedisPubSub`` adds the seed's API).
 
     Channels (``prefix`` "ws" by default): ``ws:broadcast``, ``ws:room:{room_id}``,
     ``ws:user:{user_id}``, ``ws:connection:{conn_id}``.  Messages travel as roomcast
@@ -62,7 +56,6 @@ class RedisPubSub:
         prefix: Channel prefix, so several hubs can share one Redis.
         publish_queue_limit: Most envelopes waiting to be written to Redis; beyond it a
             publish fails (counted) instead of growing memory.
-        handler_queue_limit: Most messages waiting for seed-style ``subscribe`` handlers.
         connect_timeout: Seconds allowed for connecting, and for ``initialize`` to wait.
         socket_timeout: Seconds allowed for Redis to answer a pipeline of publishes.
         health_check_interval: Seconds between PINGs on the subscribed connection; no answer
@@ -77,7 +70,6 @@ class RedisPubSub:
         *,
         prefix: str = "ws",
         publish_queue_limit: int = 10_000,
-        handler_queue_limit: int = 10_000,
         connect_timeout: float = 5.0,
         socket_timeout: float = 5.0,
         health_check_interval: float = 2.0,
@@ -117,10 +109,6 @@ class RedisPubSub:
         self._ready_event = asyncio.Event()
         self._lost_at: float | None = None
         self._publish_failures = FailureTally(logger, "message(s) could not be published")
-        self._handler_queue: asyncio.Queue[tuple[MessageHandler, Envelope]] = asyncio.Queue(
-            handler_queue_limit
-        )
-        self._seed_handlers: dict[tuple[str, MessageHandler], EnvelopeHandler] = {}
         self._tasks = TaskSet()
         self._started = False
         self._closed = False
@@ -189,11 +177,10 @@ class RedisPubSub:
         fail fast (counted) while local delivery goes on.
         """
         if self._closed:
-            raise RuntimeError("this RedisPubSub is closed")
+            raise RuntimeError("this Redis broker is closed")
         if not self._started:
             self._started = True
             self._tasks.spawn(self._supervise())
-            self._tasks.spawn(self._run_seed_handlers())
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await self._ready_event.wait()
@@ -205,7 +192,7 @@ class RedisPubSub:
         self._closed = True
         await self._tasks.cancel_all()
         self._set_down()
-        self._fail_pending("RedisPubSub closed")
+        self._fail_pending("the Redis broker is closed")
         self._links = []
         await self._pool.disconnect()
 
@@ -222,59 +209,6 @@ class RedisPubSub:
         if self.inbound.remove(channel, handler):
             self._changes[channel] = False
             self._interest_changed.set()
-
-    async def subscribe(self, channel: str, handler: MessageHandler) -> None:
-        """Call ``handler`` with every message published on ``channel`` (seed API).
-
-        The handler gets the message as a dict: a JSON object as itself, anything else as
-        ``{"data": value}`` (``bytes`` for a binary message); closes arrive as
-        ``{"type": "close", "reason": ...}``.  It may be sync or async; handlers run one at a
-        time in publish order, off the reader, through a bounded queue (a full queue drops
-        the message, counted in ``stats.handler_drops``).  Messages this instance published
-        itself are delivered too, as Redis does.
-
-        Returns once Redis confirmed the subscription, or at once if Redis is unreachable
-        (the subscription is made when it comes back).
-        """
-        key = (channel, handler)
-        if key in self._seed_handlers:
-            return
-        queue = self._handler_queue
-        stats = self._stats
-
-        def enqueue(envelope: Envelope) -> None:
-            try:
-                queue.put_nowait((handler, envelope))
-            except asyncio.QueueFull:
-                stats.handler_drops += 1
-                logger.warning("handler queue full; dropped a message on %s", channel)
-
-        self._seed_handlers[key] = enqueue
-        self.listen(channel, enqueue)
-        if self._connected:
-            await self._confirmed(channel)
-
-    async def unsubscribe(self, channel: str, handler: MessageHandler | None = None) -> None:
-        """Remove ``handler`` (or every seed-style handler) from ``channel``."""
-        for key in [k for k in self._seed_handlers if k[0] == channel]:
-            if handler is None or key[1] is handler:
-                self.unlisten(channel, self._seed_handlers.pop(key))
-
-    async def _confirmed(self, channel: str) -> None:
-        if any(channel in link.confirmed for link in self._links):
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._confirm_waiters.setdefault(channel, []).append(waiter)
-        try:
-            async with asyncio.timeout(self._socket_timeout):
-                await waiter
-        except TimeoutError:
-            # Redis went away meanwhile; the subscription is made when it is back.
-            waiters = self._confirm_waiters.get(channel)
-            if waiters is not None and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._confirm_waiters[channel]
 
     # ---------------------------------------------------------------- publishing
 
@@ -297,41 +231,6 @@ class RedisPubSub:
             target, target_id, payload, binary=binary, close=close, exclude=exclude
         )
         self._enqueue(channel, data, None)
-
-    async def publish_broadcast(self, message: Any, *, exclude: Collection[str] = ()) -> int:
-        """Publish to every connection on every instance; returns how many instances (Redis
-        subscriptions) received it.
-
-        Raises:
-            BrokerUnavailable: Redis is unreachable or the publish queue is full.
-            InvalidMessage: ``message`` cannot be encoded.
-        """
-        return await self._publish_message(Target.BROADCAST, "", message, exclude)
-
-    async def publish_to_user(self, user_id: str, message: Any) -> int:
-        """Publish to every connection of ``user_id``, wherever it is (see publish_broadcast)."""
-        return await self._publish_message(Target.USER, user_id, message, ())
-
-    async def publish_to_room(
-        self, room_id: str, message: Any, *, exclude: Collection[str] = ()
-    ) -> int:
-        """Publish to the members of ``room_id`` on every instance (see publish_broadcast)."""
-        return await self._publish_message(Target.ROOM, room_id, message, exclude)
-
-    async def publish_to_connection(self, connection_id: str, message: Any) -> int:
-        """Publish to one connection on whichever instance holds it (see publish_broadcast)."""
-        return await self._publish_message(Target.CONNECTION, connection_id, message, ())
-
-    async def _publish_message(
-        self, target: Target, target_id: str, message: Any, exclude: Collection[str]
-    ) -> int:
-        frame = encode(message)
-        channel, data = self._outbound.seal(
-            target, target_id, frame.payload, binary=frame.binary, exclude=exclude
-        )
-        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._enqueue(channel, data, result)
-        return await result
 
     def _enqueue(self, channel: str, data: bytes, result: asyncio.Future[int] | None) -> None:
         topology = self._topology
@@ -491,33 +390,6 @@ class RedisPubSub:
 
     def published(self, count: int) -> None:
         self._stats.published += count
-
-    # ---------------------------------------------------------------- seed-style handlers
-
-    async def _run_seed_handlers(self) -> None:
-        queue = self._handler_queue
-        while True:
-            handler, envelope = await queue.get()
-            try:
-                outcome = handler(_as_dict(envelope))
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception:
-                self._stats.handler_errors += 1
-                logger.exception("subscribe handler failed")
-
-
-def _as_dict(envelope: Envelope) -> dict[str, Any]:
-    if envelope.close:
-        return {"type": "close", "reason": envelope.payload.decode()}
-    if envelope.binary:
-        return {"data": envelope.payload}
-    text = envelope.payload.decode()
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {"data": text}
-    return value if isinstance(value, dict) else {"data": value}
 
 
 def _describe(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from roomcast.identifiers import DEFAULT_MAX_ID_BYTES
 from roomcast.messages import MessageType
 
 if TYPE_CHECKING:
-    from roomcast.brokers.redis import RedisPubSub
+    from roomcast.brokers.redis_pubsub import RedisPubSub
 
 __all__ = ["DistributedWebSocketManager"]
 
@@ -52,7 +52,7 @@ class DistributedWebSocketManager(ConnectionManager):
         **options: Any,
     ) -> None:
         if broker is None:
-            from roomcast.brokers.redis import RedisPubSub
+            from roomcast.brokers.redis_pubsub import RedisPubSub
 
             broker = RedisPubSub(redis_url, prefix=prefix)
         hub = Hub(
@@ -68,7 +68,7 @@ class DistributedWebSocketManager(ConnectionManager):
     @property
     def pubsub(self) -> RedisPubSub:
         """The ``RedisPubSub`` under this manager (TypeError if another broker is used)."""
-        from roomcast.brokers.redis import RedisPubSub
+        from roomcast.brokers.redis_pubsub import RedisPubSub
 
         if not isinstance(self.broker, RedisPubSub):
             raise TypeError(f"this manager uses {type(self.broker).__name__}, not Redis")

@@ -329,9 +329,9 @@ def _protocol_ping(connection_id: str, transport: NativeTransport, message: obje
 def _new_hub(config: ServerConfig) -> Hub:
     broker = None
     if config.redis_url is not None:
-        from roomcast.brokers.redis import RedisPubSub
+        from roomcast.brokers.redis import RedisBroker
 
-        broker = RedisPubSub(config.redis_url, prefix=config.channel_prefix)
+        broker = RedisBroker(config.redis_url, prefix=config.channel_prefix)
     return Hub(
         broker,
         overflow=OverflowPolicy.CLOSE,
