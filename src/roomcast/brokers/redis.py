@@ -34,7 +34,7 @@ from redis.backoff import NoBackoff
 
 from roomcast.brokers.base import BrokerStats, Channels, EnvelopeHandler, Inbound, Outbound
 from roomcast.brokers.envelope import Target
-from roomcast.brokers.redis_link import Link, Topology, discover, encode_channel
+from roomcast.brokers.redis_link import TRANSITIONS, Link, Phase, Topology, discover, encode_channel
 from roomcast.errors import BrokerUnavailable
 from roomcast.logbudget import FailureTally
 from roomcast.tasks import TaskSet
@@ -104,14 +104,11 @@ class RedisBroker:
         self._changes: dict[str, bool] = {}
         self._interest_changed = asyncio.Event()
         self._confirm_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._connected = False
-        self._ready = False
+        self.phase = Phase.IDLE
         self._ready_event = asyncio.Event()
         self._lost_at: float | None = None
         self._publish_failures = FailureTally(logger, "message(s) could not be published")
         self._tasks = TaskSet()
-        self._started = False
-        self._closed = False
 
     # ---------------------------------------------------------------- state
 
@@ -128,14 +125,14 @@ class RedisBroker:
     @property
     def ready(self) -> bool:
         """Connected, and subscribed to every channel of interest (confirmed by Redis)."""
-        return self._ready
+        return self.phase is Phase.READY
 
     @property
     def settled(self) -> bool:
         """Ready, and Redis confirmed a subscription to exactly the interest set (no change
         on its way): what a test waits for before publishing from another instance."""
         return (
-            self._ready
+            self.phase is Phase.READY
             and not self._changes
             and all(
                 not link.unanswered and link.confirmed == link.requested for link in self._links
@@ -155,7 +152,7 @@ class RedisBroker:
     @property
     def connected(self) -> bool:
         """Both connections are up (subscriptions may still be on their way)."""
-        return self._connected
+        return self.phase is Phase.SUBSCRIBING or self.phase is Phase.READY
 
     @property
     def stats(self) -> BrokerStats:
@@ -176,10 +173,10 @@ class RedisBroker:
         supervisor keeps trying, ``ready`` says when it succeeded, and until then publishes
         fail fast (counted) while local delivery goes on.
         """
-        if self._closed:
+        if self.phase is Phase.CLOSED:
             raise RuntimeError("this Redis broker is closed")
-        if not self._started:
-            self._started = True
+        if self.phase is Phase.IDLE:
+            self._enter(Phase.CONNECTING)
             self._tasks.spawn(self._supervise())
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -189,9 +186,8 @@ class RedisBroker:
 
     async def close(self) -> None:
         """Disconnect, stop every task, and fail whatever was still waiting to be published."""
-        self._closed = True
+        self._enter(Phase.CLOSED)
         await self._tasks.cancel_all()
-        self._set_down()
         self._fail_pending("the Redis broker is closed")
         self._links = []
         await self._pool.disconnect()
@@ -234,7 +230,7 @@ class RedisBroker:
 
     def _enqueue(self, channel: str, data: bytes, result: asyncio.Future[int] | None) -> None:
         topology = self._topology
-        if not self._connected or topology is None:
+        if not self.connected or topology is None:
             self._failed(result, "Redis is not connected")
             return
         name = encode_channel(channel)
@@ -268,8 +264,10 @@ class RedisBroker:
                 await self._session()
             except Exception as exc:  # whatever broke the session, start a new one
                 error = _describe(exc)
-            was_ready = self._ready
-            self._set_down()
+            if self.phase is Phase.CLOSED:
+                return
+            was_ready = self.phase is Phase.READY
+            self._enter(Phase.CONNECTING)
             self._fail_pending("Redis connection lost")
             self._links = []
             if was_ready:
@@ -314,7 +312,7 @@ class RedisBroker:
             async with asyncio.timeout(self._connect_timeout):
                 for link in links:
                     await link.connect()
-            self._connected = True
+            self._enter(Phase.SUBSCRIBING)
             async with asyncio.TaskGroup() as group:
                 for link in links:
                     link.start(group)
@@ -334,10 +332,15 @@ class RedisBroker:
         connection: AbstractConnection = self._pool.connection_class(**options)
         return connection
 
-    def _set_down(self) -> None:
-        self._connected = False
-        self._ready = False
-        self._ready_event.clear()
+    def _enter(self, phase: Phase) -> None:
+        """The one place where the phase changes (``TRANSITIONS`` says from where to where)."""
+        if phase not in TRANSITIONS[self.phase]:
+            raise RuntimeError(f"Redis broker: no way from {self.phase.value} to {phase.value}")
+        self.phase = phase
+        if phase is Phase.READY:
+            self._ready_event.set()
+        else:
+            self._ready_event.clear()
 
     async def _reconcile(self, topology: Topology, links: list[Link]) -> None:
         """Subscribe every link to its share of the interest set, then follow the changes."""
@@ -373,10 +376,9 @@ class RedisBroker:
                 waiter.set_result(None)
 
     def link_ready(self) -> None:
-        if self._ready or not all(link.ready for link in self._links):
+        if self.phase is not Phase.SUBSCRIBING or not all(link.ready for link in self._links):
             return
-        self._ready = True
-        self._ready_event.set()
+        self._enter(Phase.READY)
         self._publish_failures.flush()
         if self._lost_at is not None:
             self._stats.reconnects += 1

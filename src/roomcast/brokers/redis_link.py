@@ -1,6 +1,6 @@
 """The connections to one Redis node, and how channels map to nodes.
 
-A ``Link`` is what ``RedisPubSub`` keeps per Redis node during one connected period: a
+A ``Link`` is what ``RedisBroker`` keeps per Redis node during one connected period: a
 subscribed connection (its reader and a PING watchdog) and a publishing connection (a writer
 draining a bounded queue as pipelines).  A plain Redis is one node speaking
 SUBSCRIBE/PUBLISH.  A Redis Cluster is one node per master speaking *sharded* pub/sub
@@ -9,8 +9,8 @@ pub/sub traffic spreads over the shards instead of being copied to every node as
 PUBLISH is in a cluster.
 
 Any surprise (an error reply such as MOVED, a slot migrating away, a silent node) raises out of
-the link's tasks; ``RedisPubSub`` then drops every link, rediscovers the topology, and
-subscribes again.
+the link's tasks; ``RedisBroker`` then drops every link, rediscovers the topology, and
+subscribes again.  The broker's own life (``Phase``) is a table here too, beside its links'.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import enum
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -27,7 +28,18 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from roomcast.errors import BrokerUnavailable
 
-__all__ = ["PLAIN", "SHARDED", "Dialect", "Link", "LinkOwner", "Pending", "Topology", "discover"]
+__all__ = [
+    "PLAIN",
+    "SHARDED",
+    "TRANSITIONS",
+    "Dialect",
+    "Link",
+    "LinkOwner",
+    "Pending",
+    "Phase",
+    "Topology",
+    "discover",
+]
 
 Pending = tuple[bytes, bytes, "asyncio.Future[int] | None"]
 """A publish waiting for Redis: channel, envelope, and who waits for the receiver count."""
@@ -35,6 +47,37 @@ Pending = tuple[bytes, bytes, "asyncio.Future[int] | None"]
 _PING = b"PING"
 _BATCH = 1000
 """Channels per SUBSCRIBE command, and publishes per pipeline (x0.5)."""
+
+
+class Phase(enum.Enum):
+    """Where a Redis broker is in its life; every change goes through ``RedisBroker._enter``.
+
+    ::
+
+        IDLE --initialize--> CONNECTING --links up--> SUBSCRIBING --all confirmed--> READY
+                                 ^                         |                           |
+                                 +----- lost, retry -------+---------------------------+
+        any --close--> CLOSED
+    """
+
+    IDLE = "idle"
+    """Made, not started."""
+    CONNECTING = "connecting"
+    """Starting a session, or waiting to retry: publishes fail fast."""
+    SUBSCRIBING = "subscribing"
+    """Connected; publishes go out; subscriptions not all confirmed yet."""
+    READY = "ready"
+    """Connected and subscribed to the whole interest set."""
+    CLOSED = "closed"
+
+
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.IDLE: frozenset({Phase.CONNECTING, Phase.CLOSED}),
+    Phase.CONNECTING: frozenset({Phase.CONNECTING, Phase.SUBSCRIBING, Phase.CLOSED}),
+    Phase.SUBSCRIBING: frozenset({Phase.CONNECTING, Phase.READY, Phase.CLOSED}),
+    Phase.READY: frozenset({Phase.CONNECTING, Phase.CLOSED}),
+    Phase.CLOSED: frozenset({Phase.CLOSED}),
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 from roomcast.brokers.base import EnvelopeHandler
 from roomcast.brokers.envelope import Envelope, Target
 from roomcast.brokers.redis import RedisBroker
+from roomcast.brokers.redis_link import Phase
 from roomcast.frame import encode
 
 __all__ = ["MessageHandler", "RedisPubSub"]
@@ -54,7 +55,7 @@ class RedisPubSub(RedisBroker):
     async def initialize(self) -> None:
         """Connect (see ``RedisBroker.initialize``) and start running ``subscribe``'s
         handlers."""
-        if not self._started and not self._closed:
+        if self.phase is Phase.IDLE:
             self._tasks.spawn(self._run_seed_handlers())
         await super().initialize()
 
@@ -86,7 +87,7 @@ class RedisPubSub(RedisBroker):
 
         self._seed_handlers[key] = enqueue
         self.listen(channel, enqueue)
-        if self._connected:
+        if self.connected:
             await self._confirmed(channel)
 
     async def unsubscribe(self, channel: str, handler: MessageHandler | None = None) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import logging
 import socket
 import struct
@@ -55,6 +56,24 @@ from roomcast.tasks import TaskSet
 __all__ = ["AsgiTransport", "AsgiWebSocket"]
 
 _ACCEPTED = Delivery.ACCEPTED
+
+
+class _State(enum.Enum):
+    """The sending side of an ``AsgiTransport``::
+
+    OPEN --back-pressure--> DRAINING --backlog written--> OPEN
+    OPEN, DRAINING --close, detach, send failed--> CLOSING (for good)
+    """
+
+    OPEN = "open"
+    """Frames are written (or handed to the ASGI send) at once."""
+    DRAINING = "draining"
+    """A writer task owns the sending; frames queue in the bounded backlog."""
+    CLOSING = "closing"
+    """Closed, closing or gone: frames are refused."""
+
+
+_OPEN, _DRAINING, _CLOSING = _State.OPEN, _State.DRAINING, _State.CLOSING
 
 logger = logging.getLogger("roomcast")
 
@@ -117,9 +136,7 @@ class AsgiTransport:
     __slots__ = (
         "_backlog",
         "_backlog_bytes",
-        "_busy",
         "_close_timeout",
-        "_closing",
         "_direct",
         "_direct_writes",
         "_limit",
@@ -127,6 +144,7 @@ class AsgiTransport:
         "_on_unabortable",
         "_send",
         "_socket",
+        "_state",
         "_tasks",
         "_websocket",
         "_writer",
@@ -155,10 +173,8 @@ class AsgiTransport:
         self._on_unabortable = on_unabortable
         self._limit = limit
         self._close_timeout = close_timeout
-        self._closing = False
-        # True while a writer task owns the sending or the transport is closing: the one
-        # attribute the per-recipient fast path looks at.
-        self._busy = False
+        # OPEN: frames go straight out; the one attribute the per-recipient fast path reads.
+        self._state = _OPEN
         self._direct_writes = direct_writes
         # uvicorn's protocol object when frames may be written to it directly (see
         # roomcast.fastapi.uvicorn_direct); found after the handshake.
@@ -191,14 +207,14 @@ class AsgiTransport:
                 self._direct = protocol
 
     def send(self, frame: Frame) -> Delivery:
-        if self._busy:
+        if self._state is not _OPEN:
             return self._enqueue(frame)
         direct = self._direct
         # Direct write while uvicorn would write at once; when it is paused or has sent a
         # close, the ASGI path below waits or reports it properly.
         if direct is not None and direct.writable.is_set() and not direct.close_sent:
             if direct.transport.is_closing():
-                self._closing = self._busy = True
+                self._state = _CLOSING
                 return Delivery.CLOSED
             direct.transport.write(frame.wire)
             return _ACCEPTED
@@ -210,18 +226,18 @@ class AsgiTransport:
         except Exception as exc:
             # The server refused the event: the client is gone or the socket is closed.
             logger.debug("send failed, connection lost: %r", exc)
-            self._closing = self._busy = True
+            self._state = _CLOSING
             return Delivery.CLOSED
         # The server applies back-pressure: hand the half-done send to a writer task.
         if self._backlog is None:
             self._backlog = collections.deque()
         self._backlog_bytes = frame.size
-        self._busy = True
+        self._state = _DRAINING
         self._writer = self._tasks.spawn(self._drain(coro, waiting_on, frame.size))
         return _ACCEPTED
 
     def _enqueue(self, frame: Frame) -> Delivery:
-        if self._closing:
+        if self._state is _CLOSING:
             return Delivery.CLOSED
         if self._backlog_bytes + frame.size > self._limit:
             return Delivery.OVERFLOW
@@ -247,12 +263,13 @@ class AsgiTransport:
             logger.debug("send failed, connection lost: %r", exc)
             self._writer = None  # so that _discard_backlog does not cancel this very task
             self._discard_backlog()
-            if not self._closing:
-                self._closing = True
+            if self._state is not _CLOSING:
+                self._state = _CLOSING
                 self._on_lost()
         finally:
             self._writer = None
-            self._busy = self._closing
+            if self._state is _DRAINING:
+                self._state = _OPEN
 
     def _discard_backlog(self) -> asyncio.Task[None] | None:
         writer, self._writer = self._writer, None
@@ -264,9 +281,9 @@ class AsgiTransport:
         return writer
 
     def close(self, code: int, reason: str = "") -> None:
-        if self._closing:
+        if self._state is _CLOSING:
             return
-        self._closing = self._busy = True
+        self._state = _CLOSING
         writer = self._discard_backlog()
         deadline = asyncio.get_running_loop().time() + self._close_timeout
         self._tasks.spawn(self._close(writer, code, reason, deadline), name="roomcast-close")
@@ -301,7 +318,7 @@ class AsgiTransport:
                 self._on_unabortable()
 
     def detach(self) -> None:
-        self._closing = self._busy = True
+        self._state = _CLOSING
         self._discard_backlog()
 
 
