@@ -25,56 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
-import resource
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
+from harness.gcclock import GcClock
+from harness.limits import raise_nofile
+from harness.message import make_message
 from roomcast import ConnectionManager
 
-__all__ = ["make_message", "plain_app", "roomcast_app", "roomcast_asgi_app"]
+__all__ = ["plain_app", "roomcast_app", "roomcast_asgi_app"]
 
-
-def _raise_nofile_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-_raise_nofile_limit()
-
-
-class _GcClock:
-    """Counts the cyclic collector's passes and time per generation (reported in stats)."""
-
-    def __init__(self) -> None:
-        self.collections = [0, 0, 0]
-        self.seconds = [0.0, 0.0, 0.0]
-        self._started = 0.0
-        gc.callbacks.append(self._callback)
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            generation = info["generation"]
-            self.collections[generation] += 1
-            self.seconds[generation] += time.perf_counter() - self._started
-
-    def snapshot(self) -> dict[str, list[float] | list[int]]:
-        return {"gc_collections": list(self.collections), "gc_seconds": list(self.seconds)}
-
-
-gc_clock = _GcClock()
-
-
-def make_message(seq: int, size: int) -> str:
-    """``"seq|send_time|"`` padded with ``x`` to ``size`` characters (ASCII, so bytes too)."""
-    head = f"{seq}|{time.time():.6f}|"
-    return head + "x" * max(0, size - len(head))
+raise_nofile()
+gc_clock = GcClock()
 
 
 async def _run_broadcast(

@@ -3,7 +3,7 @@
     .venv/bin/python bench/fanout.py --connections 1000,15000 --messages 20
 
 For each server (``plain``, ``roomcast``; see ``apps.py``) and each N, it starts uvicorn as a
-subprocess, connects N clients from worker processes (``clients.py``), measures the server's
+subprocess, connects N clients from worker processes (``harness/clients.py``), measures the server's
 RSS and CPU around the connect and broadcast phases, and prints Markdown tables.  Then the
 slow-client scenario: N healthy clients plus one that never reads, and a burst of large
 messages.  bench/README.md explains every figure.  Raw results go to bench/results/*.json.
@@ -13,82 +13,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
-import multiprocessing
 import os
-import platform
-import resource
-import signal
-import statistics
-import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-from array import array
-from collections.abc import Iterator, Sequence
-from multiprocessing.connection import Connection as Pipe
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
+from harness.clients import WorkerConfig
+from harness.limits import wide_port_range
+from harness.meta import FASTAPI_PACKAGES, cpu_probe, run_meta
+from harness.processes import ServerProcess
+from harness.report import environment_line, fmt, log, probe_text, results_path, write_json
+from harness.runs import BENCH_DIR, REPO_DIR, RESULTS_DIR, prepare
+from harness.stats import gc_delta, handshake_ms, latency_summary, median
+from harness.workers import Workers, connect_counts, handshake_times, split, wait_delivery
 
-from clients import WorkerConfig, die_with_parent, run_worker
-
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
 SERVERS = ("plain", "roomcast", "roomcast_asgi")
-PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-WANTED_PORT_RANGE = "1024 65000"
-
-
-# ------------------------------------------------------------------ small helpers
-
-
-def run_meta(script: str, nofile: int) -> dict[str, Any]:
-    """What every results file records about the run: when, how, on what, at which commit."""
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", script, *sys.argv[1:]]),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "nofile": nofile,
-        "git": git_state(),
-        "versions": package_versions(),
-    }
-
-
-def raise_nofile_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-@contextlib.contextmanager
-def wide_port_range(enabled: bool) -> Iterator[str]:
-    """Widen the ephemeral port range for the run (root only) and restore it afterwards."""
-    try:
-        old = " ".join(PORT_RANGE_FILE.read_text().split())
-    except OSError:
-        yield "unknown"
-        return
-    if not enabled or old == WANTED_PORT_RANGE:
-        yield old
-        return
-    try:
-        PORT_RANGE_FILE.write_text(WANTED_PORT_RANGE)
-    except OSError:
-        yield old
-        return
-    try:
-        yield WANTED_PORT_RANGE
-    finally:
-        with contextlib.suppress(OSError):
-            PORT_RANGE_FILE.write_text(old)
 
 
 def server_cpus(args: argparse.Namespace) -> set[int] | None:
@@ -102,81 +47,11 @@ def client_cpus(args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(cpus[1:]) if args.pin and len(cpus) > 1 else ()
 
 
-def percentile_at(sorted_latencies: Sequence[float], fraction: float, expected: int) -> float:
-    """Seconds until ``fraction`` of the ``expected`` clients had the message; inf if never."""
-    needed = max(1, math.ceil(fraction * expected))
-    if needed > len(sorted_latencies):
-        return math.inf
-    return sorted_latencies[needed - 1]
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else math.nan
-
-
-def fmt(value: float, digits: int = 1) -> str:
-    if math.isnan(value):
-        return "n/a"
-    if math.isinf(value):
-        return "never"
-    return f"{value:.{digits}f}"
-
-
-def git_state() -> dict[str, str]:
-    """Commit of the checkout, and whether the library differs from it (results depend on it)."""
-
-    def git(*command: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *command], cwd=BENCH_DIR.parent, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return "unknown"
-        return done.stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "src_changes": git("status", "--porcelain", "--", "src") or "none",
-    }
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for name in ("roomcast", "fastapi", "starlette", "uvicorn", "uvloop", "websockets", "picows"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "missing"
-    return versions
-
-
-def cpu_probe(repeats: int = 30) -> dict[str, float]:
-    """CPU ms that one fixed pure-Python loop takes, ``repeats`` times back to back.
-
-    On a shared VM the same work can take 1.5x longer from one second to the next; the spread
-    printed with the results says how steady the host was during this run.
-    """
-    times = []
-    for _ in range(repeats):
-        started = time.process_time()
-        table: dict[int, str] = {}
-        for i in range(300_000):
-            table[i % 1000] = str(i)
-        times.append((time.process_time() - started) * 1000)
-    return {"min": min(times), "median": median(times), "max": max(times)}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------ the server under test
 
 
 class Server:
-    """One uvicorn subprocess serving ``apps:<name>_app``."""
+    """One uvicorn subprocess serving ``apps:<name>_app``, and its control endpoints."""
 
     def __init__(self, name: str, port: int, log_path: Path, cpus: set[int] | None) -> None:
         self.name = name
@@ -184,39 +59,16 @@ class Server:
         self.log_path = log_path
         self.base = f"http://127.0.0.1:{port}"
         command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            f"apps:{name}_app",
-            "--app-dir",
-            str(BENCH_DIR),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--log-level",
-            "warning",
+            *(sys.executable, "-m", "uvicorn", f"apps:{name}_app", "--app-dir", str(BENCH_DIR)),
+            *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"),
+            *("--http", "httptools", "--log-level", "warning"),
         ]
-
-        def in_child() -> None:
-            die_with_parent()
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=in_child
-        )
-        self.ps = psutil.Process(self.proc.pid)
+        self.process = ServerProcess(command, log_path, cpus=cpus)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.process.exited():
                 raise RuntimeError(f"{self.name} server exited; see {self.log_path}")
             with contextlib.suppress(OSError):
                 self.get("/bench/count", timeout=1.0)
@@ -245,91 +97,22 @@ class Server:
             time.sleep(0.2)
         return False
 
-    def rss_kib(self) -> float:
-        return float(self.ps.memory_info().rss) / 1024
-
-    def cpu_s(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
     def idle_cpu_rate(self, seconds: float) -> float:
         """CPU seconds per second the server burns while nobody sends anything."""
-        cpu0, started = self.cpu_s(), time.monotonic()
+        cpu0, started = self.process.cpu_s(), time.monotonic()
         time.sleep(seconds)
-        return (self.cpu_s() - cpu0) / (time.monotonic() - started)
-
-    def user_sys_s(self) -> tuple[float, float]:
-        times = self.ps.cpu_times()
-        return float(times.user), float(times.system)
+        return (self.process.cpu_s() - cpu0) / (time.monotonic() - started)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # a graceful shutdown of 15k websockets measures nothing useful
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log.close()
+        self.process.stop()  # killed: a graceful shutdown of 15k websockets measures nothing
 
 
 # ------------------------------------------------------------------ the client workers
 
 
-class Workers:
-    """Client worker processes, steered over pipes."""
-
-    def __init__(self, configs: Sequence[WorkerConfig]) -> None:
-        context = multiprocessing.get_context("fork")
-        self.pipes: list[Pipe] = []
-        self.procs: list[multiprocessing.process.BaseProcess] = []
-        for config in configs:
-            ours, theirs = context.Pipe()
-            proc = context.Process(target=run_worker, args=(config, theirs), daemon=True)
-            proc.start()
-            theirs.close()
-            self.pipes.append(ours)
-            self.procs.append(proc)
-        self.ps = [psutil.Process(proc.pid) for proc in self.procs if proc.pid is not None]
-
-    def call(self, command: tuple[Any, ...], timeout: float) -> list[Any]:
-        for pipe in self.pipes:
-            pipe.send(command)
-        deadline = time.monotonic() + timeout
-        replies = []
-        for pipe in self.pipes:
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"worker did not answer {command[0]!r} within {timeout}s")
-            status, value = pipe.recv()
-            if status != "ok":
-                raise RuntimeError(f"worker failed {command[0]!r}: {value}")
-            replies.append(value)
-        return replies
-
-    def frames(self) -> int:
-        return sum(self.call(("frames",), timeout=10))
-
-    def cpu_s(self) -> float:
-        total = 0.0
-        for ps in self.ps:
-            times = ps.cpu_times()
-            total += times.user + times.system
-        return total
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.call(("exit",), timeout=10)
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
-        for pipe in self.pipes:
-            pipe.close()
-
-
 def worker_configs(
     args: argparse.Namespace, port: int, run_index: int, connections: int
 ) -> list[WorkerConfig]:
-    count = max(args.min_workers, math.ceil(connections / args.per_worker))
-    shares = [connections // count + (1 if i < connections % count else 0) for i in range(count)]
     return [
         WorkerConfig(
             host="127.0.0.1",
@@ -341,56 +124,8 @@ def worker_configs(
             concurrency=args.concurrency,
             cpus=client_cpus(args),
         )
-        for i, share in enumerate(shares)
+        for i, share in enumerate(split(connections, args.per_worker, args.min_workers))
     ]
-
-
-def wait_delivery(
-    workers: Workers, expected_total: int, timeout: float, stall: float = 3.0
-) -> tuple[int, float]:
-    """Poll until the workers received ``expected_total`` frames, or no progress for ``stall``
-    seconds, or ``timeout``.  Returns (frames, seconds waited)."""
-    started = time.monotonic()
-    last, last_change = -1, started
-    while True:
-        frames = workers.frames()
-        now = time.monotonic()
-        if frames >= expected_total or now - started > timeout:
-            return frames, now - started
-        if frames != last:
-            last, last_change = frames, now
-        elif now - last_change > stall:
-            return frames, now - started
-        time.sleep(0.02)
-
-
-def latency_summary(
-    reports: list[dict[int, tuple[float, bytes]]], first_seq: int, count: int, expected: int
-) -> dict[str, Any]:
-    """Per message: time until 50/99/100 % of the ``expected`` clients had it; medians."""
-    per_message: dict[str, list[float]] = {"p50": [], "p99": [], "p100": []}
-    received = 0
-    for seq in range(first_seq, first_seq + count):
-        latencies: list[float] = []
-        for report in reports:
-            if seq in report:
-                latencies.extend(array("d", report[seq][1]))
-        latencies.sort()
-        received += len(latencies)
-        per_message["p50"].append(percentile_at(latencies, 0.50, expected))
-        per_message["p99"].append(percentile_at(latencies, 0.99, expected))
-        per_message["p100"].append(percentile_at(latencies, 1.00, expected))
-    return {
-        "received": received,
-        "median_ms": {k: median(v) * 1000 for k, v in per_message.items()},
-        "worst_ms": {k: max(v, default=math.nan) * 1000 for k, v in per_message.items()},
-    }
-
-
-def gc_delta(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[int], float]:
-    """Cyclic-GC passes per generation, and seconds spent in them, between two stats."""
-    passes = [b - a for a, b in zip(before["gc_collections"], after["gc_collections"], strict=True)]
-    return passes, sum(after["gc_seconds"]) - sum(before["gc_seconds"])
 
 
 # ------------------------------------------------------------------ scenario 1: fan-out
@@ -420,14 +155,13 @@ class Deployment:
         server.wait_ready()
         server.get("/bench/stats")
         time.sleep(0.5)
-        rss0, cpu0 = server.rss_kib(), server.cpu_s()
+        rss0, cpu0 = server.process.rss_kib(), server.process.cpu_s()
         self.workers = Workers(worker_configs(args, self.port, self.index, self.connections))
         started = time.monotonic()
         replies = self.workers.call(
             ("connect", args.connect_spread), timeout=args.connect_spread + args.connect_timeout
         )
-        ok = sum(r["connected"] for r in replies)
-        failed = sum(r["failed"] for r in replies)
+        ok, failed = connect_counts(replies)
         registered = server.wait_count(ok, timeout=30)
         connect_s = time.monotonic() - started
         if failed or not registered:
@@ -436,18 +170,14 @@ class Deployment:
                 f"server has {server.count()}"
             )
         time.sleep(1.0)
-        rss1, cpu1 = server.rss_kib(), server.cpu_s()
-        handshakes = sorted(t for r in replies for t in array("d", r["handshake_s"]))
+        rss1, cpu1 = server.process.rss_kib(), server.process.cpu_s()
         self.connected = ok
         self.result.update(
             {
                 "connected": ok,
                 "connect_failures": failed,
                 "connect_s": connect_s,
-                "handshake_ms": {
-                    key: percentile_at(handshakes, q, len(handshakes)) * 1000
-                    for key, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
-                },
+                "handshake_ms": handshake_ms(handshake_times(replies)),
                 "rss_before_kib": rss0,
                 "rss_after_kib": rss1,
                 "kib_per_conn": (rss1 - rss0) / max(1, ok),
@@ -481,8 +211,8 @@ class Deployment:
         timeout = args.phase_timeout
         expected = count * self.connected
         frames0 = workers.frames()
-        cpu0, wcpu0 = server.cpu_s(), workers.cpu_s()
-        user0, sys0 = server.user_sys_s()
+        cpu0, wcpu0 = server.process.cpu_s(), workers.cpu_s()
+        user0, sys0 = server.process.user_sys_s()
         wall0 = time.monotonic()
         answer = server.post(
             "/bench/broadcast",
@@ -496,8 +226,8 @@ class Deployment:
             timeout=timeout + 30,
         )
         frames1, _ = wait_delivery(workers, frames0 + expected, timeout=timeout)
-        cpu1, wcpu1 = server.cpu_s(), workers.cpu_s()
-        user1, sys1 = server.user_sys_s()
+        cpu1, wcpu1 = server.process.cpu_s(), workers.cpu_s()
+        user1, sys1 = server.process.user_sys_s()
         acc["wall_s"] += time.monotonic() - wall0
         acc["messages"] += count
         acc["loop_s"] += answer["elapsed_s"]
@@ -633,7 +363,7 @@ def run_slow(args: argparse.Namespace, name: str, run_index: int) -> dict[str, A
     try:
         server.wait_ready()
         healthy = Workers(worker_configs(args, port, run_index, healthy_n))
-        ok = sum(r["connected"] for r in healthy.call(("connect", 0.0), args.connect_timeout))
+        ok, _ = connect_counts(healthy.call(("connect", 0.0), args.connect_timeout))
         slow_config = WorkerConfig(
             host="127.0.0.1",
             port=port,
@@ -645,7 +375,7 @@ def run_slow(args: argparse.Namespace, name: str, run_index: int) -> dict[str, A
             cpus=client_cpus(args),
         )
         slow = Workers([slow_config])
-        slow_ok = sum(r["connected"] for r in slow.call(("connect", 0.0), timeout=60))
+        slow_ok, _ = connect_counts(slow.call(("connect", 0.0), timeout=60))
         server.wait_count(ok + slow_ok, timeout=30)
         result["connected"] = ok
         result["slow_connected"] = slow_ok
@@ -654,7 +384,7 @@ def run_slow(args: argparse.Namespace, name: str, run_index: int) -> dict[str, A
         count, timeout = args.slow_messages, args.slow_timeout
         first_seq = 1000
         frames0 = healthy.frames()
-        cpu0 = server.cpu_s()
+        cpu0 = server.process.cpu_s()
         started = time.monotonic()
         answer = server.post(
             "/bench/broadcast",
@@ -670,7 +400,7 @@ def run_slow(args: argparse.Namespace, name: str, run_index: int) -> dict[str, A
         post_s = time.monotonic() - started
         expected = count * ok
         frames1, _ = wait_delivery(healthy, frames0 + expected, timeout=20)
-        cpu1 = server.cpu_s()
+        cpu1 = server.process.cpu_s()
         stats = server.get("/bench/stats")
         reports = healthy.call(("report", first_seq, first_seq + count - 1), 60)
         latency = latency_summary(reports, first_seq, count, ok)
@@ -866,16 +596,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    nofile = raise_nofile_limit()
-    RESULTS_DIR.mkdir(exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    nofile = prepare()
     if client_cpus(args):
         os.sched_setaffinity(0, client_cpus(args))
     servers = [s for s in args.servers.split(",") if s]
     sizes = [int(n) for n in args.connections.split(",") if n]
     started = time.monotonic()
     meta: dict[str, Any] = {
-        **run_meta("bench/fanout.py", nofile),
+        **run_meta("bench/fanout.py", nofile, FASTAPI_PACKAGES),
         "cpu_probe_ms_before": cpu_probe(),
         "args": vars(args),
     }
@@ -896,23 +624,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_index += 1
     meta["cpu_probe_ms_after"] = cpu_probe()
     meta["duration_s"] = time.monotonic() - started
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS_DIR / f"fanout-{stamp}.json"
-    out.write_text(json.dumps({"meta": meta, "fanout": fanout, "slow": slow}, indent=2))
+    out = results_path("fanout")
+    write_json(out, {"meta": meta, "fanout": fanout, "slow": slow})
     print(f"# fan-out benchmark, {meta['date']}, {meta['duration_s']:.0f} s\n")
     print(f"`{meta['command']}`\n")
-    print(
-        f"roomcast at {meta['git']['commit']} (src changes: {meta['git']['src_changes']}); "
-        f"{meta['cpus']} CPUs, Linux {meta['kernel']}, Python {meta['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-        + "\n"
-    )
+    print(environment_line(meta))
     probes = [meta["cpu_probe_ms_before"], meta["cpu_probe_ms_after"]]
     print(
         "Host steadiness: a fixed Python loop took "
-        + " and ".join(
-            f"{p['min']:.0f}-{p['max']:.0f} ms (median {p['median']:.0f})" for p in probes
-        )
+        + " and ".join(probe_text(p) for p in probes)
         + " of CPU over 30 back-to-back runs, before and after the benchmark.\n"
     )
     if fanout:
@@ -921,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if slow:
         print("## Slow client\n")
         print(slow_table(slow, args) + "\n")
-    print(f"raw results: {out.relative_to(BENCH_DIR.parent)}")
+    print(f"raw results: {out.relative_to(REPO_DIR)}")
     return 0
 
 

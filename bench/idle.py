@@ -4,7 +4,7 @@
 
 Part 1, heartbeat: one ``roomcast serve`` process per heartbeat setting (``--variants``; by
 default off, ``--ping-interval 20 --pong-timeout 20`` and ``--ping-interval 5``), all up at
-the same time, each with N (15,000) idle picows clients of its own (``clients.py``; picows
+the same time, each with N (15,000) idle picows clients of its own (``harness/clients.py``; picows
 answers protocol pings itself).  Over the same idle windows: server CPU (user + system, all
 threads, ``/proc/PID/task/*/schedstat``) per second, write/read syscalls per second
 (``/proc/PID/io``: one ping out, one pong in), RSS per connection, client CPU, and from
@@ -28,91 +28,46 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import http.client
 import inspect
-import json
 import math
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clients import WorkerConfig
-from fanout import (
-    Workers,
-    cpu_probe,
-    git_state,
+from harness.clients import WorkerConfig
+from harness.limits import wide_port_range
+from harness.meta import cpu_probe, redis_version, run_meta
+from harness.processes import cpu_ns_of, die_with_parent, io_of
+from harness.report import (
+    environment_line,
     log,
-    median,
-    raise_nofile_limit,
-    run_meta,
-    wide_port_range,
+    problem_lines,
+    publish,
+    results_path,
+    spread,
+    steadiness_line,
+    write_json,
 )
-from scaleout import REDIS_SERVER, DeadlineExpired, RedisServer, deadline, snapshot
-from serve import SPECS, Target, cpu_ns_of, package_versions
+from harness.runs import RESULTS_DIR, DeadlineExpired, close_meta, deadline, prepare, snapshot
+from harness.stats import median
+from harness.targets import PACKAGES, SPECS, Target, metrics_of
+from harness.workers import Workers, connect_counts, split
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
+if TYPE_CHECKING:
+    from roomcast.testing import RedisServer
+
 REFERENCE_IDLE = "uvicorn's default 20 s keepalive pings: ~4 % of a core at 15k idle connections"
 
 
-# ------------------------------------------------------------------ small helpers
-
-
-def metrics_of(port: int, timeout: float = 10.0) -> dict[str, float]:
-    """``GET /metrics`` on a ``roomcast serve`` WebSocket port, as {sample name: value}."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", "/metrics", headers={"Connection": "close"})
-        response = connection.getresponse()
-        body = response.read().decode()
-        if response.status != 200:
-            raise RuntimeError(f"GET /metrics on {port}: {response.status}")
-    finally:
-        connection.close()
-    samples = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                samples[name] = float(value)
-    return samples
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def io_of(pid: int) -> dict[str, int]:
-    """``/proc/PID/io`` (all threads): syscr / syscw count read and write system calls."""
-    out = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            key, _, value = line.partition(":")
-            out[key] = int(value)
-    return out
-
-
 def auto_pong_default() -> bool | None:
-    """picows' ``ws_connect(enable_auto_pong=...)`` default (clients.py does not set it)."""
+    """picows' ``ws_connect(enable_auto_pong=...)`` default (the client does not set it)."""
     from picows import ws_connect
 
     parameter = inspect.signature(ws_connect).parameters.get("enable_auto_pong")
     return None if parameter is None else bool(parameter.default)
-
-
-def spread(values: Sequence[float], digits: int = 2) -> str:
-    if not values:
-        return "n/a"
-    return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
 
 
 # ------------------------------------------------------------------ part 1: heartbeat
@@ -172,24 +127,23 @@ class IdleServer:
 
     @property
     def pid(self) -> int:
-        return int(self.target.proc.pid)
+        return self.target.pid
 
     def metrics(self) -> dict[str, float]:
         return metrics_of(self.target.port)
 
     def worker_configs(self) -> list[WorkerConfig]:
-        n, args = self.args.connections, self.args
-        count = max(2, math.ceil(n / args.per_worker))
+        args = self.args
         return [
             WorkerConfig(
                 host="127.0.0.1",
                 port=self.target.port,
                 path=SPECS["roomcast"].path,
                 source_address=f"127.{60 + self.index}.1.{2 + i}",
-                connections=n // count + (1 if i < n % count else 0),
+                connections=share,
                 concurrency=args.concurrency,
             )
-            for i in range(count)
+            for i, share in enumerate(split(args.connections, args.per_worker, 2))
         ]
 
     def connect(self) -> None:
@@ -200,8 +154,7 @@ class IdleServer:
         self.workers = Workers(self.worker_configs())
         started = time.monotonic()
         replies = self.workers.call(("connect", 0.0), args.connect_timeout)
-        ok = sum(r["connected"] for r in replies)
-        failed = sum(r["failed"] for r in replies)
+        ok, failed = connect_counts(replies)
         registered = self.target.wait_count(ok, timeout=30)
         connect_s = time.monotonic() - started
         self.connected = ok
@@ -218,15 +171,12 @@ class IdleServer:
         )
         log(f"{self.variant.name}: {ok} connected in {connect_s:.1f} s ({failed} failed)")
 
-    def client_pids(self) -> list[int]:
-        assert self.workers is not None
-        return [int(p.pid) for p in self.workers.procs if p.pid is not None]
-
     def mark(self) -> dict[str, Any]:
+        assert self.workers is not None
         return {
             "t": time.monotonic(),
             "cpu_ns": self.target.cpu_ns(),
-            "client_cpu_ns": sum(cpu_ns_of(pid) for pid in self.client_pids()),
+            "client_cpu_ns": self.workers.cpu_ns(),
             # read(2) calls: the idle server reads each pong with one call (uvloop reads with
             # read(2); its writes, and the picows clients' aiofastnet I/O, are not counted in
             # /proc/PID/io on this kernel, so the pings are counted by their pongs).
@@ -352,7 +302,7 @@ class RedisStats:
             "used_memory": int(memory["used_memory"]),
             "used_memory_dataset": int(memory["used_memory_dataset"]),
             "keys": int(await self.admin.dbsize()),
-            "redis_cpu_ns": self.server.cpu_ns(),
+            "redis_cpu_ns": cpu_ns_of(self.server.pid),
             "own_cpu_ns": cpu_ns_of(os.getpid()),
         }
 
@@ -487,8 +437,8 @@ async def refresh_window(
 async def run_registry_async(args: argparse.Namespace, server: RedisServer) -> dict[str, Any]:
     import redis.asyncio
 
-    from roomcast.auth_manager import ConnectionConfig
-    from roomcast.presence import PresenceRegistry
+    from roomcast.fastapi.auth_manager import ConnectionConfig
+    from roomcast.presence.connection_registry import PresenceRegistry
 
     defaults = ConnectionConfig()
     settings = {
@@ -600,12 +550,19 @@ async def run_registry_async(args: argparse.Namespace, server: RedisServer) -> d
 
 
 def run_registry(args: argparse.Namespace) -> dict[str, Any]:
-    port = args.redis_port or free_port()
-    server = RedisServer(port, RESULTS_DIR / "idle-redis.log")
+    # Imported here, after --snapshot put its src/ first on sys.path.
+    from roomcast.testing import RedisServer
+
+    server = RedisServer(
+        args.redis_port or None,
+        log_path=RESULTS_DIR / "idle-redis.log",
+        preexec_fn=die_with_parent,
+    )
     try:
+        server.start()
         return asyncio.run(run_registry_async(args, server))
     finally:
-        server.stop()
+        server.close()
 
 
 # ------------------------------------------------------------------ report
@@ -791,18 +748,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
-    nofile = raise_nofile_limit()
-    RESULTS_DIR.mkdir(exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    nofile = prepare()
     started = time.monotonic()
     meta: dict[str, Any] = {
-        **run_meta("bench/idle.py", nofile),
-        "versions": package_versions(),
+        **run_meta("bench/idle.py", nofile, PACKAGES),
         "args": vars(args),
         "picows_client_auto_pong_default": auto_pong_default(),
-        "redis_version": subprocess.run(
-            [REDIS_SERVER, "--version"], capture_output=True, text=True, timeout=10
-        ).stdout.strip(),
+        "redis_version": redis_version(),
         "cpu_probe_ms_before": cpu_probe(),
     }
     heartbeat: list[dict[str, Any]] = []
@@ -845,54 +797,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if r["connected"] != args.connections:
             problems.append(f"{r['variant']}: {r['connected']} of {args.connections} connected")
-    meta["duration_s"] = time.monotonic() - started
-    meta["git_at_end"] = git_state()
-    meta["cpu_probe_ms_after"] = cpu_probe()
-    if meta["git_at_end"] != meta["git"] and not meta.get("snapshot"):
-        problems.append(
-            f"the checkout changed during the run: {meta['git']} at start, "
-            f"{meta['git_at_end']} at the end (roomcast is installed editable)"
-        )
-    meta["problems"] = problems
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS_DIR / f"idle-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {"meta": meta, "heartbeat": heartbeat, "registry": registry}, indent=2, default=str
-        )
-    )
-    git = meta["git"]
-    probes = [meta["cpu_probe_ms_before"], meta["cpu_probe_ms_after"]]
-    if meta.get("snapshot"):
-        code = (
-            f"roomcast at {meta['snapshot']['commit']} (a `git archive` snapshot; the checkout "
-            f"was at {git['commit']}, src changes: {git['src_changes']}); "
-        )
-    else:
-        code = f"roomcast at {git['commit']} (src changes: {git['src_changes']}); "
+    close_meta(meta, started, problems)
+    out = results_path("idle")
+    write_json(out, {"meta": meta, "heartbeat": heartbeat, "registry": registry})
     report = [
         f"# Idle cost and registry load, {meta['date']}, {meta['duration_s']:.0f} s\n",
         f"`{meta['command']}`\n",
-        code + f"{meta['cpus']} CPUs, "
-        f"Linux {meta['kernel']}, Python {meta['python']}, {meta['redis_version']}; "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-        + "\n",
-        "Host steadiness (fanout.cpu_probe: a fixed Python loop, 30 runs): "
-        + " before, ".join(
-            f"{p['min']:.0f}-{p['max']:.0f} ms (median {p['median']:.0f})" for p in probes
-        )
-        + " after the run.\n",
+        environment_line(meta, redis=meta["redis_version"]),
+        steadiness_line(meta),
+        *problem_lines(problems),
     ]
-    if problems:
-        report += ["Problems:", *(f"- {p}" for p in problems), ""]
     if heartbeat:
         report += [heartbeat_tables(heartbeat, args), ""]
     if registry:
         report += [registry_tables(registry), ""]
-    report.append(f"raw results: {out.relative_to(BENCH_DIR.parent)}")
-    text = "\n".join(report)
-    out.with_suffix(".md").write_text(text + "\n")
-    print(text)
+    publish(report, out)
     return 1 if problems else 0
 
 

@@ -1,4 +1,4 @@
-"""What one Redis shard costs per roomcast publish: the input of SCALING.md's Redis figures.
+"""What one Redis shard costs per roomcast publish: the input of the capacity model in docs/scaling.md.
 
     .venv/bin/python bench/redis_shard.py
 
@@ -15,23 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from harness.meta import redis_version
+from harness.processes import cpu_ns_of, die_with_parent
 from roomcast.brokers.envelope import Envelope, Target
 from roomcast.redis_pubsub import RedisPubSub
-from serve import cpu_ns_of
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from roomcast.testing import RedisServer
 
 
 def cpu_seconds(pid: int) -> float:
@@ -46,7 +37,7 @@ async def measure(
     counts = [0] * subscribers
     done = asyncio.Event()
 
-    def counter(index: int):  # type: ignore[no-untyped-def]
+    def counter(index: int) -> Callable[[Envelope], None]:
         def arrived(envelope: Envelope) -> None:
             counts[index] += 1
             if counts[index] == messages and all(c == messages for c in counts):
@@ -103,26 +94,14 @@ async def run_all(url: str, pid: int, args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
-    server = shutil.which("redis-server")
-    if server is None:
-        sys.exit("redis-server not found")
-    port = free_port()
-    directory = tempfile.mkdtemp(prefix="roomcast-bench-redis-")
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", directory],
-        stdout=subprocess.DEVNULL,
-    )
+    server = RedisServer(preexec_fn=die_with_parent)
     try:
-        time.sleep(0.3)
-        version = subprocess.run(
-            [server, "--version"], capture_output=True, text=True, check=True
-        ).stdout.split()[2]
+        server.start()
+        version = redis_version().split()[2]
         print(f"redis-server {version}; {args.messages} publishes of a {args.size}-byte frame\n")
-        asyncio.run(run_all(f"redis://127.0.0.1:{port}", process.pid, args))
+        asyncio.run(run_all(server.url, server.pid, args))
     finally:
-        process.kill()
-        process.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+        server.close()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -18,62 +18,48 @@ evenly over three server processes on three ports:
 Per deployment: time until all N are connected, server CPU (three processes summed) per
 delivered message, redis-server CPU per broadcast, server RSS per connection, time until
 50/99/100 % of the N clients had each broadcast, losses; then the ratios issue 4 asks for.
-Reuses ``serve.py`` (server processes, publish triggers) and ``fanout.py`` / ``clients.py``
-(picows client workers, delivery wait, latency summary).  bench/README.md explains every figure.
+The server processes, publish triggers, client workers, delivery wait and latency summary are
+the harness' (``harness/``).  bench/README.md explains every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import dataclasses
-import io
-import json
-import math
-import signal
-import socket
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
-from array import array
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from types import FrameType
+from collections.abc import Sequence
 from typing import Any
 
-import psutil
-
-from clients import WorkerConfig, die_with_parent
-from fanout import (
-    Workers,
-    cpu_probe,
+from harness.clients import WorkerConfig
+from harness.limits import wide_port_range
+from harness.message import make_message
+from harness.meta import cpu_probe, redis_version, run_meta
+from harness.processes import cpu_ns_of, die_with_parent
+from harness.report import (
+    environment_line,
     fmt,
-    gc_delta,
-    git_state,
-    latency_summary,
     log,
-    percentile_at,
-    raise_nofile_limit,
-    run_meta,
+    problem_lines,
+    publish,
+    results_path,
+    steadiness_line,
+    write_json,
+)
+from harness.runs import RESULTS_DIR, DeadlineExpired, close_meta, deadline, prepare, snapshot
+from harness.stats import gc_delta, handshake_ms, latency_summary, ratio
+from harness.targets import PACKAGES, SPECS, Spec, Target, envelope_bytes
+from harness.workers import (
+    Workers,
+    connect_counts,
+    handshake_times,
+    shares,
+    split,
     wait_delivery,
-    wide_port_range,
 )
-from serve import (
-    SPECS,
-    Spec,
-    Target,
-    cpu_ns_of,
-    envelope_bytes,
-    make_message,
-    package_versions,
-)
+from roomcast.testing import RedisServer
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
-REDIS_SERVER = "/usr/bin/redis-server"
 INSTANCES = 3
 SOCKETIO_EVENT = "msg"  # peers/socketio_redis.py's event name
 REFERENCE_SOCKETIO = {"us_per_msg": 128.0, "p100_ms": 4800.0, "connections": 45_000}
@@ -146,52 +132,6 @@ KINDS: dict[str, Kind] = {
 }
 
 
-# ------------------------------------------------------------------ redis-server
-
-
-class RedisServer:
-    """A throwaway redis-server on its own port: no persistence, killed at the end."""
-
-    def __init__(self, port: int, log_path: Path) -> None:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                raise RuntimeError(f"port {port} is taken; pick another with --redis-port")
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}"
-        self._log = log_path.open("wb")
-        command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--maxclients", "1000"]
-        self.proc = psutil.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
-        )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited; see {self._log.name}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
-            ):
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"redis-server not ready after {timeout}s")
-
-    def cpu_ns(self) -> int:
-        return cpu_ns_of(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log.close()
-
-
 # ------------------------------------------------------------------ one deployment
 
 
@@ -209,8 +149,7 @@ class Run:
         self.workers: Workers | None = None
         self.connected = 0
         self.seq = 1
-        envelope = len(f'42["{SOCKETIO_EVENT}",""]') if kind.socketio else envelope_bytes(kind.spec)
-        self.message_size = max(1, args.frame_size - envelope)
+        self.message_size = max(1, args.frame_size - envelope_bytes(kind.spec, SOCKETIO_EVENT))
         self.result: dict[str, Any] = {"deployment": kind.name, "what": kind.what}
         extra_args: list[str] = []
         extra_env: dict[str, str] = {}
@@ -242,7 +181,7 @@ class Run:
         return [t.cpu_ns() for t in self.targets]
 
     def redis_cpu_ns(self) -> int:
-        return self.redis.cpu_ns() if self.redis is not None else 0
+        return cpu_ns_of(self.redis.pid) if self.redis is not None else 0
 
     def count(self) -> int:
         return sum(t.count() for t in self.targets)
@@ -262,17 +201,17 @@ class Run:
         connections, each from its own source address (127.<40+run>.<instance>.<worker>)."""
         args = self.args
         configs = []
-        for i, target in enumerate(self.targets):
-            share = args.connections // INSTANCES + (1 if i < args.connections % INSTANCES else 0)
-            count = max(1, math.ceil(share / args.per_worker))
-            for w in range(count):
+        for i, (target, share) in enumerate(
+            zip(self.targets, shares(args.connections, INSTANCES), strict=True)
+        ):
+            for w, connections in enumerate(split(share, args.per_worker, 1)):
                 configs.append(
                     WorkerConfig(
                         host="127.0.0.1",
                         port=target.port,
                         path=self.kind.spec.path,
                         source_address=f"127.{40 + self.index}.{i + 1}.{2 + w}",
-                        connections=share // count + (1 if w < share % count else 0),
+                        connections=connections,
                         protocol=self.kind.spec.protocol,
                         concurrency=args.concurrency,
                     )
@@ -290,8 +229,7 @@ class Run:
         cpu0, redis0 = sum(self.server_cpu_ns()), self.redis_cpu_ns()
         started = time.monotonic()
         replies = self.workers.call(("connect", spread), spread + args.connect_timeout)
-        ok = sum(r["connected"] for r in replies)
-        failed = sum(r["failed"] for r in replies)
+        ok, failed = connect_counts(replies)
         registered = self.wait_count(ok, timeout=30)
         connect_s = time.monotonic() - started
         cpu1, redis1 = sum(self.server_cpu_ns()), self.redis_cpu_ns()
@@ -301,7 +239,6 @@ class Run:
         self.connected = ok
         time.sleep(1.0)
         rss1 = [t.rss_kib() for t in self.targets]
-        handshakes = sorted(t for r in replies for t in array("d", r["handshake_s"]))
         n = max(1, ok)
         self.result.update(
             {
@@ -312,10 +249,7 @@ class Run:
                 "connect_spread_s": spread,
                 "connect_s": connect_s,
                 "connect_s_at_50k": connect_s * TARGET_CONNECT_N / n,
-                "handshake_ms": {
-                    key: percentile_at(handshakes, q, len(handshakes)) * 1000
-                    for key, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
-                },
+                "handshake_ms": handshake_ms(handshake_times(replies)),
                 "handshake_cpu_ms": (cpu1 - cpu0) / 1e6 / n,
                 "redis_connect_cpu_s": (redis1 - redis0) / 1e9,
                 "rss_before_kib": rss0,
@@ -476,10 +410,6 @@ def run_kind(
 # ------------------------------------------------------------------ report
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-
-
 def tables(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"N = {args.connections:,} clients over {INSTANCES} server processes (a third each), "
@@ -547,7 +477,7 @@ def target_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"target": name, "value": value, "met": met, "detail": detail})
 
     if redis and local and "p100_ms" in redis and "p100_ms" in local:
-        value = _ratio(redis["p100_ms"], local["p100_ms"])
+        value = ratio(redis["p100_ms"], local["p100_ms"])
         row(
             f"roomcast-redis 100 % delivery <= {TARGET_REDIS_VS_LOCAL}x roomcast-local",
             value,
@@ -555,14 +485,14 @@ def target_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             f"{fmt(redis['p100_ms'])} ms ÷ {fmt(local['p100_ms'])} ms",
         )
     if redis and sio and "us_per_msg" in redis and "us_per_msg" in sio:
-        value = _ratio(sio["us_per_msg"], redis["us_per_msg"])
+        value = ratio(sio["us_per_msg"], redis["us_per_msg"])
         row(
             f"socketio-redis ÷ roomcast-redis server CPU/msg >= {TARGET_VS_SOCKETIO:g}x",
             value,
             value >= TARGET_VS_SOCKETIO,
             f"{sio['us_per_msg']:.2f} µs ÷ {redis['us_per_msg']:.2f} µs",
         )
-        value = _ratio(sio["p100_ms"], redis["p100_ms"])
+        value = ratio(sio["p100_ms"], redis["p100_ms"])
         row(
             f"socketio-redis ÷ roomcast-redis 100 % delivery time >= {TARGET_VS_SOCKETIO:g}x",
             value,
@@ -572,7 +502,7 @@ def target_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     if redis and with_presence and "connect_s" in redis and "connect_s" in with_presence:
         row(
             "--presence: connect time with ÷ without (no target)",
-            _ratio(with_presence["connect_s"], redis["connect_s"]),
+            ratio(with_presence["connect_s"], redis["connect_s"]),
             True,
             f"{with_presence['connect_s']:.1f} s ÷ {redis['connect_s']:.1f} s; handshake CPU "
             f"{with_presence['handshake_cpu_ms']:.3f} ÷ {redis['handshake_cpu_ms']:.3f} ms",
@@ -655,54 +585,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def snapshot(commit: str | None) -> Iterator[dict[str, str] | None]:
-    """``git archive COMMIT src`` into a temporary directory for the servers' PYTHONPATH."""
-    if not commit:
-        yield None
-        return
-    repo = BENCH_DIR.parent
-    resolved = subprocess.run(
-        ["git", "rev-parse", "--short", f"{commit}^{{commit}}"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="scaleout-src-") as tmp:
-        archive = subprocess.run(
-            ["git", "archive", resolved, "src"],
-            cwd=repo,
-            capture_output=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(tmp, filter="data")
-        yield {"commit": resolved, "src": str(Path(tmp) / "src")}
-
-
-class DeadlineExpired(Exception):
-    """``--deadline`` passed: the run stops, with the usual cleanup."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Abort the run (with the usual cleanup) after ``seconds``."""
-
-    def expired(signum: int, frame: FrameType | None) -> None:
-        raise DeadlineExpired(f"run deadline of {seconds:g} s expired")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     kinds = []
@@ -710,13 +592,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in KINDS:
             raise SystemExit(f"unknown deployment {name!r}; known: {', '.join(KINDS)}")
         kinds.append(KINDS[name])
-    nofile = raise_nofile_limit()
-    RESULTS_DIR.mkdir(exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    nofile = prepare()
     started = time.monotonic()
     meta: dict[str, Any] = {
-        **run_meta("bench/scaleout.py", nofile),
-        "versions": package_versions(),
+        **run_meta("bench/scaleout.py", nofile, PACKAGES),
         "deployments": {k.name: k.what for k in kinds},
         "args": vars(args),
         "cpu_probe_ms_before": cpu_probe(),
@@ -736,10 +615,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.roomcast_src = snap["src"]
                 log(f"servers run roomcast from a snapshot of {snap['commit']}")
             if any(k.redis for k in kinds):
-                redis = RedisServer(args.redis_port, RESULTS_DIR / "scaleout-redis.log")
-                meta["redis_version"] = subprocess.run(
-                    [REDIS_SERVER, "--version"], capture_output=True, text=True, timeout=10
-                ).stdout.strip()
+                # Its own port (refused if taken): it never touches another Redis.
+                redis = RedisServer(
+                    args.redis_port,
+                    ("--maxclients", "1000"),
+                    log_path=RESULTS_DIR / "scaleout-redis.log",
+                    preexec_fn=die_with_parent,
+                )
+                redis.start()
+                meta["redis_version"] = redis_version()
             for index, kind in enumerate(kinds):
                 try:
                     results[kind.name] = run_kind(args, kind, index, redis)
@@ -751,55 +635,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(problems[-1])
     finally:
         if redis is not None:
-            redis.stop()
-    meta["duration_s"] = time.monotonic() - started
-    meta["git_at_end"] = git_state()
-    meta["cpu_probe_ms_after"] = cpu_probe()
-    if meta["git_at_end"] != meta["git"] and not meta.get("snapshot"):
-        problems.append(
-            f"the checkout changed during the run: {meta['git']} at start, "
-            f"{meta['git_at_end']} at the end (roomcast is installed editable)"
-        )
-    meta["problems"] = problems
+            redis.close()
+    close_meta(meta, started, problems)
     rows = target_rows(results)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS_DIR / f"scaleout-{stamp}.json"
-    out.write_text(
-        json.dumps({"meta": meta, "results": results, "targets": rows}, indent=2, default=str)
-    )
-    probes = [meta["cpu_probe_ms_before"], meta["cpu_probe_ms_after"]]
-    git = meta["git"]
-    if meta.get("snapshot"):
-        code = (
-            f"roomcast at {meta['snapshot']['commit']} (servers on a `git archive` snapshot; "
-            f"the checkout was at {git['commit']}, src changes: {git['src_changes']}); "
-        )
-    else:
-        code = f"roomcast at {git['commit']} (src changes: {git['src_changes']}); "
+    out = results_path("scaleout")
+    write_json(out, {"meta": meta, "results": results, "targets": rows})
     report = [
         f"# Scale-out: {args.connections:,} clients over {INSTANCES} processes, "
         f"{meta['date']}, {meta['duration_s']:.0f} s\n",
         f"`{meta['command']}`\n",
-        code + f"{meta['cpus']} CPUs, Linux {meta['kernel']}, Python {meta['python']}, "
-        f"{meta.get('redis_version', 'no redis')}; "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-        + "\n",
-        "Host steadiness (fanout.cpu_probe: a fixed Python loop, 30 runs): "
-        + " before, ".join(
-            f"{p['min']:.0f}-{p['max']:.0f} ms (median {p['median']:.0f})" for p in probes
-        )
-        + " after the run.\n",
+        environment_line(
+            meta,
+            redis=meta.get("redis_version", "no redis"),
+            snapshot_label="servers on a `git archive` snapshot",
+        ),
+        steadiness_line(meta),
         *(f"- {k.name}: {k.what}" for k in kinds),
         "",
+        *problem_lines(problems),
     ]
-    if problems:
-        report += ["Problems:", *(f"- {p}" for p in problems), ""]
     if results:
         report += [tables(results, args), "", "Targets:", "", targets_table(rows), ""]
-    report.append(f"raw results: {out.relative_to(BENCH_DIR.parent)}")
-    text = "\n".join(report)
-    out.with_suffix(".md").write_text(text + "\n")
-    print(text)
+    publish(report, out)
     return 1 if problems else 0
 
 

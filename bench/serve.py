@@ -6,7 +6,7 @@ For each N (default 1,000, 5,000, 15,000) every server in ``SPECS`` runs as one 
 clients of its own: ``roomcast serve`` as shipped and two cyclic-GC variants of it, a raw picows
 encode-once loop, websockets' ``broadcast()``, socketify pub/sub, the FastAPI docs loop on
 uvicorn and python-socketio on uvicorn (the peers live in ``peers/``).  The client workers, the
-delivery wait and the latency summary are ``fanout.py``'s (``clients.py``).  Per server and N:
+delivery wait and the latency summary are the harness' (``harness/``).  Per server and N:
 server CPU per delivered message for single broadcasts and for bursts of 10 back-to-back
 messages, RSS per idle connection, handshake CPU per connection, time until 50/99/100 % of the
 clients had a message, losses.  Prints Markdown tables, writes the raw figures to
@@ -17,375 +17,41 @@ bench/README.md explains every figure.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import http.client
 import importlib.util
-import json
 import math
-import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.parse
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from clients import WorkerConfig, die_with_parent
-from fanout import (
-    Workers,
-    cpu_probe,
+from harness.clients import WorkerConfig
+from harness.limits import wide_port_range
+from harness.message import make_message
+from harness.meta import cpu_probe, run_meta
+from harness.report import (
+    environment_line,
     fmt,
-    git_state,
-    latency_summary,
+    fmt_ratio,
     log,
-    median,
-    percentile_at,
-    raise_nofile_limit,
-    run_meta,
-    wait_delivery,
-    wide_port_range,
+    problem_lines,
+    publish,
+    results_path,
+    steadiness_line,
+    write_json,
 )
+from harness.runs import BENCH_DIR, RESULTS_DIR, close_meta, prepare
+from harness.stats import gc_delta, handshake_ms, latency_summary, linear_fit, median, ratio
+from harness.targets import PACKAGES, SPECS, Spec, Target, envelope_bytes
+from harness.workers import Workers, connect_counts, handshake_times, split, wait_delivery
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
 PLOT_PATH = BENCH_DIR / "serve-latency.png"
-VENV_BIN = Path(sys.executable).parent
-API_KEY = "bench-key"
-ROOM = "bench"
 BURST = 10
 """Messages in one burst: one request, sent back to back in one event-loop iteration."""
-PACKAGES = (
-    "roomcast",
-    "picows",
-    "uvloop",
-    "websockets",
-    "socketify",
-    "fastapi",
-    "uvicorn",
-    "python-socketio",
-    "python-engineio",
-)
-
-
-# ------------------------------------------------------------------ the servers
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """One server under test."""
-
-    name: str
-    what: str
-    """One line for the report."""
-    kind: str
-    """``roomcast`` (publish API), ``control`` (peers.control port), ``socketify``."""
-    path: str = "/ws"
-    protocol: str = "ws"
-    paced: bool = False
-    """Keepalive pings every 20-25 s: its clients connect evenly over ``--connect-spread`` so
-    the pings are a steady background instead of bursts that land in some rounds only."""
-    gc_mode: str = ""
-    """For the roomcast variants: ``peers/roomcast_launch.py``'s mode."""
-    module: str = ""
-    """``python -m`` module, or ``uvicorn`` app (``module:app``) of a peer."""
-    uvicorn: bool = False
-
-
-SPECS: dict[str, Spec] = {
-    spec.name: spec
-    for spec in (
-        Spec(
-            "picows-raw",
-            "picows on uvloop, frame bytes built once, underlying_transport.write per client",
-            "control",
-            module="peers.picows_raw",
-        ),
-        Spec(
-            "roomcast",
-            "`roomcast serve` as shipped (gc.collect(); gc.freeze() after start)",
-            "roomcast",
-            path=f"/ws/{ROOM}",
-        ),
-        Spec(
-            "roomcast-ref",
-            "`roomcast serve` from the source tree in $BENCH_ROOMCAST_REF (e.g. a git worktree "
-            "of the previous commit): a before/after pair in one run",
-            "roomcast",
-            path=f"/ws/{ROOM}",
-        ),
-        Spec(
-            "roomcast-nofreeze",
-            "`roomcast serve` with gc.freeze a no-op (cyclic GC left alone)",
-            "roomcast",
-            path=f"/ws/{ROOM}",
-            gc_mode="nofreeze",
-        ),
-        Spec(
-            "roomcast-gc50k",
-            "`roomcast serve` as shipped + gc.set_threshold(50_000, 20, 100)",
-            "roomcast",
-            path=f"/ws/{ROOM}",
-            gc_mode="threshold",
-        ),
-        Spec(
-            "websockets",
-            "websockets 17 asyncio server (uvloop), websockets.broadcast(), compression off",
-            "control",
-            module="peers.websockets_broadcast",
-            paced=True,
-        ),
-        Spec(
-            "socketify",
-            "socketify (uWebSockets) pub/sub, app.publish()",
-            "socketify",
-            module="peers.socketify_pubsub",
-        ),
-        Spec(
-            "fastapi-plain",
-            "FastAPI docs loop (`for ws in conns: await ws.send_text(m)`) on uvicorn",
-            "control",
-            module="peers.fastapi_plain:app",
-            uvicorn=True,
-            paced=True,
-        ),
-        Spec(
-            "socketio",
-            'python-socketio ASGI on uvicorn, `await sio.emit("m", data)`',
-            "control",
-            path="/socket.io/?EIO=4&transport=websocket",
-            protocol="socketio",
-            module="peers.socketio_app:app",
-            uvicorn=True,
-            paced=True,
-        ),
-    )
-}
-
-
-def envelope_bytes(spec: Spec) -> int:
-    """What a server adds around the message string in the frame it sends."""
-    if spec.kind == "roomcast":
-        from roomcast.frame import encode
-        from roomcast.protocol import RoomMessage
-
-        return encode(RoomMessage(room=ROOM, data="")).size
-    if spec.protocol == "socketio":
-        return len('42["m",""]')
-    return 0
-
-
-def make_message(seq: int, size: int) -> str:
-    """``"seq|send_time|"`` padded with ``x`` to ``size`` characters (JSON-safe ASCII)."""
-    head = f"{seq}|{time.time():.6f}|"
-    return head + "x" * max(0, size - len(head))
-
-
-def cpu_ns_of(pid: int) -> int:
-    """Nanoseconds process ``pid`` spent on CPU, user + system, all threads
-    (``/proc/PID/task/*/schedstat``)."""
-    total = 0
-    task_dir = Path(f"/proc/{pid}/task")
-    with contextlib.suppress(OSError):
-        for task in task_dir.iterdir():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += int((task / "schedstat").read_text().split()[0])
-    return total
-
-
-class Target:
-    """One server process, its publish trigger, its connection count."""
-
-    def __init__(
-        self,
-        spec: Spec,
-        port: int,
-        log_path: Path,
-        stats_path: Path,
-        extra_args: Sequence[str] = (),
-        extra_env: Mapping[str, str] | None = None,
-    ) -> None:
-        """``extra_args`` go at the end of the command line, ``extra_env`` into its
-        environment (``scaleout.py``: ``--redis-url``, the peers' Redis URL)."""
-        self.spec = spec
-        self.port = port
-        self.control_port = port if spec.kind == "socketify" else port + 1
-        self.stats_path = stats_path
-        self.log_path = log_path
-        env: dict[str, str] = dict(extra_env or {})
-        common = ["--port", str(port)]
-        if spec.kind == "roomcast":
-            env["ROOMCAST_API_KEY"] = API_KEY
-            serve = ["serve", *common, "--api-port", str(port + 1), "--log-level", "warning"]
-            if spec.gc_mode:
-                script = str(BENCH_DIR / "peers" / "roomcast_launch.py")
-                command = [sys.executable, script, spec.gc_mode, str(stats_path), *serve]
-            elif spec.name == "roomcast-ref":
-                reference = os.environ.get("BENCH_ROOMCAST_REF")
-                if not reference:
-                    raise SystemExit("roomcast-ref needs BENCH_ROOMCAST_REF=<checkout of roomcast>")
-                env["PYTHONPATH"] = str(Path(reference) / "src")
-                command = [sys.executable, "-m", "roomcast.cli", *serve]
-            else:
-                command = [str(VENV_BIN / "roomcast"), *serve]
-        elif spec.uvicorn:
-            env["BENCH_CONTROL_PORT"] = str(port + 1)
-            command = [
-                *(sys.executable, "-m", "uvicorn", spec.module, "--app-dir", str(BENCH_DIR)),
-                *("--host", "127.0.0.1", *common, "--loop", "uvloop", "--http", "httptools"),
-                *("--log-level", "warning"),
-            ]
-        elif spec.kind == "socketify":
-            command = [sys.executable, "-m", spec.module, *common]
-        else:
-            command = [sys.executable, "-m", spec.module, *common]
-            command += ["--control-port", str(port + 1)]
-        command += extra_args
-        self.command = command
-        self._log = log_path.open("wb")
-
-        def in_child() -> None:
-            die_with_parent()
-
-        self.proc = psutil.Popen(
-            command,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=in_child,
-            env={**os.environ, **env},
-            cwd=BENCH_DIR,
-        )
-
-    # -------------------------------------------------------------- HTTP
-
-    def _request(
-        self, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
-    ) -> bytes:
-        connection = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=timeout)
-        headers = {"Connection": "close"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            if self.spec.kind == "roomcast":
-                headers["X-API-Key"] = API_KEY
-        try:
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            data = response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{self.spec.name} {method} {path}: {response.status} {data!r}")
-            return data
-        finally:
-            connection.close()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.spec.name} exited; see {self.log_path}")
-            with contextlib.suppress(OSError, RuntimeError):
-                self.count()
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.spec.name} not ready after {timeout}s")
-
-    def count(self) -> int:
-        if self.spec.kind == "roomcast":
-            for line in self._request("GET", "/metrics", timeout=5).decode().splitlines():
-                if line.startswith("roomcast_connections "):
-                    return int(float(line.split()[1]))
-            raise RuntimeError("no roomcast_connections in /metrics")
-        return int(json.loads(self._request("GET", "/bench/count", timeout=5))["connections"])
-
-    def wait_count(self, wanted: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.count() >= wanted:
-                return True
-            time.sleep(0.25)
-        return False
-
-    def publish(self, batch: list[str], timeout: float) -> None:
-        """Broadcast ``batch`` (back to back, in order) to every client."""
-        if self.spec.kind == "roomcast":
-            if len(batch) == 1:
-                request: dict[str, Any] = {"room": ROOM, "data": batch[0]}
-            else:
-                request = {"room": ROOM, "batch": batch}
-            self._request("POST", "/api/publish", json.dumps(request).encode(), timeout)
-        elif self.spec.kind == "socketify":
-            query = urllib.parse.quote(json.dumps(batch))
-            self._request("GET", f"/bench/publish?batch={query}", timeout=timeout)
-        else:
-            self._request("POST", "/bench/publish", json.dumps({"batch": batch}).encode(), timeout)
-
-    def gc_stats(self) -> dict[str, Any] | None:
-        """Cyclic-GC passes and seconds per generation, where the server reports them."""
-        if self.spec.kind == "control":
-            with contextlib.suppress(OSError, RuntimeError, ValueError):
-                stats: dict[str, Any] = json.loads(self._request("GET", "/bench/stats"))
-                return stats
-            return None
-        if self.spec.kind != "roomcast" or not self.spec.gc_mode:
-            return None
-        before = self.stats_path.stat().st_mtime_ns if self.stats_path.exists() else 0
-        self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                if self.stats_path.stat().st_mtime_ns != before:
-                    stats = json.loads(self.stats_path.read_text())
-                    return stats
-            time.sleep(0.02)
-        return None
-
-    # -------------------------------------------------------------- process figures
-
-    def rss_kib(self) -> float:
-        return float(self.proc.memory_info().rss) / 1024
-
-    def cpu_ns(self) -> int:
-        """Nanoseconds on CPU, user + system, all threads (``/proc/PID/task/*/schedstat``):
-        the same time as utime + stime without their 10 ms clock-tick steps."""
-        return cpu_ns_of(self.proc.pid)
-
-    def user_sys_s(self) -> tuple[float, float]:
-        times = self.proc.cpu_times()
-        return float(times.user), float(times.system)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log.close()
 
 
 # ------------------------------------------------------------------ one server with N clients
-
-
-class ClientWorkers(Workers):
-    """``fanout.Workers`` that can start a command in several worker groups at once."""
-
-    def send(self, command: tuple[Any, ...]) -> None:
-        for pipe in self.pipes:
-            pipe.send(command)
-
-    def receive(self, name: str, timeout: float) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        replies = []
-        for pipe in self.pipes:
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"worker did not answer {name!r} within {timeout}s")
-            status, value = pipe.recv()
-            if status != "ok":
-                raise RuntimeError(f"worker failed {name!r}: {value}")
-            replies.append(value)
-        return replies
 
 
 class Deployment:
@@ -400,7 +66,7 @@ class Deployment:
         self.target = Target(
             spec, port, RESULTS_DIR / f"{stem}.log", RESULTS_DIR / f"{stem}-gc.json"
         )
-        self.workers: ClientWorkers | None = None
+        self.workers: Workers | None = None
         self.connected = 0
         self.seq = 1
         self.frame_size = args.frame_size
@@ -418,8 +84,6 @@ class Deployment:
 
     def worker_configs(self) -> list[WorkerConfig]:
         args = self.args
-        count = max(args.min_workers, math.ceil(self.n / args.per_worker))
-        shares = [self.n // count + (1 if i < self.n % count else 0) for i in range(count)]
         return [
             WorkerConfig(
                 host="127.0.0.1",
@@ -430,7 +94,7 @@ class Deployment:
                 protocol=self.spec.protocol,
                 concurrency=args.concurrency,
             )
-            for i, share in enumerate(shares)
+            for i, share in enumerate(split(self.n, args.per_worker, args.min_workers))
         ]
 
     def start_connect(self) -> None:
@@ -440,7 +104,7 @@ class Deployment:
             "cpu0": self.target.cpu_ns(),
             "t0": time.monotonic(),
         }
-        self.workers = ClientWorkers(self.worker_configs())
+        self.workers = Workers(self.worker_configs())
         spread = self.args.connect_spread if self.spec.paced else self.n / self.args.connect_rate
         self.workers.send(("connect", spread))
 
@@ -448,8 +112,7 @@ class Deployment:
         assert self.workers is not None
         args, marks = self.args, self._connect_marks
         replies = self.workers.receive("connect", args.connect_spread + args.connect_timeout)
-        ok = sum(r["connected"] for r in replies)
-        failed = sum(r["failed"] for r in replies)
+        ok, failed = connect_counts(replies)
         # The clients have their 101s; the server's last callbacks run within moments.  Read
         # the CPU before polling the connection count (roomcast's count is a /metrics scrape).
         time.sleep(0.2)
@@ -461,23 +124,19 @@ class Deployment:
             log(f"{self.spec.name} N={self.n}: {failed} connects failed; server has {count}")
         self.connected = ok
         marks["failed"] = failed
-        marks["handshakes"] = sorted(t for r in replies for t in array("d", r["handshake_s"]))
+        marks["handshakes"] = handshake_times(replies)
 
     def after_connect(self) -> None:
         marks = self._connect_marks
         rss1, cpu1 = self.target.rss_kib(), marks["cpu1"]
         ok = max(1, self.connected)
-        handshakes = marks["handshakes"]
         self.result.update(
             {
                 "connected": self.connected,
                 "connect_failures": marks["failed"],
                 "connect_s": marks["connect_s"],
                 "paced": self.spec.paced,
-                "handshake_ms": {
-                    key: percentile_at(handshakes, q, len(handshakes)) * 1000
-                    for key, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
-                },
+                "handshake_ms": handshake_ms(marks["handshakes"]),
                 "rss_before_kib": marks["rss0"],
                 "rss_after_kib": rss1,
                 "kib_per_conn": (rss1 - marks["rss0"]) / ok,
@@ -548,10 +207,7 @@ class Deployment:
             "_first": first,
         }
         if gc0 is not None and gc1 is not None:
-            phase["gc_collections"] = [
-                b - a for a, b in zip(gc0["gc_collections"], gc1["gc_collections"], strict=True)
-            ]
-            phase["gc_s"] = sum(gc1["gc_seconds"]) - sum(gc0["gc_seconds"])
+            phase["gc_collections"], phase["gc_s"] = gc_delta(gc0, gc1)
         return phase
 
     def run_round(self, singles: int, bursts: int, keep_cdf: bool) -> dict[str, Any]:
@@ -747,12 +403,6 @@ def run_size(
 # ------------------------------------------------------------------ report
 
 
-def _ratio(a: float, b: float) -> str:
-    if not b or math.isnan(a) or math.isnan(b):
-        return "n/a"
-    return f"{a / b:.2f}x"
-
-
 def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     by_key = {(r["server"], r["connections"]): r for r in results}
     sizes = sorted({r["connections"] for r in results})
@@ -776,8 +426,8 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {r['server']} | {r['connected']} "
             f"| **{r['single_us']:.2f}** ({single_lo:.2f}-{single_hi:.2f}) "
             f"| {r['burst_us']:.2f} ({burst_lo:.2f}-{burst_hi:.2f}) "
-            f"| {_ratio(r['burst_us'], r['single_us'])} "
-            f"| {_ratio(r['single_us'], raw['single_us']) if raw else 'n/a'} "
+            f"| {fmt_ratio(ratio(r['burst_us'], r['single_us']))} "
+            f"| {fmt_ratio(ratio(r['single_us'], raw['single_us'])) if raw else 'n/a'} "
             f"| {r['kib_per_conn']:.1f} | {r['handshake_cpu_ms']:.3f} "
             f"| {fmt(r['p50_ms'])} / {fmt(r['p99_ms'])} / {fmt(r['p100_ms'])} | {r['lost']} |"
         )
@@ -796,10 +446,12 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         if ours is None:
             continue
         cells = [
-            _ratio(ours[k], raw[k]) if raw else "n/a"
+            fmt_ratio(ratio(ours[k], raw[k])) if raw else "n/a"
             for k in ("single_us", "burst_us", "kib_per_conn", "handshake_cpu_ms")
         ]
-        cells += [_ratio(sio[k], ours[k]) if sio else "n/a" for k in ("single_us", "burst_us")]
+        cells += [
+            fmt_ratio(ratio(sio[k], ours[k])) if sio else "n/a" for k in ("single_us", "burst_us")
+        ]
         if raw:
             # picows-raw and roomcast run next to each other in every round (the order
             # alternates): the ratio of one round's pair shares the host's mood of the moment.
@@ -830,7 +482,7 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         for name, fit in fits.items():
             if fit is None:
                 continue
-            versus = _ratio(fit[0], raw_fit[0]) if raw_fit else "n/a"
+            versus = fmt_ratio(ratio(fit[0], raw_fit[0])) if raw_fit else "n/a"
             lines.append(f"| {name} | {fit[0]:.2f} | {versus} |")
     gc_rows = [r for r in results if r["server"].startswith("roomcast")]
     if gc_rows:
@@ -848,9 +500,9 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             passes = "/".join(str(x) for x in r["gc_collections"]) if r["gc_collections"] else "-"
             lines.append(
                 f"| {r['server']} | {r['connected']} | {r['single_us']:.2f} "
-                f"| {_ratio(r['single_us'], shipped['single_us']) if shipped else 'n/a'} "
+                f"| {fmt_ratio(ratio(r['single_us'], shipped['single_us'])) if shipped else 'n/a'} "
                 f"| {r['burst_us']:.2f} "
-                f"| {_ratio(r['burst_us'], shipped['burst_us']) if shipped else 'n/a'} "
+                f"| {fmt_ratio(ratio(r['burst_us'], shipped['burst_us'])) if shipped else 'n/a'} "
                 f"| {passes} | {r['gc_s']:.3f} |"
             )
     lines += [
@@ -876,20 +528,13 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def marginal_fit(results: list[dict[str, Any]], name: str) -> tuple[float, float] | None:
     """(slope µs per client, intercept µs per request) of single-broadcast CPU over N."""
-    points = [
-        (float(r["connected"]), float(r["single_us_per_request"]))
-        for r in results
-        if r["server"] == name
-    ]
-    if len(points) < 2:
-        return None
-    mean_x = sum(x for x, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    var = sum((x - mean_x) ** 2 for x, _ in points)
-    if var == 0:
-        return None
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / var
-    return slope, mean_y - slope * mean_x
+    return linear_fit(
+        [
+            (float(r["connected"]), float(r["single_us_per_request"]))
+            for r in results
+            if r["server"] == name
+        ]
+    )
 
 
 def targets_check(results: list[dict[str, Any]]) -> str:
@@ -959,18 +604,6 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
 # ------------------------------------------------------------------ main
 
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "missing"
-    return versions
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", default="1000,5000,15000", help="comma-separated N")
@@ -1022,9 +655,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    nofile = raise_nofile_limit()
-    RESULTS_DIR.mkdir(exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    nofile = prepare()
     problems: list[str] = []
     specs: list[Spec] = []
     for name in (s for s in args.servers.split(",") if s):
@@ -1038,8 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [int(n) for n in args.connections.split(",") if n]
     started = time.monotonic()
     meta: dict[str, Any] = {
-        **run_meta("bench/serve.py", nofile),
-        "versions": package_versions(),  # this benchmark's peers, not fanout.py's
+        **run_meta("bench/serve.py", nofile, PACKAGES),
         "servers": {s.name: s.what for s in specs},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "cpu_probe_ms_before": cpu_probe(),
@@ -1052,47 +682,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             found, trouble = run_size(args, specs, n, size_index, keep_cdf=True)
             results += found
             problems += trouble
-    meta["duration_s"] = time.monotonic() - started
-    meta["git_at_end"] = git_state()
-    meta["cpu_probe_ms_after"] = cpu_probe()
-    if meta["git_at_end"] != meta["git"]:
-        problems.append(
-            f"the checkout changed during the run: {meta['git']} at start, "
-            f"{meta['git_at_end']} at the end (roomcast is installed editable)"
-        )
-    meta["problems"] = problems
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS_DIR / f"serve-{stamp}.json"
-    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+    close_meta(meta, started, problems)
+    out = results_path("serve")
+    write_json(out, {"meta": meta, "results": results})
     plotted = plot(results, args.plot)
     report = [
         f"# roomcast serve vs peers, {meta['date']}, {meta['duration_s']:.0f} s\n",
         f"`{meta['command']}`\n",
-        f"roomcast at {meta['git']['commit']} (src changes: {meta['git']['src_changes']}); "
-        f"{meta['cpus']} CPUs, Linux {meta['kernel']}, Python {meta['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-        + "\n",
+        environment_line(meta),
+        steadiness_line(meta),
+        *(f"- {name}: {what}" for name, what in meta["servers"].items()),
+        "",
+        *problem_lines(problems),
     ]
-    probes = [meta["cpu_probe_ms_before"], meta["cpu_probe_ms_after"]]
-    report.append(
-        "Host steadiness (fanout.cpu_probe: a fixed Python loop, 30 runs): "
-        + " before, ".join(
-            f"{p['min']:.0f}-{p['max']:.0f} ms (median {p['median']:.0f})" for p in probes
-        )
-        + " after the run.\n"
-    )
-    report += [f"- {name}: {what}" for name, what in meta["servers"].items()]
-    report.append("")
-    if problems:
-        report += ["Problems:", *(f"- {p}" for p in problems), ""]
     if results:
         report += [tables(results, args), "", "Targets:", "", targets_check(results), ""]
     if plotted:
         report.append(f"plot: {args.plot}")
-    report.append(f"raw results: {out.relative_to(BENCH_DIR.parent)}")
-    text = "\n".join(report)
-    out.with_suffix(".md").write_text(text + "\n")
-    print(text)
+    publish(report, out)
     return 0
 
 

@@ -1,131 +1,22 @@
 """Throwaway redis-server processes for tests: own port, no persistence, killable.
 
 Tests never touch a Redis they did not start (a shared one may hold someone's data); fault
-tests stop, freeze and restart these on the same port.
+tests stop, freeze and restart these on the same port.  The server itself, ``free_port`` and
+``redis_server`` live in ``roomcast.testing`` (shared with the benchmarks and users' tests);
+this module adds a local Redis Cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-REDIS_SERVER = shutil.which("redis-server")
-REDIS_CLI = shutil.which("redis-cli")
+from roomcast.testing import REDIS_CLI, RedisServer, free_port, redis_server
 
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (racy, but on loopback in a test it holds)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """One redis-server on 127.0.0.1:``port``, started by the test.
-
-    Args:
-        port: Port to listen on; a free one if omitted.
-        extra: More ``redis-server`` arguments (e.g. cluster mode).
-    """
-
-    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
-        if REDIS_SERVER is None:
-            raise RuntimeError("redis-server is not installed (./scripts/test installs it)")
-        self.port = port or free_port()
-        self.extra = extra
-        self.directory = Path(tempfile.mkdtemp(prefix="roomcast-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        """Start (or restart) and wait until it answers PING."""
-        assert REDIS_SERVER is not None
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                *self.extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            if self.cli("PING") == "PONG":
-                return
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer")
-
-    def kill(self) -> None:
-        """SIGKILL: connections drop at once, nothing is saved."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def freeze(self) -> None:
-        """SIGSTOP: sockets stay open but nothing answers (a half-dead Redis)."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def cli(self, *args: str) -> str:
-        """Run ``redis-cli`` against this server; its output, stripped ("" on failure)."""
-        assert REDIS_CLI is not None
-        done = subprocess.run(
-            [REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), *args],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-        return done.stdout.decode(errors="replace").strip()
-
-    def channels(self, pattern: str = "*") -> set[str]:
-        """``PUBSUB CHANNELS pattern``: the channels someone is subscribed to."""
-        output = self.cli("PUBSUB", "CHANNELS", pattern)
-        return set(output.splitlines()) if output else set()
-
-    def close(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGCONT)
-        self.kill()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def redis_server(port: int | None = None) -> Iterator[RedisServer]:
-    """A started ``RedisServer``, killed and removed afterwards."""
-    server = RedisServer(port)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+__all__ = ["RedisServer", "cluster_port", "free_port", "redis_cluster", "redis_server"]
 
 
 def cluster_port() -> int:

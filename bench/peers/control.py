@@ -15,48 +15,20 @@ only what the server does with the messages differs.  Routes:
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
-import resource
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from harness.gcclock import GcClock
+from harness.limits import raise_nofile
 from roomcast.serve.http_api import ApiRequest, ApiResponse, serve_api
 from roomcast.serve.listener import Acceptor
 
-__all__ = ["GcClock", "asgi_with_control", "raise_nofile_limit", "start_control"]
+__all__ = ["asgi_with_control", "start_control"]
 
 Publish = Callable[[list[str]], "int | Awaitable[Any]"]
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
-
-
-def raise_nofile_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-class GcClock:
-    """Counts the cyclic collector's passes and time per generation."""
-
-    def __init__(self) -> None:
-        self.collections = [0, 0, 0]
-        self.seconds = [0.0, 0.0, 0.0]
-        self._started = 0.0
-        gc.callbacks.append(self._callback)
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            generation = info["generation"]
-            self.collections[generation] += 1
-            self.seconds[generation] += time.perf_counter() - self._started
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"gc_collections": list(self.collections), "gc_seconds": list(self.seconds)}
 
 
 _tasks: set[asyncio.Task[Any]] = set()
@@ -97,7 +69,7 @@ def asgi_with_control(app: ASGIApp, publish: Publish, count: Callable[[], int]) 
     server's loop; every other scope goes to ``app``."""
     port = int(os.environ.get("BENCH_CONTROL_PORT", "0"))
     clock = GcClock()
-    raise_nofile_limit()
+    raise_nofile()
 
     async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":

@@ -22,7 +22,8 @@ from typing import Any
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
-from peers.control import raise_nofile_limit, start_control
+from harness.limits import raise_nofile
+from peers.control import start_control
 
 members: set[Any] = set()
 
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control-port", type=int, required=True)
     args = parser.parse_args()
-    raise_nofile_limit()
+    raise_nofile()
     uvloop.run(serve(args.port, args.control_port))
 
 

@@ -1,12 +1,12 @@
 """``roomcast serve`` started from Python, for the variants ``serve.py`` measures.
 
-    python bench/peers/roomcast_launch.py MODE STATS_FILE serve --port ... (roomcast's arguments)
+    python -m peers.roomcast_launch MODE STATS_FILE serve --port ...     (from bench/)
 
 MODE ``shipped``: nothing changed; ``nofreeze``: ``gc.freeze`` replaced by a no-op, so the
 ``gc.collect(); gc.freeze()`` that ``roomcast.cli`` runs after start leaves every object to the
-collector; ``threshold``: as shipped, plus ``gc.set_threshold(50_000, 20, 100)``.  In every mode a
-callback counts the collector's passes and time per generation, and ``SIGUSR1`` writes them as
-JSON to STATS_FILE.
+collector; ``threshold``: as shipped, plus ``gc.set_threshold(50_000, 20, 100)``.  In every mode
+a ``GcClock`` counts the collector's passes and time per generation, and ``SIGUSR1`` writes them
+as JSON to STATS_FILE.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.gcclock import GcClock
+
 MODES = ("shipped", "nofreeze", "threshold")
 
 
@@ -30,28 +32,17 @@ def main() -> int:
         gc.freeze = lambda: None
     elif mode == "threshold":
         gc.set_threshold(50_000, 20, 100)
-    collections = [0, 0, 0]
-    seconds = [0.0, 0.0, 0.0]
-    started = [0.0]
-
-    def on_gc(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            collections[info["generation"]] += 1
-            seconds[info["generation"]] += time.perf_counter() - started[0]
+    clock = GcClock()
 
     def dump(*_: Any) -> None:
         stats = {
-            "gc_collections": collections,
-            "gc_seconds": seconds,
+            **clock.snapshot(),
             "gc_threshold": gc.get_threshold(),
             "gc_frozen": gc.get_freeze_count(),
             "written": time.time(),
         }
         Path(stats_file).write_text(json.dumps(stats))
 
-    gc.callbacks.append(on_gc)
     signal.signal(signal.SIGUSR1, dump)
     from roomcast.cli import main as roomcast_main
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from socketify import App, CompressOptions, OpCode
 
-from peers.control import raise_nofile_limit
+from harness.limits import raise_nofile
 
 TOPIC = "bench"
 
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    raise_nofile_limit()
+    raise_nofile()
     build(args.port).run()
 
 

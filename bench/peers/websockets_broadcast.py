@@ -15,7 +15,8 @@ import argparse
 import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from peers.control import raise_nofile_limit, start_control
+from harness.limits import raise_nofile
+from peers.control import start_control
 
 members: set[ServerConnection] = set()
 
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control-port", type=int, required=True)
     args = parser.parse_args()
-    raise_nofile_limit()
+    raise_nofile()
     uvloop.run(run(args.port, args.control_port))
 
 

@@ -1,6 +1,6 @@
 """roomcast: real-time WebSocket messaging with rooms, users and encode-once fan-out.
 
-The public names are the seed specification's (see the README); they are also importable from
+The public names are documented in the README and docs/; they are also importable from
 ``library.components.realtime.websocket_manager``.  Importing roomcast imports no optional
 dependency: Starlette, Redis and JWT support load only where they are used.
 """

@@ -1,6 +1,6 @@
 """A connection as the hub sees it, and the Transport contract that carries its frames.
 
-``Connection`` holds the seed's fields and nothing that does I/O; the transport it points to is
+``Connection`` holds the documented fields and nothing that does I/O; the transport it points to is
 the thin shell around one socket.  Keeping the two apart lets the pure registry index
 connections without knowing whether they live on uvicorn, on the native server, or in a test.
 """

@@ -6,7 +6,7 @@ and which are dead.  It keeps connections in one-tick buckets by the time they n
 attention, so a tick touches only the connections due then: 50,000 idle connections cost one
 dictionary lookup per tick plus their pings, not a scan of everyone.
 
-``HeartbeatManager`` (the seed's API) drives a schedule from one task: each tick it sends the
+``HeartbeatManager`` (the documented API) drives a schedule from one task: each tick it sends the
 due pings and reports the dead through the callback given to ``start_heartbeat``.
 
 Timeline of one silent connection (ping_interval=30, pong_timeout=60)::

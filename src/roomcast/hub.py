@@ -3,7 +3,7 @@
 One ``Hub`` owns the local registry (connections by id, room and user), hands each encoded
 frame to every recipient's transport in one synchronous loop, and, given a broker, spreads the
 same payload bytes to the other instances and fans out what they send.  Both faces sit on it:
-the FastAPI managers (``ConnectionManager`` and friends) turn the seed's calls into hub calls,
+the FastAPI managers (``ConnectionManager`` and friends) turn their calls into hub calls,
 and ``roomcast serve`` uses it directly.
 
 The data path is three hops with no await: ``deliver`` -> ``Transport.send`` (which writes or

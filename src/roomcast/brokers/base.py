@@ -7,7 +7,7 @@ is lost to it.  Losses are not silent, though: envelopes are numbered per (origi
 and every receiver counts the holes (see ``roomcast.brokers.envelope``).
 
 Two implementations: ``MemoryBroker`` (``roomcast.brokers.memory``: instances in one process;
-for tests and single-process setups) and ``RedisPubSub`` (``roomcast.brokers.redis``).  Both
+for tests and single-process setups) and ``RedisBroker`` (``roomcast.brokers.redis``).  Both
 share ``Channels`` (names), ``Outbound`` (numbering and packing) and ``Inbound`` (unpacking,
 gap counting, dispatch).
 """
@@ -67,7 +67,7 @@ class BrokerStats:
     handler_errors: int = 0
     """Exceptions raised by handlers (logged; the subscriber goes on)."""
     handler_drops: int = 0
-    """Messages dropped because a slow seed-style handler's bounded queue was full."""
+    """Messages dropped because a slow dict handler's bounded queue was full."""
     reconnects: int = 0
     """Times the broker connection was lost and re-established."""
 

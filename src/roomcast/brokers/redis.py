@@ -1,4 +1,4 @@
-"""The Redis broker behind a distributed hub (``RedisPubSub`` puts the seed's API on it).
+"""The Redis broker behind a distributed hub (``RedisPubSub`` puts the dict-handler API on it).
 
 One instance holds two Redis connections: one subscribed (it only reads messages and the
 replies to its own SUBSCRIBE/UNSUBSCRIBE/PING), one that publishes.  Publishing goes through
@@ -45,7 +45,7 @@ logger = logging.getLogger("roomcast.redis")
 
 
 class RedisBroker:
-    """The Redis broker of a multi-instance hub (``RedisPubSub`` adds the seed's API).
+    """The Redis broker of a multi-instance hub (``RedisPubSub`` adds the dict-handler API).
 
     Channels (``prefix`` "ws" by default): ``ws:broadcast``, ``ws:room:{room_id}``,
     ``ws:user:{user_id}``, ``ws:connection:{conn_id}``.  Messages travel as roomcast

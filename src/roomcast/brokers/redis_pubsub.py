@@ -1,6 +1,6 @@
-"""``RedisPubSub``: the Redis broker with the seed's API on top.
+"""``RedisPubSub``: the Redis broker with the channel-and-handler API on top.
 
-The seed's calls name channels and take dict handlers: ``subscribe(channel, handler)`` calls
+Its calls name channels and take dict handlers: ``subscribe(channel, handler)`` calls
 ``handler`` with each message as a dict, ``publish_broadcast``/``publish_to_user``/
 ``publish_to_room``/``publish_to_connection`` encode a message and wait until Redis took it.
 Underneath it is the same broker the hub uses (``roomcast.brokers.redis.RedisBroker``), with
@@ -27,11 +27,11 @@ __all__ = ["MessageHandler", "RedisPubSub"]
 logger = logging.getLogger("roomcast.redis")
 
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
-"""A seed-style handler: called with each message as a dict, sync or async."""
+"""A dict handler: called with each message as a dict, sync or async."""
 
 
 class RedisPubSub(RedisBroker):
-    """Redis pub/sub for a multi-instance hub (the seed's ``RedisPubSub``).
+    """Redis pub/sub for a multi-instance hub (channels and dict handlers).
 
     Args:
         redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL (credentials and db in it).
@@ -50,17 +50,17 @@ class RedisPubSub(RedisBroker):
         self._handler_queue: asyncio.Queue[tuple[MessageHandler, Envelope]] = asyncio.Queue(
             handler_queue_limit
         )
-        self._seed_handlers: dict[tuple[str, MessageHandler], EnvelopeHandler] = {}
+        self._dict_handlers: dict[tuple[str, MessageHandler], EnvelopeHandler] = {}
 
     async def initialize(self) -> None:
         """Connect (see ``RedisBroker.initialize``) and start running ``subscribe``'s
         handlers."""
         if self.phase is Phase.IDLE:
-            self._tasks.spawn(self._run_seed_handlers())
+            self._tasks.spawn(self._run_dict_handlers())
         await super().initialize()
 
     async def subscribe(self, channel: str, handler: MessageHandler) -> None:
-        """Call ``handler`` with every message published on ``channel`` (seed API).
+        """Call ``handler`` with every message published on ``channel`` (dict-handler API).
 
         The handler gets the message as a dict: a JSON object as itself, anything else as
         ``{"data": value}`` (``bytes`` for a binary message); closes arrive as
@@ -73,7 +73,7 @@ class RedisPubSub(RedisBroker):
         (the subscription is made when it comes back).
         """
         key = (channel, handler)
-        if key in self._seed_handlers:
+        if key in self._dict_handlers:
             return
         queue = self._handler_queue
         stats = self._stats
@@ -85,16 +85,16 @@ class RedisPubSub(RedisBroker):
                 stats.handler_drops += 1
                 logger.warning("handler queue full; dropped a message on %s", channel)
 
-        self._seed_handlers[key] = enqueue
+        self._dict_handlers[key] = enqueue
         self.listen(channel, enqueue)
         if self.connected:
             await self._confirmed(channel)
 
     async def unsubscribe(self, channel: str, handler: MessageHandler | None = None) -> None:
-        """Remove ``handler`` (or every seed-style handler) from ``channel``."""
-        for key in [k for k in self._seed_handlers if k[0] == channel]:
+        """Remove ``handler`` (or every dict handler) from ``channel``."""
+        for key in [k for k in self._dict_handlers if k[0] == channel]:
             if handler is None or key[1] is handler:
-                self.unlisten(channel, self._seed_handlers.pop(key))
+                self.unlisten(channel, self._dict_handlers.pop(key))
 
     async def _confirmed(self, channel: str) -> None:
         if any(channel in link.confirmed for link in self._links):
@@ -147,7 +147,7 @@ class RedisPubSub(RedisBroker):
         self._enqueue(channel, data, result)
         return await result
 
-    async def _run_seed_handlers(self) -> None:
+    async def _run_dict_handlers(self) -> None:
         queue = self._handler_queue
         while True:
             handler, envelope = await queue.get()

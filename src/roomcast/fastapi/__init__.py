@@ -1,4 +1,4 @@
-"""The FastAPI/Starlette face of the hub: the seed's managers over ASGI websockets.
+"""The FastAPI/Starlette face of the hub: the managers over ASGI websockets.
 
 ``manager`` (``ConnectionManager``), ``distributed`` (``DistributedWebSocketManager``),
 ``auth_manager`` (``AuthConnectionManager``), and the ASGI transport (``asgi``, with

@@ -18,7 +18,7 @@ at once (nothing more is queued for it) and gives the close ``close_timeout`` se
 then the close frame could not be written, or the client has not completed the closing
 handshake, the socket is aborted with a TCP reset, which also frees what the kernel holds for
 it.  That needs the socket's transport, which only uvicorn's WebSocket protocols expose
-(``roomcast.uvicorn_direct.find_uvicorn_transport``).  Behind any other ASGI server, or a
+(``roomcast.fastapi.uvicorn_direct.find_uvicorn_transport``).  Behind any other ASGI server, or a
 middleware that wraps ``send``, a close that was not written in time is counted in
 ``ManagerStats.unabortable_closes`` and the socket stays until the server's own timeouts (or
 the client) end it.  The native server aborts such sockets the same way.

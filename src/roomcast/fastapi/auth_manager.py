@@ -1,11 +1,11 @@
-"""AuthConnectionManager: the seed's authenticated, cluster-aware manager.
+"""AuthConnectionManager: the authenticated, cluster-aware manager.
 
 It puts together what the other modules do: authentication before the connection is
 accepted (``roomcast.auth``), the distributed hub for delivery
 (``roomcast.fastapi.distributed``), and the Redis connection registry for cluster-wide queries
 and limits (``roomcast.presence.connection_registry``).
 
-Its signatures are the seed's and differ from ``ConnectionManager``'s on purpose:
+Its signatures are its documented API's and differ from ``ConnectionManager``'s on purpose:
 ``connect(websocket=, token=, authenticator=)`` returns ``(conn_id, user_id)``,
 ``send_to_user(message, user_id)`` takes the message first, and ``disconnect(conn_id)`` is a
 coroutine taking a connection id.
@@ -310,7 +310,7 @@ class AuthConnectionManager:
         self, message: Any, user_id: str, type: MessageType | None = None
     ) -> int:
         """Send to every connection of ``user_id`` on every instance (message first, as in
-        the seed); returns the local deliveries."""
+        the documented API); returns the local deliveries."""
         return await self.manager.send_to_user(user_id, message, type)
 
     async def broadcast(self, message: Any, type: MessageType | None = None) -> int:

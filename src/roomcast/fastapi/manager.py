@@ -1,10 +1,10 @@
-"""ConnectionManager: the seed's API for FastAPI/Starlette applications, over a ``Hub``.
+"""ConnectionManager: the manager API for FastAPI/Starlette applications, over a ``Hub``.
 
 The manager is a face: it accepts ASGI websockets, ties each connection to its endpoint's task,
-keeps the index by websocket that the seed's calls need (they name connections by their
+keeps the index by websocket that the manager API's calls need (they name connections by their
 websocket), runs the optional application-level heartbeat, and turns each send into one hub
 delivery.  Registry, fan-out and the broker are the hub's (``roomcast.hub``).  The methods are
-``async`` because the seed's API is.
+``async`` because the documented API is.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ class ConnectionManager:
     def disconnect(self, websocket: Any) -> Connection | None:
         """Unregister ``websocket``; returns its connection, or None if it was not registered.
 
-        Does not close the socket (call it after the client has gone, as in the seed's
+        Does not close the socket (call it after the client has gone, as in the documented
         example); anything still buffered for the client is dropped.
         """
         connection = self._by_socket.get(id(websocket))

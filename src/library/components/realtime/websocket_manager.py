@@ -1,4 +1,4 @@
-"""The seed specification's import path for roomcast's public API.
+"""The compatibility import path of roomcast's public API.
 
 ``library``, ``library.components`` and ``library.components.realtime`` are PEP 420 namespace
 packages (no ``__init__.py``), so an application's own ``library`` package can coexist.

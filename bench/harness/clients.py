@@ -1,11 +1,11 @@
-"""Load-generating client processes for ``fanout.py``.
+"""The load-generating client: one worker process of many, steered by the driver.
 
 Each worker process runs its own uvloop event loop, opens its share of the connections from its
 own source address (127.0.x.y, so ephemeral ports do not run out), and records for every
 broadcast message (``"seq|send_time|..."``) the arrival time at each connection.  The driver
 steers it over a ``multiprocessing`` pipe with small tuples (see ``_Worker.handle``).
 
-Two client implementations, picked with ``--client``:
+Two client implementations (``WorkerConfig.client``; ``fanout.py --client``):
 
 - ``picows`` (default): picows' Cython frame parser calls ``on_ws_frame`` once per message; the
   lightest Python client measured here (see bench/README.md).
@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import os
-import resource
-import signal
 import socket
 import time
 from array import array
@@ -31,10 +28,12 @@ from typing import Any, cast
 
 import uvloop
 
-__all__ = ["WorkerConfig", "die_with_parent", "run_worker"]
+from harness.limits import raise_nofile
+from harness.processes import die_with_parent
+
+__all__ = ["Recorder", "WorkerConfig", "run_worker"]
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-PR_SET_PDEATHSIG = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -402,17 +401,10 @@ class _Worker:
         await asyncio.sleep(0.1)  # let the aborts go out
 
 
-def die_with_parent() -> None:
-    """In a child process: get SIGKILL when the parent dies, however it dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def run_worker(config: WorkerConfig, pipe: Pipe) -> None:
     """Entry point of a worker process."""
     die_with_parent()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     if config.cpus:
         os.sched_setaffinity(0, config.cpus)
     uvloop.run(_Worker(config, pipe).serve())

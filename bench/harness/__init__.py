@@ -1,0 +1,24 @@
+"""The benchmark harness: what every scenario script in ``bench/`` shares.
+
+A scenario (``fanout.py``, ``serve.py``, ``scaleout.py``, ``idle.py``, ``redis_shard.py``)
+parses its arguments, runs its phases and prints its tables; everything else is here, and no
+scenario imports another.
+
+- ``processes``: server subprocesses that die with the driver, CPU (schedstat, psutil) and RSS
+  readers from ``/proc``.
+- ``clients``: the load-generating client worker process (picows or websockets' sans-I/O).
+- ``workers``: the driver's side of those workers (start, command, delivery wait).
+- ``targets``: the servers under test (``roomcast serve`` and the peers in ``peers/``), their
+  publish triggers and connection counts.
+- ``stats``: medians, percentiles, latency summaries, GC deltas, least-squares fits.
+- ``report``: progress log, number formatting, Markdown report parts, result files.
+- ``meta``: run metadata (git state, package versions, host-steadiness probe).
+- ``runs``: results directory, process setup, run deadline, ``git archive`` snapshots of src/.
+- ``limits``: ``RLIMIT_NOFILE`` and the ephemeral port range.
+- ``message``, ``gcclock``: imported inside the servers under test too (``apps.py``,
+  ``peers/``); standard library only.
+
+The throwaway redis-server and ``free_port`` are ``roomcast.testing``'s, shared with the tests.
+No module here imports roomcast at import time: ``idle.py --snapshot`` must put a frozen
+``src/`` on ``sys.path`` before roomcast is first imported.
+"""
