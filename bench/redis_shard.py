@@ -1,4 +1,4 @@
-"""What one Redis shard costs per roomcast publish: the input of the capacity model in docs/scaling.md.
+"""What one Redis shard costs per roomcast publish (the capacity model in docs/scaling.md).
 
     .venv/bin/python bench/redis_shard.py
 
