@@ -200,7 +200,7 @@ def _sample(opt: Option) -> tuple[list[str], str, Any]:
             "https://a.example,https://b.example",
             (frozenset({"https://a.example", "https://b.example"})),
         )
-    if opt.kind == "port-or-off":
+    if opt.kind in ("port", "port-or-off"):
         return [flag, "9999"], "9999", 9999
     if opt.kind is int:
         return [flag, str(opt.default + 7)], str(opt.default + 7), opt.default + 7
@@ -240,3 +240,11 @@ def test_every_server_config_field_is_an_option_or_said_not_to_be() -> None:
     the two it builds itself."""
     fields = {field.name for field in dataclasses.fields(ServerConfig)}
     assert fields - {opt.name for opt in CONFIG_OPTIONS} == {"authenticator", "reuse_port"}
+
+
+@pytest.mark.parametrize("flags", [["--port", "65601"], ["--api-port", "70000"], ["--port", "x"]])
+def test_a_port_out_of_range_is_refused(flags: list[str]) -> None:
+    """A port past 65535 is an error, not a different port (the kernel takes it modulo)."""
+    with pytest.raises(SystemExit) as refused:
+        build_parser({}).parse_args(["serve", *flags])
+    assert refused.value.code == 2

@@ -20,7 +20,9 @@ class ServerConfig:
     for ``--workers``)."""
 
     host: str = option("127.0.0.1", "address to bind (the API port too)")
-    port: int = option(8000, "port of the WebSocket listener (and GET /healthz /readyz /metrics)")
+    port: int = option(
+        8000, "port of the WebSocket listener (and GET /healthz /readyz /metrics)", kind="port"
+    )
     max_message_size: int = option(
         64 * 1024, "largest incoming message in bytes (larger: close 1009)"
     )

@@ -45,7 +45,8 @@ class Option:
         kind: ``int``, ``float``, ``str``, ``"switch"`` (a flag that turns it on),
             ``"off-switch"`` (``--no-NAME`` turns a default-on setting off), ``"either"``
             (``--NAME``/``--no-NAME``, unset: decided by other settings), ``"origins"`` (a
-            comma-separated list) or ``"port-or-off"`` (a port, or none).
+            comma-separated list), ``"port"`` (0 to 65535) or ``"port-or-off"`` (a port, or
+            none).
         default: The value without flag or variable.
         secret: Passed to workers in the environment, never on their command line.
         choices: The only values allowed, if any.
@@ -233,6 +234,8 @@ def _parser(opt: Option) -> Any:
         return _origins
     if opt.kind == "port-or-off":
         return _port_or_off
+    if opt.kind == "port":
+        return _port
     return opt.kind
 
 
@@ -241,9 +244,18 @@ def _origins(text: str) -> frozenset[str] | None:
     return origins or None
 
 
-def _port_or_off(text: str) -> int | None:
+def _port(text: str) -> int:
     port = int(text)
-    return None if port < 0 else port
+    if not 0 <= port <= 65535:
+        raise ValueError(f"a port is 0 to 65535, not {port}")
+    return port
+
+
+def _port_or_off(text: str) -> int | None:
+    return None if int(text) < 0 else _port(text)
+
+
+_port.__name__ = _port_or_off.__name__ = "port"  # argparse: "invalid port value: '70000'"
 
 
 def _shown_default(opt: Option) -> str:
