@@ -5,7 +5,7 @@ A ``Session`` turns a client's messages into changes of the hub and answers: the
 limits and the server's ``$`` rooms, publishing to a room, token refreshes.  It does no I/O of
 its own: answers are frames delivered through the hub, and the only other effect is the
 connection's close for a client over the rate limit.  So it can be driven without a socket
-(``tests/test_session.py``).
+(``tests/unit/test_session.py``).
 
 Its per-connection state is the rate limit's three numbers, kept on the transport (a slot of
 its own, so that no dictionary per connection is needed).

@@ -19,8 +19,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from roomcast import CloseCode, ConnectionManager, OverflowPolicy
+from tests.integration.test_manager import make_app
 from tests.support import connect, eventually, running_server, seconds
-from tests.test_manager import make_app
 
 HEALTHY = 1000
 MESSAGES = 100

@@ -24,8 +24,8 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection
 
 from roomcast import ConnectionManager, MessageType
+from tests.integration.test_manager import make_app
 from tests.support import connect, eventually, running_server, seconds
-from tests.test_manager import make_app
 
 STALLED = 8
 MESSAGES = 100

@@ -821,7 +821,7 @@ async def test_a_slow_consumer_that_never_reads_is_reset_after_close_timeout() -
     """A client closed with 4008 that reads nothing is reset once close_timeout passes: its
     connection is not ESTABLISHED at either end any more (the kernel drops the unsent
     bytes instead of holding them for minutes)."""
-    from tests.test_slow_consumer_abort import established, stalled_client
+    from tests.integration.test_slow_consumer_abort import established, stalled_client
 
     async with running(sndbuf=4096, send_buffer_limit=64 * 1024, close_timeout=0.5) as server:
         stalled = [await stalled_client(f"ws://127.0.0.1:{server.port}", "/ws/r") for _ in range(4)]

@@ -111,9 +111,9 @@ async def test_redis_pubsub_example(own_redis: RedisServer) -> None:
         await pubsub.subscribe(f"ws:user:{user_id}", handle_user_message)
 
         # Publish messages
-        await pubsub.publish_broadcast(message)       # All connections
+        await pubsub.publish_broadcast(message)  # All connections
         await pubsub.publish_to_user("user123", msg)  # Specific user
-        await pubsub.publish_to_room("room1", msg)    # Room subscribers
+        await pubsub.publish_to_room("room1", msg)  # Room subscribers
         # ---------------------------------------------------------------------------------
 
         assert json.loads(await recv(client)) == message

@@ -26,13 +26,11 @@ async def websocket_endpoint(websocket: WebSocket, room_id: str, user_id: str): 
         while True:
             data = await websocket.receive_text()
             # Broadcast to room (excluding sender)
-            await manager.broadcast_to_room(
-                room_id,
-                data,
-                exclude={connection.connection_id}
-            )
+            await manager.broadcast_to_room(room_id, data, exclude={connection.connection_id})
     except WebSocketDisconnect:
         manager.disconnect(websocket)
+
+
 # -------------------------------------------------------------------------------------------
 
 
@@ -131,15 +129,16 @@ async def test_broadcasting_example() -> None:
 
         # Send JSON
         await manager.send_personal(
-            websocket,
-            '{"type": "notification", "count": 5}',
-            MessageType.JSON
+            websocket, '{"type": "notification", "count": 5}', MessageType.JSON
         )
         # --------------------------------
 
         everyone = "Server maintenance in 5 minutes"
         assert [await recv(a1) for _ in range(3)] == [
-            everyone, "New feature released!", "You have a new message"]
+            everyone,
+            "New feature released!",
+            "You have a new message",
+        ]
         assert [await recv(a2) for _ in range(2)] == [everyone, "You have a new message"]
         assert [await recv(b) for _ in range(2)] == [everyone, "New feature released!"]
         assert await recv(c) == everyone
@@ -155,7 +154,11 @@ def test_message_types_example() -> None:
     """The Message Types snippet runs and round-trips each message."""
     # --- "Message Types", verbatim ---
     from library.components.realtime.websocket_manager import (
-        WSMessage, PingMessage, PongMessage, ErrorMessage, AckMessage
+        AckMessage,
+        ErrorMessage,
+        PingMessage,
+        PongMessage,
+        WSMessage,
     )
 
     # Create messages

@@ -10,7 +10,7 @@ import sys
 
 import roomcast
 
-SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
+SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
 
 
 def test_seed_path_exports_the_same_objects() -> None:

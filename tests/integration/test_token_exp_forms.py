@@ -111,8 +111,8 @@ async def test_a_numeric_string_exp_expires_on_the_auth_connection_manager(
 ) -> None:
     """AuthConnectionManager (the FastAPI path) arms the same expiry for a numeric-string
     exp, at connect and on refresh_token: warned with 4001, then closed with 4001."""
-    from tests.test_auth_manager import instances
-    from tests.test_auth_manager import token as audience_token
+    from tests.integration.test_auth_manager import instances
+    from tests.integration.test_auth_manager import token as audience_token
 
     soon = int(time.time()) + 3
     async with instances(own_redis, 1, token_grace=seconds(1)) as (_, (base,)):

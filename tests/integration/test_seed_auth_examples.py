@@ -39,9 +39,7 @@ async def test_heartbeat_manager_example() -> None:
 
     # Start heartbeat for a connection
     heartbeat.start_heartbeat(
-        connection_id="conn-123",
-        websocket=ws,
-        on_disconnect_callback=handle_disconnect
+        connection_id="conn-123", websocket=ws, on_disconnect_callback=handle_disconnect
     )
 
     # Record pong from client
@@ -92,9 +90,7 @@ async def test_authentication_enabled_manager_example(own_redis: RedisServer) ->
 
         # Connect with authentication
         conn_id, user_id = await manager.connect(
-            websocket=ws,
-            token=token,
-            authenticator=my_jwt_authenticator
+            websocket=ws, token=token, authenticator=my_jwt_authenticator
         )
 
         # Send messages

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parent.parent / "src" / "roomcast"
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "roomcast"
 IO_LIBRARIES = ("redis", "picows", "starlette", "uvicorn", "fastapi", "httptools", "uvloop")
 CORE = (
     "roomcast.errors",

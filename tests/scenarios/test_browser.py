@@ -34,7 +34,7 @@ from websockets.sync.client import connect as ws_connect
 from tests.redis_support import RedisServer, free_port
 from tests.support import seconds
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("ROOMCAST_ARTIFACTS", ROOT / "artifacts"))
 # Without these flags Chromium keeps trying to reach Google's hosts, which this network refuses.
 CHROMIUM_FLAGS = (

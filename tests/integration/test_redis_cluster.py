@@ -10,9 +10,9 @@ import pytest
 from redis.crc import key_slot
 
 from roomcast import DistributedWebSocketManager
+from tests.integration.test_distributed import make_app, nothing_more
 from tests.redis_support import RedisServer, redis_cluster
 from tests.support import connect, eventually, recv, running_server
-from tests.test_distributed import make_app, nothing_more
 
 
 @pytest.fixture(scope="module")

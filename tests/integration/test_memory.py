@@ -16,8 +16,8 @@ import tracemalloc
 from websockets.asyncio.client import ClientConnection
 
 from roomcast.server import Server
+from tests.integration.test_server import running, url
 from tests.support import connect, eventually, recv
-from tests.test_server import running, url
 
 CLIENTS = 50
 ROOMS_EACH = 100

@@ -19,9 +19,9 @@ from roomcast.presence.feed import PresenceFeed
 from roomcast.presence.roster import RoomRoster
 from roomcast.protocol import RoomMessage
 from roomcast.server import Server, ServerConfig
+from tests.integration.test_server import http_get
 from tests.redis_support import RedisServer
 from tests.support import connect, recv, seconds
-from tests.test_server import http_get
 
 
 @contextlib.asynccontextmanager

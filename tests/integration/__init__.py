@@ -1,0 +1,1 @@
+"""integration tests (see tests/README or the module docstrings)."""

@@ -1,0 +1,1 @@
+"""scenarios tests (see tests/README or the module docstrings)."""
