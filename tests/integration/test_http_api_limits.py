@@ -193,38 +193,55 @@ async def test_a_slow_body_is_cut_off_at_the_body_deadline(
     assert api.stats.timeouts == 1
 
 
-async def test_connections_over_the_cap_get_503_until_idle_ones_time_out(
+async def test_at_the_cap_a_new_request_takes_the_place_of_the_oldest_idle_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With 3 idle connections open, a 4th gets 503 and is closed; after they time out, a
-    request succeeds again."""
-    # 0: 3 idle connections; then a 4th -> 503 at once; 1: the 3 get 408; then a request -> 200.
-    timeout = seconds(1)
-    async with _serving(monkeypatch, header_timeout=timeout, max_connections=3) as api:
+    """With 3 idle connections open (the cap), a 4th that sends its request is served: the
+    oldest idle one is dropped (503) to make room, so idle clients cannot lock callers out."""
+    async with _serving(monkeypatch, header_timeout=seconds(5), max_connections=3) as api:
         idle = [await _connect(api.port) for _ in range(3)]
         await eventually(lambda: api.stats.open_connections == 3, 2, "3 idle connections")
+        start = time.monotonic()
+        reader, writer = await _connect(api.port)
+        writer.write(b"GET /served HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await _answer(reader, seconds(1), start)).status == 200
+        writer.close()
+        oldest_reader, _ = idle[0]
+        assert (await _answer(oldest_reader, seconds(1), start)).status == 503
+        assert api.stats.evicted_connections == 1 and api.stats.refused_connections == 0
+        for _, idle_writer in idle:
+            idle_writer.close()
 
+
+async def test_at_the_cap_with_every_request_in_progress_a_newcomer_gets_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Connections sending a body are not dropped for another: with 3 of them open, a 4th
+    gets 503 at once and its socket is given back; after they time out, requests succeed."""
+    timeout = seconds(1)
+    async with _serving(
+        monkeypatch, header_timeout=seconds(5), body_timeout=timeout, max_connections=3
+    ) as api:
+        busy = [await _connect(api.port) for _ in range(3)]
+        for _, busy_writer in busy:
+            busy_writer.write(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabc")
+        await eventually(lambda: api.stats.open_connections == 3, 2, "3 bodies in progress")
         start = time.monotonic()
         reader, writer = await _connect(api.port)
         refused = await _answer(reader, seconds(0.5), start)
-        assert refused.status == 503
-        assert "Connection: close" in refused.head
-        assert api.stats.refused_connections == 1
-        # The server gave the descriptor back while the client still holds its end.
+        assert refused.status == 503 and "Connection: close" in refused.head
+        assert api.stats.refused_connections == 1 and api.stats.evicted_connections == 0
         await eventually(lambda: api.stats.open_connections == 3, 1, "refused socket closed")
         writer.close()
-
-        for idle_reader, idle_writer in idle:
-            assert (await _answer(idle_reader, timeout + seconds(1), start)).status == 408
-            idle_writer.close()
-        await eventually(lambda: api.stats.open_connections == 0, 2, "idle ones closed")
-
+        for busy_reader, busy_writer in busy:
+            assert (await _answer(busy_reader, timeout + seconds(1), start)).status == 408
+            busy_writer.close()
+        await eventually(lambda: api.stats.open_connections == 0, 3, "slow ones closed")
         reader, writer = await _connect(api.port)
         writer.write(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await _answer(reader, seconds(1), time.monotonic())).status == 200
         writer.close()
     assert api.stats.timeouts == 3
-    assert api.stats.refused_connections == 1
 
 
 async def test_the_linger_after_an_early_answer_is_bounded(

@@ -85,12 +85,16 @@ class ApiStats:
         timeouts: connections answered 408 because their request head or body did not arrive
             in time (counter).
         refused_connections: connections answered 503 because ``max_connections`` were open
-            (counter).
+            and none of them could make room (counter).
+        evicted_connections: connections dropped to make room for a new one at the cap: the
+            oldest of those that were only lingering or still waiting for their request head
+            (counter).  So idle or slow clients cannot lock callers out of the port.
     """
 
     open_connections: int = 0
     timeouts: int = 0
     refused_connections: int = 0
+    evicted_connections: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -164,8 +168,12 @@ class _HttpConnection(asyncio.Protocol):
         limits: _Limits,
         stats: ApiStats,
         released: Callable[[asyncio.BaseProtocol], None] = lambda _: None,
+        evictable: dict[_HttpConnection, None] | None = None,
     ) -> None:
         self._handler = handler
+        # The listener's connections that hold no request in progress (waiting for their head,
+        # or lingering after an answer), oldest first: the ones to drop at the cap.
+        self._evictable = {} if evictable is None else evictable
         self._released = released
         self._limits = limits
         self._stats = stats
@@ -189,15 +197,33 @@ class _HttpConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         stats = self._stats
         stats.open_connections += 1
-        if stats.open_connections > self._limits.max_connections:
+        if stats.open_connections > self._limits.max_connections and not self._make_room():
             # Closed at once rather than lingering: the point is to give the descriptor back.
             # A client that had already sent its request may see a reset instead of the 503.
             stats.refused_connections += 1
             self._answer(ApiResponse.json(503, {"error": "too many API connections"}), linger=False)
             return
+        self._evictable[self] = None
         self._schedule(self._limits.header_timeout, self._expire)
 
+    def _make_room(self) -> bool:
+        """Drop the oldest connection that holds no request in progress; False if none."""
+        for oldest in self._evictable:
+            self._stats.evicted_connections += 1
+            oldest._evict()
+            return True
+        return False
+
+    def _evict(self) -> None:
+        del self._evictable[self]
+        if self._phase is _Phase.LINGER:
+            self._abort()
+        else:
+            self._answer(ApiResponse.json(503, {"error": "server busy; retry"}), linger=False)
+            self._transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._evictable.pop(self, None)
         self._cancel_timer()
         self._phase = _Phase.CLOSED
         self._stats.open_connections -= 1
@@ -234,6 +260,7 @@ class _HttpConnection(asyncio.Protocol):
             self._answer(ApiResponse.json(413, {"error": f"body over {MAX_BODY} bytes"}))
             return
         self._phase = _Phase.BODY
+        self._evictable.pop(self, None)  # a request in progress is not dropped for another
         self._schedule(self._limits.body_timeout, self._expire)
 
     def on_body(self, body: bytes) -> None:
@@ -296,6 +323,7 @@ class _HttpConnection(asyncio.Protocol):
             "Connection: close\r\n\r\n"
         ).encode("latin-1")
         transport.write(head + response.body)
+        self._evictable.pop(self, None)
         if not linger:
             self._phase = _Phase.CLOSING
             transport.close()
@@ -311,6 +339,7 @@ class _HttpConnection(asyncio.Protocol):
         # answer in flight.  Half-close, drop the rest, and abort after a bounded grace period
         # (close() could wait for ever on a client that does not read).
         self._phase = _Phase.LINGER
+        self._evictable[self] = None  # nothing left to serve: the first to go at the cap
         if transport.can_write_eof():
             transport.write_eof()
         self._schedule(self._limits.linger, self._abort)
@@ -341,8 +370,12 @@ async def serve_api(
             client trickling bytes (slowloris) holds a descriptor no longer than an idle one.
         body_timeout: seconds from the end of the head within which the whole body must have
             arrived, else 408 and close.
-        max_connections: API connections open at once (lingering ones included); the next one
-            is answered 503 and closed at once.  Each request is answered within one event-loop
+        max_connections: API connections open at once (lingering ones included).  At the cap a
+            new connection takes the place of the oldest one that holds no request in progress
+            (lingering after its answer, or still waiting for its head: it gets 503 and is
+            closed), so idle or slow clients cannot lock callers out; only when every open
+            connection is sending a body is the newcomer answered 503 and closed at once.
+            Each request is answered within one event-loop
             iteration of its last byte, so even thousands of publishes a second keep only a
             few connections open; 256 leaves room for a large fleet of backends while holding
             the API port to a quarter of a 1,024-descriptor process, so that idle or slow
@@ -366,6 +399,7 @@ async def serve_api(
     if min(header_timeout, body_timeout, linger) <= 0 or max_connections < 1:
         raise ValueError("API timeouts, linger and max_connections must be positive")
     limits = _Limits(header_timeout, body_timeout, max_connections, linger)
+    evictable: dict[_HttpConnection, None] = {}
     counters = stats if stats is not None else ApiStats()
     sockets = listening_sockets(host, port, backlog=1024, reuse_port=reuse_port)
     acceptor: Acceptor | None = None
@@ -378,7 +412,7 @@ async def serve_api(
     # being answered 503, and they go at once.
     acceptor = Acceptor(
         sockets,
-        lambda: _HttpConnection(handler, limits, counters, released),
+        lambda: _HttpConnection(handler, limits, counters, released, evictable),
         max_connections + API_REFUSAL_HEADROOM,
         on_accept_error or (lambda exc: logger.warning("API accept failed: %s", exc)),
     )

@@ -196,6 +196,12 @@ class Ports:
                 "API connections refused (503) over --api-max-connections.",
                 api.refused_connections,
             ),
+            (
+                "counter",
+                "roomcast_api_evicted_connections",
+                "API connections dropped at the cap to make room (idle or lingering ones).",
+                api.evicted_connections,
+            ),
         ]
 
     def _accept_failed(self, exc: OSError) -> None:
