@@ -1,20 +1,24 @@
 """The benchmark harness: what every scenario script in ``bench/`` shares.
 
-A scenario (``fanout.py``, ``serve.py``, ``scaleout.py``, ``idle.py``, ``redis_shard.py``)
-parses its arguments, runs its phases and prints its tables; everything else is here, and no
-scenario imports another.
+A scenario (``fanout.py``, ``serve.py``, ``scaleout.py``, ``idle.py``, ``redis_shard.py``,
+``hardening.py`` with its drills in ``drills/``) parses its arguments, runs its phases and
+prints its tables; everything else is here, and no scenario imports another.
 
-- ``processes``: server subprocesses that die with the driver, CPU (schedstat, psutil) and RSS
-  readers from ``/proc``.
+- ``processes``: server subprocesses that die with the driver (in a session of their own, if
+  asked: stopped with their whole group), CPU (schedstat, psutil) and RSS readers from ``/proc``.
+- ``raw_ws``, ``raw_http``: a minimal WebSocket client and frames built by hand (for hostile
+  or broken clients), HTTP/1.1 requests by hand, a ``/healthz`` prober; asyncio.
 - ``clients``: the load-generating client worker process (picows or websockets' sans-I/O).
 - ``workers``: the driver's side of those workers (start, command, delivery wait).
 - ``targets``: the servers under test (``roomcast serve`` and the peers in ``peers/``), their
   publish triggers and connection counts.
 - ``stats``: medians, percentiles, latency summaries, GC deltas, least-squares fits.
-- ``report``: progress log, number formatting, Markdown report parts, result files.
+- ``report``: progress log, number (MB, counts) formatting, Markdown report parts, result
+  files.
 - ``meta``: run metadata (git state, package versions, host-steadiness probe).
 - ``runs``: results directory, process setup, run deadline, ``git archive`` snapshots of src/.
-- ``limits``: ``RLIMIT_NOFILE`` and the ephemeral port range.
+- ``limits``: ``RLIMIT_NOFILE``, the ephemeral port range, client sockets bound with
+  ``IP_BIND_ADDRESS_NO_PORT``.
 - ``message``, ``gcclock``: imported inside the servers under test too (``apps.py``,
   ``peers/``); standard library only.
 

@@ -28,12 +28,10 @@ from typing import Any, cast
 
 import uvloop
 
-from harness.limits import raise_nofile
+from harness.limits import bound_socket, raise_nofile
 from harness.processes import die_with_parent
 
 __all__ = ["Recorder", "WorkerConfig", "run_worker"]
-
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,19 +101,9 @@ class Recorder:
 
 
 def _make_socket(config: WorkerConfig) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        # Pick the port at connect() time, from the full 4-tuple space of this source address.
-        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        if config.slow:
-            # Before connect(), so the advertised window stays small.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.rcvbuf)
-        sock.bind((config.source_address, 0))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    # A slow client's small SO_RCVBUF is set before connect(), so its advertised window stays
+    # small.
+    return bound_socket(config.source_address, config.rcvbuf if config.slow else 0)
 
 
 # ------------------------------------------------------------------ picows client

@@ -1,4 +1,5 @@
-"""Process and host limits a benchmark raises: open files, and the ephemeral port range.
+"""Process and host limits a benchmark raises: open files, and the ephemeral port range; and
+client sockets that do not run out of ephemeral ports.
 
 Standard library only: the servers under test (``apps.py``, ``peers/``) import it too.
 """
@@ -7,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["raise_nofile", "wide_port_range"]
+__all__ = ["bound_socket", "raise_nofile", "wide_port_range"]
 
 PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 WANTED_PORT_RANGE = "1024 65000"
 """Benchmark servers listen on 65101 and up, outside this range (see TESTING.md)."""
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def raise_nofile() -> int:
@@ -48,3 +51,21 @@ def wide_port_range(enabled: bool) -> Iterator[str]:
     finally:
         with contextlib.suppress(OSError):
             PORT_RANGE_FILE.write_text(old)
+
+
+def bound_socket(source: str, rcvbuf: int = 0) -> socket.socket:
+    """A non-blocking TCP socket bound to ``source``, its port picked at ``connect()`` time
+    from the whole 4-tuple space of that address (``IP_BIND_ADDRESS_NO_PORT``), so that many
+    clients on a few source addresses do not run out of ephemeral ports.  ``rcvbuf``: a
+    ``SO_RCVBUF`` set before ``connect()``, so that the advertised window stays small."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -2,7 +2,9 @@
 
 Every process a run starts gets ``SIGKILL`` when the driver dies, however it dies
 (``die_with_parent``), and is killed, not stopped gracefully, at the end: a graceful shutdown
-of 15k WebSockets measures nothing useful.
+of 15k WebSockets measures nothing useful.  A server that starts processes of its own
+(``roomcast serve --workers``) runs in a session of its own, so that stopping it reaches the
+whole group, orphans included.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -56,10 +59,17 @@ class ServerProcess:
 
     Args:
         command: The command line.
-        log_path: stdout and stderr go there (truncated).
+        log_path: stdout and stderr go there (truncated, or appended to with ``append``).
         env: The whole environment (default: the driver's).
         cwd: Working directory (default: the driver's).
         cpus: CPUs it may run on (default: any).
+        session: In a session (and process group) of its own, stdin from ``/dev/null``:
+            ``terminate`` and ``stop`` then reach the whole group (its workers too, even once
+            the leader is gone).
+        nofile: ``RLIMIT_NOFILE`` (soft and hard) set in the child before ``exec`` (0: the
+            driver's).
+        append: Append to ``log_path`` instead of truncating it (a server restarted under the
+            same name keeps one log).
     """
 
     def __init__(
@@ -70,23 +80,32 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         cpus: set[int] | None = None,
+        session: bool = False,
+        nofile: int = 0,
+        append: bool = False,
     ) -> None:
         self.command = list(command)
         self.log_path = log_path
-        self._log = log_path.open("wb")
+        self.session = session
+        self._log = log_path.open("ab" if append else "wb")
+        self._group_killed = False
 
         def in_child() -> None:
             die_with_parent()
             if cpus:
                 os.sched_setaffinity(0, cpus)
+            if nofile:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         self.proc = psutil.Popen(
             self.command,
+            stdin=subprocess.DEVNULL if session else None,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=in_child,
             env=env,
             cwd=cwd,
+            start_new_session=session,
         )
 
     @property
@@ -95,6 +114,10 @@ class ServerProcess:
 
     def exited(self) -> bool:
         return self.proc.poll() is not None
+
+    def output(self) -> str:
+        """What it wrote to its log so far."""
+        return self.log_path.read_text(errors="replace")
 
     def rss_kib(self) -> float:
         return float(self.proc.memory_info().rss) / 1024
@@ -113,10 +136,33 @@ class ServerProcess:
         return cpu_ns_of(self.proc.pid)
 
     def signal(self, signum: int) -> None:
+        """``signum`` to the process itself (not to its group)."""
         self.proc.send_signal(signum)
 
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signum)
+
+    def terminate(self, grace: float) -> None:
+        """SIGTERM (to the group, in a session) if it still runs; ``stop`` whatever is left
+        after ``grace`` seconds.  Blocks: from an event loop, run it in a thread."""
+        if not self.exited():
+            if self.session:
+                self._signal_group(signal.SIGTERM)
+            else:
+                self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired, psutil.TimeoutExpired):
+                self.proc.wait(timeout=grace)
+        self.stop()
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        """SIGKILL (to the whole group, in a session), wait, close the log.  Safe to repeat:
+        a group is killed once, since afterwards its id may belong to someone else."""
+        if self.session:
+            if not self._group_killed:
+                self._signal_group(signal.SIGKILL)
+                self._group_killed = True
+        elif self.proc.poll() is None:
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired, psutil.TimeoutExpired):
             self.proc.wait(timeout=10)

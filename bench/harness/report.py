@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from harness.runs import REPO_DIR, RESULTS_DIR
 __all__ = [
     "environment_line",
     "fmt",
+    "fmt_counts",
+    "fmt_mb",
     "fmt_ratio",
     "log",
     "probe_text",
@@ -45,6 +48,17 @@ def fmt(value: float, digits: int = 1) -> str:
 def fmt_ratio(value: float) -> str:
     """``1.23x``, or "n/a" for NaN (``stats.ratio``'s no-ratio)."""
     return "n/a" if math.isnan(value) else f"{value:.2f}x"
+
+
+def fmt_mb(size: float) -> str:
+    """``size`` bytes in MB (10^6 bytes), one decimal: ``12.3 MB``."""
+    return f"{size / 1e6:.1f} MB"
+
+
+def fmt_counts(counter: Counter[str]) -> str:
+    """Outcomes and how often each came, the most common first: ``101: 900, 503: 600``;
+    "none" for none."""
+    return ", ".join(f"{key}: {value:,}" for key, value in counter.most_common()) or "none"
 
 
 def spread(values: Sequence[float], digits: int = 2) -> str:
