@@ -1,25 +1,16 @@
-"""The HTTP API port: publishing from backends, plus health and metrics.
+"""The small HTTP/1.1 server of the API port (``POST /api/publish`` and the GETs; see
+``publish_api``).
 
 The WebSocket port can only answer bodiless GETs (picows serves the upgrade), so requests with
-a body go to this small HTTP/1.1 server.  httptools parses; each connection carries one request
-and is closed after the answer (``Connection: close``), which is all an API for backends needs.
-
-Routes::
-
-    POST /api/publish   {"room": "lobby", "data": ...} or {"user_id": "alice", "data": ...}
-                        with header X-API-Key: KEY  ->  200 {"delivered": N}
-                        ("batch": [...] instead of "data" sends several messages in order,
-                        in one event-loop iteration; N counts deliveries)
-    GET  /healthz, /readyz, /metrics
-
-A missing or wrong key gets 401 and nothing is sent; keys are compared in constant time.
+a body come here.  httptools parses; each connection carries one request and is closed after
+the answer (``Connection: close``), which is all an API for backends needs.
 
 The port shares the process's file descriptors with the WebSocket port, so a client must not
 be able to hold one for long: the request head must arrive within ``header_timeout`` of the
 accept and the body within ``body_timeout`` of the head (absolute deadlines, so a client
 trickling one byte a second gains nothing), a declared body over ``MAX_BODY`` is refused before
-it is sent, and beyond ``max_connections`` a new connection is answered 503 and closed at once.
-``ApiStats`` counts what these limits did, for ``/metrics``.
+it is sent, and at ``max_connections`` a new connection takes the place of the oldest one that
+holds no request in progress.  ``ApiStats`` counts what these limits did, for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -27,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import hmac
 import json
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
@@ -105,26 +96,6 @@ class _Limits:
     body_timeout: float
     max_connections: int
     linger: float
-
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Payload Too Large",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
-
-
-def key_matches(expected: str | None, given: str | None) -> bool:
-    """Constant-time comparison; no key configured means nobody matches."""
-    if not expected or given is None:
-        return False
-    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 class _Phase(enum.Enum):
@@ -315,7 +286,7 @@ class _HttpConnection(asyncio.Protocol):
         if self._phase is not _Phase.HEAD and self._phase is not _Phase.BODY:
             return
         transport = self._transport
-        reason = _REASONS.get(response.status, "Error")
+        reason = HTTPStatus(response.status).phrase
         head = (
             f"HTTP/1.1 {response.status} {reason}\r\n"
             f"Content-Type: {response.content_type}\r\n"

@@ -9,6 +9,7 @@ client's send buffer, or every recipient would be closed as a slow consumer.
 
 from __future__ import annotations
 
+import hmac
 import json
 
 from roomcast.brokers.envelope import Target
@@ -18,13 +19,20 @@ from roomcast.hub import Hub
 from roomcast.messages import WSMessage, preview
 from roomcast.presence.feed import RESERVED_PREFIX
 from roomcast.protocol import RoomMessage
-from roomcast.serve.http_api import ApiRequest, ApiResponse, key_matches
+from roomcast.serve.http_api import ApiRequest, ApiResponse
 from roomcast.serve.pages import GET_PATHS, Pages
 
-__all__ = ["MAX_BATCH", "PublishApi"]
+__all__ = ["MAX_BATCH", "PublishApi", "key_matches"]
 
 MAX_BATCH = 1000
 """Most messages one ``POST /api/publish`` may carry in ``batch``."""
+
+
+def key_matches(expected: str | None, given: str | None) -> bool:
+    """Constant-time comparison; no key configured means nobody matches."""
+    if not expected or given is None:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 class PublishApi:
