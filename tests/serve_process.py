@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -29,14 +31,23 @@ async def metric(http: httpx.AsyncClient, name: str) -> float:
 
 
 async def start_serve(
-    *flags: str, env: dict[str, str] | None = None
+    *flags: str,
+    env: dict[str, str] | None = None,
+    open_files: int | None = None,
+    log_level: str = "error",
 ) -> tuple[subprocess.Popen[bytes], int, httpx.AsyncClient]:
-    """A ``roomcast serve`` process with an API port (key "k"), once it answers /readyz."""
+    """A ``roomcast serve`` process with an API port (key "k"), once it answers /readyz.
+
+    ``open_files``: its RLIMIT_NOFILE, soft and hard (it cannot raise it); then its stderr is
+    a pipe for the test to read.
+    """
     port, api_port = free_port(), free_port()
-    command = ["serve", "--port", str(port), "--api-port", str(api_port), "--log-level", "error"]
+    command = ["serve", "--port", str(port), "--api-port", str(api_port), "--log-level", log_level]
     server = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
         [sys.executable, "-m", "roomcast.serve.cli", *command, *flags],
         env={**os.environ, "ROOMCAST_API_KEY": "k", **(env or {})},
+        stderr=subprocess.PIPE if open_files is not None else None,
+        preexec_fn=None if open_files is None else functools.partial(_limit_files, open_files),
     )
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
     async with asyncio.timeout(seconds(20)):
@@ -46,6 +57,10 @@ async def start_serve(
                     return server, port, http
             assert server.poll() is None, "roomcast serve exited"
             await asyncio.sleep(0.05)
+
+
+def _limit_files(limit: int) -> None:  # pragma: no cover - runs in the child process
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 async def stop_serve(server: subprocess.Popen[bytes], http: httpx.AsyncClient) -> None:

@@ -16,7 +16,6 @@ import os
 import resource
 import socket
 import subprocess
-import sys
 from collections import Counter
 
 import httpx
@@ -24,8 +23,7 @@ import pytest
 
 from roomcast.limits import RESERVED_DESCRIPTORS, DescriptorBudget
 from roomcast.serve.listener import Acceptor, listening_sockets
-from tests.redis_support import free_port
-from tests.serve_process import metric, stop_serve
+from tests.serve_process import metric, start_serve, stop_serve
 from tests.support import connect, eventually, recv, seconds
 
 LIMIT = 1024
@@ -46,30 +44,9 @@ def test_the_budget_keeps_a_reserve_and_headroom() -> None:
         DescriptorBudget.plan(100, 10, api_connections=272)
 
 
-def _limited(limit: int) -> None:  # pragma: no cover - runs in the child process
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-
 async def _start_limited(*flags: str) -> tuple[subprocess.Popen[bytes], int, httpx.AsyncClient]:
     """``roomcast serve`` under a hard limit of ``LIMIT`` descriptors (it cannot raise it)."""
-    port, api_port = free_port(), free_port()
-    server = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
-        [
-            *(sys.executable, "-m", "roomcast.serve.cli", "serve", "--port", str(port)),
-            *("--api-port", str(api_port), "--log-level", "warning", *flags),
-        ],
-        env={**os.environ, "ROOMCAST_API_KEY": "k"},
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: _limited(LIMIT),
-    )
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
-    async with asyncio.timeout(seconds(20)):
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/readyz")).status_code == 200:
-                    return server, port, http
-            assert server.poll() is None, "roomcast serve exited"
-            await asyncio.sleep(0.05)
+    return await start_serve(*flags, open_files=LIMIT, log_level="warning")
 
 
 async def _upgrade(port: int, source: str) -> tuple[str, asyncio.StreamWriter | None]:
