@@ -16,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from roomcast.frame import encode
 from roomcast.presence.feed import PresenceFeed
+from roomcast.presence.redis import RedisRoster
 from roomcast.presence.roster import RoomRoster
 from roomcast.protocol import RoomMessage
 from roomcast.server import Server, ServerConfig
@@ -222,7 +223,10 @@ async def test_presence_says_so_when_redis_is_gone(own_redis: RedisServer, prefi
         assert error["code"] == 1013 and "unavailable" in error["error"]
         # The hub itself goes on: the client is still served.
         assert (await ann.call(type="ping"))["type"] == "pong"
-        assert server.presence is not None and server.presence.failed >= 1
+        assert server.presence is not None
+        assert (
+            isinstance(server.presence.roster, RedisRoster) and server.presence.roster.failed >= 1
+        )
         await ann.ws.close()
 
 
@@ -240,7 +244,8 @@ async def test_a_full_queue_drops_and_redis_is_rewritten_from_memory(
         instance_ttl=3.0,
         refresh_interval=0.3,
     )
-    server.presence = PresenceFeed(server.hub, server.events, roster, queue_limit=2)
+    queued = RedisRoster(roster, server.events, queue_limit=2)
+    server.presence = PresenceFeed(server.hub, server.events, queued)
     server.hub.observe(server.presence)
     await server.start()
     try:
@@ -248,7 +253,7 @@ async def test_a_full_queue_drops_and_redis_is_rewritten_from_memory(
         own_redis.freeze()
         for n in range(20):
             await ann.call(type="join", room=f"r{n}")
-        assert server.presence.dropped > 0
+        assert queued.dropped > 0
         watcher = await Peer.open(server, "w")
         await watcher.call(type="join", room="r0")
         await watcher.call(type="join", room="$presence:r0")  # queue full: told, not left waiting
@@ -308,8 +313,9 @@ async def test_a_connection_storm_is_written_in_batches(
     """300 clients connect and join at once: every one is in the cluster-wide snapshot, and
     the registry took far fewer round trips than changes."""
     async with running(redis_url=shared_redis.url, channel_prefix=prefix, presence=True) as server:
-        feed = server.presence
-        assert feed is not None
+        assert server.presence is not None
+        feed = server.presence.roster
+        assert isinstance(feed, RedisRoster)
         crowd = await asyncio.gather(*(Peer.open(server, f"u{n}") for n in range(300)))
         for peer in crowd:
             await peer.send(type="join", room="big")

@@ -41,6 +41,7 @@ from roomcast.messages import (
 from roomcast.presence.feed import (
     PresenceFeed,
 )
+from roomcast.presence.rosters import Roster
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.gate import Admitted, Gate
 from roomcast.serve.metrics import Sample, ServerCounters, metrics_registry
@@ -114,18 +115,20 @@ class Server:
             config.stats_interval,
         )
 
-    def _new_roster(self) -> Any:
-        """The cluster-wide room roster when the hub spans processes, else None."""
+    def _new_roster(self) -> Roster | None:
+        """A cluster-wide roster when the hub spans processes, else None (the feed then
+        reads the hub's own registry)."""
         if self.config.redis_url is None:
             return None
         import redis.asyncio
 
+        from roomcast.presence.redis import RedisRoster
         from roomcast.presence.roster import RoomRoster
 
         self._redis = redis.asyncio.Redis.from_url(
             self.config.redis_url, max_connections=4, socket_timeout=5.0
         )
-        return RoomRoster(
+        roster = RoomRoster(
             self._redis,
             self.instance_id,
             prefix=self.config.channel_prefix,
@@ -136,6 +139,7 @@ class Server:
                 self.presence.restored(room, members) if self.presence else None
             ),
         )
+        return RedisRoster(roster, self.events)
 
     @property
     def port(self) -> int:
