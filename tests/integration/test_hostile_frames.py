@@ -30,8 +30,9 @@ from tests.support import connect, recv, seconds
 FLOOD_FRAMES = 100_000
 
 
-async def worst_ping_time(port: int, done: asyncio.Event) -> float:
-    """Ping the server from a well-behaved client until ``done``; the slowest answer."""
+async def worst_ping_time(port: int, pinging: asyncio.Event, done: asyncio.Event) -> float:
+    """Ping the server from a well-behaved client until ``done`` (``pinging`` is set at the
+    first answer); the slowest answer."""
     neighbour = await connect(f"ws://127.0.0.1:{port}/ws?user_id=neighbour")
     worst = 0.0
     try:
@@ -44,6 +45,7 @@ async def worst_ping_time(port: int, done: asyncio.Event) -> float:
                 return float("inf")
             assert answer["type"] == "pong"
             worst = max(worst, time.monotonic() - started)
+            pinging.set()
             await asyncio.sleep(0.02)
     finally:
         await neighbour.close()
@@ -76,9 +78,10 @@ async def test_a_flood_of_empty_frames_does_not_stall_the_server(
             frames = client_frame(TEXT, b"{", fin=False) + client_frame(flood, fin=False) * (
                 FLOOD_FRAMES - 1
             )
-        done = asyncio.Event()
-        measuring = asyncio.create_task(worst_ping_time(port, done))
-        await asyncio.sleep(seconds(0.2))  # the neighbour is connected and pinging
+        pinging, done = asyncio.Event(), asyncio.Event()
+        measuring = asyncio.create_task(worst_ping_time(port, pinging, done))
+        async with asyncio.timeout(seconds(10)):
+            await pinging.wait()
         await attacker.send(frames)
         code = await attacker.close_code()
         await asyncio.sleep(seconds(0.5))  # and the server still answers after it went

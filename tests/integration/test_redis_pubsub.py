@@ -215,7 +215,7 @@ async def test_close_fails_what_waits_and_stops_every_task(own_redis: RedisServe
     own_redis.freeze()
     try:
         waiting = asyncio.ensure_future(a.publish_broadcast("never"))
-        await asyncio.sleep(seconds(0.1))
+        await eventually(lambda: a.queued == 1, what="the publish queued")
         await a.close()
         with pytest.raises(BrokerUnavailable):
             await waiting
