@@ -48,17 +48,17 @@ class ManagerStats:
     """Payload bytes of those frames."""
     slow_consumer_closes: int = 0
     """Connections closed because their send buffer overflowed."""
-    unabortable_closes: int = 0
-    """Closes (of any kind) not written within ``close_timeout`` to a socket that roomcast
-    cannot abort: an ASGI server other than uvicorn, or a middleware wrapping ``send``.  Such
-    a socket stays open, holding its buffers, until the server's own timeouts or the client
-    end it."""
     dropped_frames: int = 0
     """Frames not delivered to a connection because its buffer was full (DROP policy)."""
     lost_connections: int = 0
     """Connections found gone while sending (client vanished before it was unregistered)."""
     heartbeat_timeouts: int = 0
     """Connections closed because they stopped answering pings (``ping_interval``)."""
+    unabortable_closes: int = 0
+    """Closes (of any kind) not written within ``close_timeout`` to a socket that roomcast
+    cannot abort: an ASGI server other than uvicorn, or a middleware wrapping ``send``.  Such
+    a socket stays open, holding its buffers, until the server's own timeouts or the client
+    end it."""
 
 
 class Transport(Protocol):

@@ -2,20 +2,16 @@
 
 One ``Hub`` owns the local registry (connections by id, room and user), hands each encoded
 frame to every recipient's transport in one synchronous loop, and, given a broker, spreads the
-same payload bytes to the other instances and fans out what they send.  Both faces sit on it:
-the FastAPI managers (``ConnectionManager`` and friends) turn their calls into hub calls,
-and ``roomcast serve`` uses it directly.
+same payload bytes to the other instances and fans out theirs.  The FastAPI managers turn
+their calls into hub calls; ``roomcast serve`` uses it directly.
 
-The data path is three hops with no await: ``deliver`` -> ``Transport.send`` (which writes or
-queues) -> the transport's own flush.  A transport that cannot take a frame is handled after
-the loop: a vanished client is forgotten, a slow one closed with 4008 (or its frame dropped,
-by policy), so one slow reader never delays the others.
+The data path is three hops with no await: ``deliver`` -> ``Transport.send`` -> the
+transport's own flush.  Transports that cannot take a frame are handled after the loop (a
+vanished client forgotten, a slow one closed with 4008), so no reader delays the others.
 
-Interest follows the registry's edges: with a broker, the hub listens on a room's channel while
-the room has a local member, on a user's while the user has a local connection, and on a
-connection's while it is here.  Whoever needs to follow membership (presence, the faces'
-bookkeeping) registers a ``HubObserver``: one way to hear of joins, leaves and departures,
-whichever way a connection went.
+With a broker, the hub listens on a room's, a user's and a connection's channel while it has
+a local member there (the registry's edges).  Whoever follows membership (presence, the faces'
+bookkeeping) registers a ``HubObserver``: one way to hear of joins, leaves and departures.
 """
 
 from __future__ import annotations
@@ -86,6 +82,7 @@ class Hub:
         self._observers: list[HubObserver] = []
         self._events = EventLog(logger)  # one line per slow consumer, within a budget
         self._listening = False
+        self._stopped = False
         self.stats = ManagerStats()
         if broker is not None:
             self._channels = broker.channels
@@ -101,6 +98,10 @@ class Hub:
         """
         if self.broker is None or self._listening:
             return
+        if self._stopped:
+            raise RuntimeError(
+                "this hub's broker was stopped and cannot start again: make a new one"
+            )
         self._listening = True
         self.broker.listen(self._channels.broadcast, self._handler)
         await self.broker.initialize()
@@ -109,6 +110,7 @@ class Hub:
         """Disconnect the broker.  Local connections stay (see ``close_all``)."""
         if self.broker is None:
             return
+        self._stopped = True
         if self._listening:
             self._listening = False
             self.broker.unlisten(self._channels.broadcast, self._handler)
@@ -140,10 +142,6 @@ class Hub:
     def active_rooms(self) -> list[str]:
         """Rooms with at least one local member."""
         return list(self._registry.rooms())
-
-    def connections(self) -> list[Connection]:
-        """Every local connection (a copy)."""
-        return list(self._registry.connections())
 
     def get_connection(self, connection_id: str) -> Connection | None:
         """The local connection with this id, if any."""
@@ -214,7 +212,7 @@ class Hub:
 
     def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> int:
         """Close every local connection; returns how many."""
-        connections = self.connections()
+        connections = list(self._registry.connections())
         for connection in connections:
             self.close(connection, code, reason)
         return len(connections)
@@ -269,14 +267,20 @@ class Hub:
     # ---------------------------------------------------------------- delivery
 
     def deliver(
-        self, target: Target, target_id: str, frame: Frame, exclude: Collection[str] = ()
+        self,
+        target: Target,
+        target_id: str,
+        frame: Frame,
+        exclude: Collection[str] = (),
+        sender: Connection | None = None,
     ) -> int:
         """Hand ``frame`` to the local connections ``target`` names, but the connection ids in
-        ``exclude``; with a broker, publish it for every other instance too.
+        ``exclude`` (wherever they are) and ``sender`` (a local connection: nothing about it
+        goes to the other instances); with a broker, publish it for every other instance too.
 
         Returns how many local connections took it (other instances deliver on their own).
         """
-        delivered = self._fan_out(frame, self._local(target, target_id, exclude))
+        delivered = self._fan_out(frame, self._local(target, target_id, exclude, sender))
         if self.broker is not None:
             self.broker.publish(
                 target, target_id, frame.payload, binary=frame.binary, exclude=exclude
@@ -304,16 +308,24 @@ class Hub:
             self.broker.publish(target, target_id, reason.encode(), close=True, exclude=exclude)
         return len(local)
 
-    def _local(self, target: Target, target_id: str, exclude: Collection[str]) -> list[Connection]:
+    def _local(
+        self,
+        target: Target,
+        target_id: str,
+        exclude: Collection[str],
+        sender: Connection | None = None,
+    ) -> list[Connection]:
         """The local connections ``target`` names, as a snapshot (the registry may change
         while they are served)."""
         registry = self._registry
         found: Iterable[Connection]
         if target is Target.ROOM:
             members = registry.room_members(target_id)
-            if not exclude:
-                return list(members.values())
-            return [conn for cid, conn in members.items() if cid not in exclude]
+            if exclude:
+                return [c for cid, c in members.items() if cid not in exclude and c is not sender]
+            if sender is not None and sender.connection_id in members:
+                return [conn for conn in members.values() if conn is not sender]
+            return list(members.values())
         if target is Target.USER:
             found = registry.user_connections(target_id).values()
         elif target is Target.BROADCAST:
@@ -321,8 +333,8 @@ class Hub:
         else:
             connection = registry.get(target_id)
             found = () if connection is None else (connection,)
-        if exclude:
-            return [conn for conn in found if conn.connection_id not in exclude]
+        if exclude or sender is not None:
+            return [c for c in found if c.connection_id not in exclude and c is not sender]
         return list(found)
 
     def _fan_out(self, frame: Frame, targets: Collection[Connection]) -> int:

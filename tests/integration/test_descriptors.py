@@ -171,3 +171,13 @@ async def test_an_accept_that_fails_with_emfile_is_counted_and_the_port_recovers
             client.close()
         acceptor.close()
     await eventually(lambda: acceptor.held == 0, what="every accepted socket released")
+
+
+def test_port_0_gives_every_address_the_same_port() -> None:
+    """Listening on every address of a host with port 0 picks one free port for all."""
+    sockets = listening_sockets("", 0, 16)
+    try:
+        assert len({sock.getsockname()[1] for sock in sockets}) == 1
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -329,3 +329,27 @@ async def test_limits_must_be_positive(limit: dict[str, float]) -> None:
     """A limit of zero or less is a configuration error, reported before listening."""
     with pytest.raises(ValueError, match="positive"):
         await serve_api(_handler, "127.0.0.1", 0, **limit)  # type: ignore[arg-type]
+
+
+async def test_at_the_cap_a_lingering_connection_goes_before_one_waiting_for_its_head(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Of the connections that hold no request in progress, one that only lingers after its
+    answer is dropped first (its linger timer with it); one still waiting for its head stays."""
+    async with _serving(
+        monkeypatch, header_timeout=seconds(5), linger=seconds(5), max_connections=2
+    ) as api:
+        waiting_reader, waiting_writer = await _connect(api.port)
+        lingering_reader, lingering_writer = await _connect(api.port)
+        lingering_writer.write(b"NOT HTTP\r\n\r\n")
+        assert (await _answer(lingering_reader, seconds(1), time.monotonic())).status == 400
+        await eventually(lambda: api.stats.open_connections == 2, 2, "both still open")
+        reader, writer = await _connect(api.port)
+        writer.write(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await _answer(reader, seconds(1), time.monotonic())).status == 200
+        writer.close()
+        assert api.stats.evicted_connections == 1
+        waiting_writer.write(b"GET /still-here HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await _answer(waiting_reader, seconds(1), time.monotonic())).status == 200
+        for stream in (waiting_writer, lingering_writer):
+            stream.close()

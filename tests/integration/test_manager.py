@@ -292,3 +292,23 @@ async def test_direct_writes_are_used_only_under_uvicorns_default_protocol() -> 
     assert find_uvicorn_protocol(unknown_middleware_send) is None
     assert find_uvicorn_protocol(print) is None
     assert find_uvicorn_protocol(object()) is None
+
+
+async def test_a_connect_refused_for_the_room_cap_leaves_nothing_registered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """connect() into a room past max_rooms raises CapacityExceeded and registers nothing:
+    the refused client is not counted, not findable by user, and not left behind."""
+    manager = ConnectionManager(max_rooms=1)
+    async with running_server(make_app(manager)) as base:
+        first = await connect(f"{base}/ws?room=a&user=ann")
+        await eventually(lambda: manager.active_connections == 1)
+        with caplog.at_level(logging.CRITICAL, logger="uvicorn.error"):
+            refused = await connect(f"{base}/ws?room=b&user=bob")
+            with pytest.raises(ConnectionClosed):
+                await recv(refused)
+        assert manager.active_connections == 1
+        assert manager.get_user_connections("bob") == []
+        assert manager.active_rooms == ["a"]
+        await first.close()
+        await eventually(lambda: manager.active_connections == 0)

@@ -137,7 +137,7 @@ class ConnectionManager:
             InvalidIdentifier: ``room`` or ``user_id`` is not a usable id (``Hub.check_id``).
             ConnectionStateError: this websocket is already registered.
             CapacityExceeded: ``room`` would be one room more than ``max_rooms`` (the
-                connection stays registered, in no room).
+                connection is accepted but not registered: close it, e.g. with 1013).
         """
         if room is not None:
             self.hub.check_id("room", room)
@@ -162,7 +162,11 @@ class ConnectionManager:
         self.hub.attach(connection)
         self._by_socket[id(websocket)] = connection
         if room is not None:
-            self.hub.join(connection, room)
+            try:
+                self.hub.join(connection, room)
+            except BaseException:  # (CapacityExceeded): not left registered, in no room
+                self.hub.forget(connection)
+                raise
         if self.heartbeat is not None:
             self.heartbeat.start_heartbeat(connection.connection_id, websocket, self._silent)
             _watch_incoming(websocket, functools.partial(self._heard, connection.connection_id))

@@ -144,7 +144,11 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = Server(config)
+    try:
+        server = Server(config)
+    except ValueError as exc:  # the open-file limit leaves no room for clients
+        print(f"roomcast: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     await server.start()
     # Everything allocated so far lives as long as the process: keep the cyclic GC from
     # walking it again and again.

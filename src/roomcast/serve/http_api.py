@@ -178,16 +178,21 @@ class _HttpConnection(asyncio.Protocol):
         self._schedule(self._limits.header_timeout, self._expire)
 
     def _make_room(self) -> bool:
-        """Drop the oldest connection that holds no request in progress; False if none."""
-        for oldest in self._evictable:
-            self._stats.evicted_connections += 1
-            oldest._evict()
-            return True
-        return False
+        """Drop a connection that holds no request in progress, one that only lingers after
+        its answer first, else the oldest still waiting for its head; False if none."""
+        if not self._evictable:
+            return False
+        victim = next(
+            (c for c in self._evictable if c._phase is _Phase.LINGER), next(iter(self._evictable))
+        )
+        self._stats.evicted_connections += 1
+        victim._evict()
+        return True
 
     def _evict(self) -> None:
         del self._evictable[self]
         if self._phase is _Phase.LINGER:
+            self._cancel_timer()
             self._abort()
         else:
             self._answer(ApiResponse.json(503, {"error": "server busy; retry"}), linger=False)

@@ -58,7 +58,7 @@ def listening_sockets(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
+            sock.bind((address[0], port, *address[2:]))
             sock.listen(backlog)
             sock.setblocking(False)
             port = port or sock.getsockname()[1]  # port 0: the same free port for all

@@ -222,10 +222,10 @@ def to_argv(
             argv += [opt.flag] if value else []
         elif opt.kind == "either":
             argv.append(("--" if value else "--no-") + opt.name.replace("_", "-"))
-        elif opt.kind == "origins":
-            argv += [opt.flag, ",".join(sorted(value))]
+        elif opt.kind == "origins":  # (flag=value: a value may start with a dash)
+            argv.append(f"{opt.flag}={','.join(sorted(value))}")
         else:
-            argv += [opt.flag, str(value)]
+            argv.append(f"{opt.flag}={value}")
     return argv, env
 
 
@@ -276,7 +276,7 @@ def _from_environment(opt: Option, environ: Mapping[str, str]) -> Any:
             if opt.kind == "either" and not word:
                 return None
             return word in _TRUE
-        value = _parser(opt)(raw)
+        value = _parser(opt)(raw.lower() if opt.choices else raw)
     except ValueError as exc:
         raise OptionError(f"{opt.variable}={raw!r} is not a valid {opt.flag} ({exc})") from None
     if opt.choices and value not in opt.choices:

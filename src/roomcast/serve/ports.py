@@ -49,6 +49,7 @@ class Ports:
         self.api_stats = ApiStats()
         self._acceptor: Acceptor | None = None
         self._api: Acceptor | None = None
+        self._port: int | None = None  # kept: the socket is closed while the server drains
 
     @property
     def max_connections(self) -> int:
@@ -59,8 +60,8 @@ class Ports:
     @property
     def port(self) -> int:
         """The WebSocket port actually listened on (useful with ``port=0``)."""
-        assert self._acceptor is not None, "server not started"
-        return int(self._acceptor.sockets[0].getsockname()[1])
+        assert self._port is not None, "server not started"
+        return self._port
 
     @property
     def api_port(self) -> int:
@@ -86,6 +87,7 @@ class Ports:
             if sock is not None
             else listening_sockets(config.host, config.port, self._backlog(), config.reuse_port)
         )
+        self._port = int(sockets[0].getsockname()[1])
         self._acceptor = Acceptor(
             sockets,
             server_protocols(

@@ -242,7 +242,7 @@ class Session:
             data=command.data,
             event_id=command.event_id,
         )
-        self._hub.deliver(Target.ROOM, command.room, encode(outgoing), (connection.connection_id,))
+        self._hub.deliver(Target.ROOM, command.room, encode(outgoing), sender=connection)
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
 
     def _refuse(
