@@ -256,3 +256,9 @@ def test_a_value_starting_with_a_dash_reaches_the_workers() -> None:
     argv, env = _worker_command(args)
     worker = config_from(build_parser(env).parse_args(["serve", *argv, "--worker"]))
     assert worker.channel_prefix == "-x"
+
+
+def test_choices_in_variables_are_case_insensitive() -> None:
+    """ROOMCAST_LOG_LEVEL=DEBUG is debug, as --log-level would not take it but a person would
+    write it."""
+    assert build_parser({"ROOMCAST_LOG_LEVEL": "DEBUG"}).parse_args(["serve"]).log_level == "debug"

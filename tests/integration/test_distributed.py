@@ -222,3 +222,15 @@ async def test_leaving_and_rejoining_at_once_keeps_the_subscription(hub: Hub) ->
     assert instance.ready and instance.broker_stats.reconnects == 0
     await hub.managers[0].broadcast_to_room("lobby", "still subscribed")
     assert await recv(client) == "still subscribed"
+
+
+async def test_a_stopped_manager_says_it_cannot_start_again() -> None:
+    """start() after stop() raises a RuntimeError that says what to do, instead of leaving a
+    manager that silently publishes nothing."""
+    from roomcast import DistributedWebSocketManager, MemoryBroker, MemoryBus
+
+    manager = DistributedWebSocketManager(broker=MemoryBroker(MemoryBus()))
+    await manager.start()
+    await manager.stop()
+    with pytest.raises(RuntimeError, match="cannot start again"):
+        await manager.start()
