@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterator, KeysView, ValuesView
+from typing import Protocol
 
 from roomcast.connection import Connection
 from roomcast.errors import ConnectionStateError
@@ -65,6 +66,19 @@ class Departure:
     connection: Connection
     emptied_rooms: tuple[str, ...]
     user_gone: bool
+
+
+class HubObserver(Protocol):
+    """Hears membership changes as they happen (synchronously, after the change)."""
+
+    def joined(self, connection: Connection, room: str) -> None:
+        """``connection`` became a member of ``room``."""
+
+    def left(self, connection: Connection, room: str) -> None:
+        """``connection`` left ``room`` by a leave (departures are reported on their own)."""
+
+    def departed(self, connection: Connection) -> None:
+        """``connection`` was forgotten, however it went; its ``rooms`` say where it was."""
 
 
 class Registry:
