@@ -1,4 +1,4 @@
-"""Idle cost of the heartbeat, and the Redis load of the presence registry (issue 5).
+"""Idle cost of the heartbeat, and the Redis load of the presence registry.
 
     .venv/bin/python bench/idle.py
 

@@ -17,7 +17,7 @@ evenly over three server processes on three ports:
 
 Per deployment: time until all N are connected, server CPU (three processes summed) per
 delivered message, redis-server CPU per broadcast, server RSS per connection, time until
-50/99/100 % of the N clients had each broadcast, losses; then the ratios issue 4 asks for.
+50/99/100 % of the N clients had each broadcast, losses; then the ratios its targets ask for.
 bench/README.md explains every figure.
 
 This file is the order of the phases and the targets; the deployments, and one of them at

@@ -12,7 +12,8 @@ from harness.report import fmt
 __all__ = ["REFERENCE_SOCKETIO", "tables"]
 
 REFERENCE_SOCKETIO = {"us_per_msg": 128.0, "p100_ms": 4800.0, "connections": 45_000}
-"""python-socketio + AsyncRedisManager over 3 uvicorn processes, as issue 4 quotes it."""
+"""python-socketio + AsyncRedisManager over 3 uvicorn processes on this kind of machine: the
+reference printed beside the measured figures."""
 
 
 def tables(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
@@ -63,7 +64,7 @@ def tables(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         )
     lines += [
         "",
-        f"Reference (issue 4, python-socketio + Redis, 3 uvicorn processes, "
+        f"Reference (python-socketio + Redis, 3 uvicorn processes, "
         f"{REFERENCE_SOCKETIO['connections']:,} clients): "
         f"{REFERENCE_SOCKETIO['us_per_msg']:g} µs server CPU per delivered message, "
         f"{REFERENCE_SOCKETIO['p100_ms'] / 1000:g} s until all had a broadcast.",
