@@ -115,10 +115,6 @@ class Registry:
         """A live view of the rooms with at least one local member."""
         return self._rooms.keys()
 
-    def users(self) -> KeysView[str]:
-        """A live view of the users with at least one local connection."""
-        return self._users.keys()
-
     def room_members(self, room: str) -> dict[str, Connection]:
         """Members of ``room`` by connection id; an empty dict if the room does not exist.
 
