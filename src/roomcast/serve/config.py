@@ -151,7 +151,7 @@ class ServerConfig:
     )
     max_id_bytes: int = option(256, "longest room or user id, in UTF-8 bytes")
     history_size: int = option(
-        0,
+        100,
         "messages each room keeps for clients that reconnect and for history reads (0: no "
         "history; messages then carry no offset)",
     )
