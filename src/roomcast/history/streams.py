@@ -58,12 +58,16 @@ class Stream:
 
 
 class Ack:
-    __slots__ = ("done", "position", "room")
+    __slots__ = ("accepted", "done", "position", "room", "unsure")
 
-    def __init__(self, room: str, done: PublishReply) -> None:
+    def __init__(self, room: str, done: PublishReply, accepted: bool) -> None:
         self.room = room
         self.done = done
         self.position: Position | None = None
+        self.accepted = accepted
+        """Handed to a connected broker: a failure may have come after Redis ran it."""
+        self.unsure: Position | None = None
+        """Its reply was lost with the connection: look for it after this, once back."""
 
 
 def unpacked(page: Page, stats: BrokerStats) -> list[tuple[int, Envelope]]:
