@@ -354,8 +354,7 @@ async def test_a_redis_restart_without_persistence_is_never_a_silent_gap(
         replay, ack = await join(ann, "lobby", since=last)
         assert replay == []
         assert ack["recovered"] is False and ack["replayed"] == 0
-        # (Its position may still be the hub's last one, in the old epoch: the next message's
-        # new epoch is what tells the client that the history was reset.)
+        assert ack["position"] != last  # where the room is now, not where it was
 
         published = await publish(bob, "lobby", 3)
         epoch = published["position"]["epoch"]

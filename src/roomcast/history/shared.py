@@ -164,6 +164,7 @@ class SharedHistory(Joins):
         stream = self._streams.get(room)
         if stream is None:
             stream = self._streams[room] = Stream()
+        stream.arrivals += 1
         if stream.epoch != position.epoch:
             if stream.epoch:  # (not a room that had no history yet)
                 self._events.event(
@@ -244,9 +245,14 @@ class SharedHistory(Joins):
     async def _read_missing(
         self, room: str, stream: Stream, since: Position, limits: HistoryLimits
     ) -> None:
+        arrivals = stream.arrivals
         page = await self._read(room, since, limits)
         stream.repairing = False
         if self._streams.get(room) is not stream or stream.epoch != since.epoch:
+            return
+        if page is not None and page.position.epoch != since.epoch and not stream.held:
+            if stream.arrivals == arrivals:  # the history was reset meanwhile: start from it
+                stream.epoch, stream.last = page.position.epoch, page.position.offset
             return
         if page is None or not page.recovered or page.position.epoch != since.epoch:
             # Gone from the history (or unreadable): give up what is held back's holes.

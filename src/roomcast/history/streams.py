@@ -46,7 +46,7 @@ class CatchUp:
 class Stream:
     """One room's delivery at this instance."""
 
-    __slots__ = ("catching", "epoch", "held", "last", "recent", "repairing")
+    __slots__ = ("arrivals", "catching", "epoch", "held", "last", "recent", "repairing")
 
     def __init__(self) -> None:
         self.epoch: str | None = None
@@ -55,6 +55,9 @@ class Stream:
         self.repairing = False
         self.recent: collections.deque[tuple[int, Frame]] = collections.deque(maxlen=RECENT)
         self.catching: dict[Connection, CatchUp] = {}
+        self.arrivals = 0
+        """Messages that came from the broker: a read during which none came is the newest
+        word on the room (its epoch wins over the stream's)."""
 
 
 class Ack:
