@@ -43,7 +43,7 @@ class Fanout:
         "_forget",
         "_overflow",
         "_registry",
-        "_send_buffer_limit",
+        "send_buffer_limit",
         "stats",
     )
 
@@ -60,7 +60,7 @@ class Fanout:
         self._registry = registry
         self.stats = stats
         self._overflow = overflow
-        self._send_buffer_limit = send_buffer_limit
+        self.send_buffer_limit = send_buffer_limit
         self._events = events
         self._forget = forget
         self._close = close
@@ -132,7 +132,7 @@ class Fanout:
                     "closing connection %s (user %s): send buffer over %d bytes",
                     connection.connection_id,
                     preview(connection.user_id),
-                    self._send_buffer_limit,
+                    self.send_buffer_limit,
                 )
                 self._close(connection, CloseCode.SLOW_CONSUMER, "slow consumer")
 

@@ -193,8 +193,8 @@ class Hub:
     def forget(self, connection: Connection) -> bool:
         """Unregister ``connection`` if it still is (True if it was), and stop its transport's
         sending.  Closes nothing: the caller closed it, or the client is gone."""
-        if self._shared is not None:
-            self._shared.cancel(connection)
+        if self.history is not None:
+            self.history.cancel(connection)
         departure = self._registry.remove(connection.connection_id)
         if departure is None:
             return False
@@ -259,7 +259,7 @@ class Hub:
 
     def leave(self, connection: Connection, room: str) -> bool:
         """Remove a registered connection from ``room``; False if it was not a member."""
-        if self._shared is not None and self._shared.cancel(connection, room):
+        if self.history is not None and self.history.cancel(connection, room):
             return True  # (a join under way: it never became a member)
         change = self._registry.leave(connection.connection_id, room)
         if change is RoomChange.UNCHANGED:

@@ -411,3 +411,38 @@ async def test_memory_history_recovers_within_its_size_and_says_so_beyond() -> N
         await publish(bob, "lobby", 12)
         for client in (edge, late):
             assert (await receive(client))["offset"] == 13
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_a_replay_larger_than_the_send_buffer_goes_out_in_parts(
+    where: str, request: pytest.FixtureRequest, prefix: str
+) -> None:
+    """What a client missed may be more than its send buffer holds (a 4008 left it behind
+    by at least that much): the replay goes out in parts as the client reads, the client is
+    not closed as a slow consumer, and gets every message once, in order."""
+    flags = ["--send-buffer-limit", "65536", "--history-size", "400"]
+    if where == "redis":
+        flags += on_redis(request.getfixturevalue("shared_redis"), prefix)
+    async with servers(1, *flags) as (server,):
+        writer, reader = await server.client("writer"), await server.client("reader")
+        await join(writer, "big")
+        _, ack = await join(reader, "big")
+        start = ack["position"]
+        await reader.close()
+        text = "x" * 1000
+        acked = 0
+        for n in range(300):  # ~300 KB missed: more than four send buffers
+            await send(writer, type="publish", room="big", data={"n": n, "t": text})
+            if n % 20 == 19:  # (a few acks at a time: the writer reads its own)
+                while acked <= n:
+                    assert (await receive(writer))["type"] == "ack"
+                    acked += 1
+        back = await server.client("reader")
+        replay, ack = await join(back, "big", since=start)
+        assert ack["recovered"] is True and ack["replayed"] == 300
+        assert [m["data"]["n"] for m in replay] == list(range(300))
+        assert [m["offset"] for m in replay] == list(
+            range(start["offset"] + 1, start["offset"] + 301)
+        )
+        await nothing_but_pong(back)
+        assert await metric(server.http, "roomcast_slow_consumer_closes_total") == 0

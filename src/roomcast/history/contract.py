@@ -6,6 +6,7 @@ through the hub's registry and fan-out; this is the narrow view of the hub they 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable, Collection
 from typing import Protocol
@@ -14,7 +15,12 @@ from roomcast.connection import Connection
 from roomcast.frame import Frame
 from roomcast.history.positions import Position
 
-__all__ = ["JoinReply", "Joined", "Members", "PublishReply"]
+__all__ = ["JoinReply", "Joined", "Members", "PublishReply", "drained", "within"]
+
+_DRAIN_POLL = 0.01
+_DRAIN_TIMEOUT = 30.0
+"""Seconds a replay waits for a client to read; then the rest goes out anyway (and a client
+that still reads nothing is closed as a slow consumer)."""
 
 
 class Members(Protocol):
@@ -28,6 +34,13 @@ class Members(Protocol):
 
     def send(self, connection: Connection, frame: Frame) -> bool:
         """Hand ``frame`` to one connection."""
+
+    def headroom(self, connection: Connection) -> int:
+        """Bytes the connection's send buffer takes before it counts as a slow consumer."""
+
+    @property
+    def send_buffer_limit(self) -> int:
+        """The send buffer's size (``headroom`` of a connection that read everything)."""
 
     def enroll(self, connection: Connection, room: str) -> None:
         """Make ``connection`` a member of ``room`` (from now on it gets the room's frames)."""
@@ -63,3 +76,27 @@ JoinReply = Callable[[Joined], None]
 PublishReply = Callable[[Position | None, str | None], None]
 """Told a published message's position once it reached its room (in the room's order), or
 why it could not be published."""
+
+
+def within(budget: int, frames: list[Frame]) -> int:
+    """How many of ``frames``, from the first, fit in ``budget`` bytes (at least one if the
+    first fits at all: a large message must not stall a replay)."""
+    used = count = 0
+    for frame in frames:
+        if used + frame.size > budget and count:
+            break
+        if frame.size > 2 * budget:
+            break
+        used += frame.size
+        count += 1
+    return count
+
+
+async def drained(members: Members, connection: Connection) -> None:
+    """Return once ``connection`` has room for half a send buffer (or after a while)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _DRAIN_TIMEOUT
+    half = members.send_buffer_limit // 2
+    # (Transports announce no drain: a few polls per replay part is cheap enough.)
+    while members.headroom(connection) < half and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(_DRAIN_POLL)

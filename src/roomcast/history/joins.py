@@ -14,7 +14,7 @@ import abc
 from roomcast.brokers.base import BrokerStats
 from roomcast.connection import Connection
 from roomcast.frame import Frame
-from roomcast.history.contract import Joined, JoinReply, Members
+from roomcast.history.contract import Joined, JoinReply, Members, drained, within
 from roomcast.history.positions import HistoryLimits, Page, Position
 from roomcast.history.streams import CatchUp, Stream, positioned_frame, unpacked
 from roomcast.tasks import TaskSet
@@ -132,23 +132,44 @@ class Joins(abc.ABC):
             # The live stream went past the read: the recent frames fill the space between.
             tail = [frame for offset, frame in stream.recent if offset > reached]
             if len(tail) != stream.last - reached:  # not all of it: read again from there
-                self._send(catch, replay)
-                catch.since, catch.rereading = Position(epoch, reached), True
-                self._tasks.spawn(self._catch_up(room, stream, catch, limits))
+                if self._send(catch, replay, Position(epoch, reached)):
+                    catch.since, catch.rereading = Position(epoch, reached), True
+                    self._tasks.spawn(self._catch_up(room, stream, catch, limits))
+                else:
+                    self._tasks.spawn(self._paced(room, stream, catch, limits))
                 return
             replay += tail
             reached = stream.last
-        self._send(catch, replay)
+        if not self._send(catch, replay, Position(epoch, reached)):
+            self._tasks.spawn(self._paced(room, stream, catch, limits))
+            return
         catch.position = Position(epoch, reached)
         if stream.last is not None and reached <= stream.last:
             self._graduate(room, stream, catch)
         else:
             self._expect(room, catch.position)  # live is behind the read: wait for it
 
-    def _send(self, catch: CatchUp, frames: list[Frame]) -> None:
-        for frame in frames:
+    def _send(self, catch: CatchUp, frames: list[Frame], end: Position) -> bool:
+        """Send the replay ``frames`` (the last at ``end``), as many as the connection's send
+        buffer takes with half of it to spare; False if some are left for later (``since``
+        then says where the next read starts)."""
+        fits = within(self._members.headroom(catch.connection) // 2, frames)
+        for frame in frames[:fits]:
             self._members.send(catch.connection, frame)
-        catch.replayed += len(frames)
+        catch.replayed += fits
+        if fits == len(frames):
+            return True
+        catch.since = Position(end.epoch, end.offset - len(frames) + fits)
+        catch.rereading = True
+        return False
+
+    async def _paced(
+        self, room: str, stream: Stream, catch: CatchUp, limits: HistoryLimits
+    ) -> None:
+        """Wait until the connection has read half its send buffer, then read on."""
+        await drained(self._members, catch.connection)
+        if stream.catching.get(catch.connection) is catch:
+            await self._catch_up(room, stream, catch, limits)
 
     def _graduate(self, room: str, stream: Stream, catch: CatchUp) -> None:
         connection = catch.connection

@@ -52,6 +52,13 @@ class HubMembers:
     def send(self, connection: Connection, frame: Frame) -> bool:
         return self._fanout.send(frame, (connection,)) == 1
 
+    def headroom(self, connection: Connection) -> int:
+        return self._fanout.send_buffer_limit - connection.transport.buffered_bytes
+
+    @property
+    def send_buffer_limit(self) -> int:
+        return self._fanout.send_buffer_limit
+
     def enroll(self, connection: Connection, room: str) -> None:
         self._enroll(connection, room)
 
@@ -96,8 +103,11 @@ class RoomHistory:
         return self._engine if isinstance(self._engine, SharedHistory) else None
 
     async def close(self) -> None:
-        if isinstance(self._engine, SharedHistory):
-            await self._engine.close()
+        await self._engine.close()
+
+    def cancel(self, connection: Connection, room: str | None = None) -> bool:
+        """Stop ``connection``'s join of ``room`` (every join: None) if one is under way."""
+        return self._engine.cancel(connection, room)
 
     def publish(
         self,
@@ -151,7 +161,7 @@ class RoomHistory:
 
     def joining(self, connection: Connection) -> int:
         """Joins of ``connection`` waiting for a room's history."""
-        return self._engine.joining(connection) if isinstance(self._engine, SharedHistory) else 0
+        return self._engine.joining(connection)
 
     def arrived(self, envelope: Envelope) -> None:
         if isinstance(self._engine, SharedHistory):
