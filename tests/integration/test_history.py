@@ -20,7 +20,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from roomcast.testing import RedisServer
+from roomcast.testing import RedisServer, redis_server
 from tests.serve_process import metric, start_serve, stop_serve
 from tests.support import connect, recv, seconds
 
@@ -365,6 +365,34 @@ async def test_a_redis_restart_without_persistence_is_never_a_silent_gap(
             assert position(message) == {"epoch": epoch, "offset": 1}
             assert message["data"] == {"n": 3}
             await nothing_but_pong(member)
+
+
+async def test_with_an_append_only_file_a_redis_restart_loses_nothing(prefix: str) -> None:
+    """Redis killed (SIGKILL) and restarted with its AOF (fsync always): the histories come
+    back, a client that missed messages meanwhile recovers them, the epoch is unchanged."""
+    with redis_server(extra=("--appendonly", "yes", "--appendfsync", "always")) as redis:
+        async with servers(2, *on_redis(redis, prefix)) as (a, b):
+            ann, bob = await a.client("ann"), await b.client("bob")
+            for client in (ann, bob):
+                await join(client, "lobby")
+            for n in range(3):
+                await publish(bob, "lobby", n)
+            last = position((await offsets_until(ann, 3))[-1])
+            ann.transport.abort()
+            await publish(bob, "lobby", 3)  # missed by ann
+
+            redis.kill()
+            redis.start()  # same port, same directory: the AOF is replayed
+            for server in (a, b):
+                await eventually_async(
+                    lambda server=server: _ready_after_reconnect(server), what="broker back"
+                )
+            await publish(bob, "lobby", 4)  # also missed
+            ann = await b.client("ann")
+            replay, ack = await join(ann, "lobby", since=last)
+            assert ack["recovered"] is True and ack["replayed"] == 2
+            assert [(m["offset"], m["data"]["n"]) for m in replay] == [(4, 3), (5, 4)]
+            assert {m["epoch"] for m in replay} == {last["epoch"]}
 
 
 async def _all(servers: tuple[Server, ...], check: str, *args: int) -> bool:
