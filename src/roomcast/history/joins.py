@@ -175,6 +175,8 @@ class Joins(abc.ABC):
         connection = catch.connection
         if stream.catching.pop(connection, None) is not None:
             self._members.release(room)
+            if not stream.catching:
+                stream.recent.clear()
         self._forget_join(connection, room)
         self._members.enroll(connection, room)
         catch.reply(Joined(catch.position, catch.recovered, catch.replayed))
@@ -184,6 +186,8 @@ class Joins(abc.ABC):
     def _abandon(self, room: str, stream: Stream, catch: CatchUp) -> None:
         if stream.catching.pop(catch.connection, None) is not None:
             self._members.release(room)
+            if not stream.catching:
+                stream.recent.clear()
         self._forget_join(catch.connection, room)
 
     def _forget_join(self, connection: Connection, room: str) -> None:

@@ -192,7 +192,8 @@ class SharedHistory(Joins):
         frame = Frame.from_payload(envelope.payload if payload is None else payload, False)
         self._members.fan_out_room(room, frame, envelope.exclude)
         stream.last = offset
-        stream.recent.append((offset, frame))
+        if stream.catching:  # (kept only while a join reads the history: it may need them)
+            stream.recent.append((offset, frame))
         if envelope.origin == self._origin:
             ack = self._acks.pop((envelope.stream, envelope.seq), None)
             if ack is not None:

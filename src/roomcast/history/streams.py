@@ -15,7 +15,8 @@ from roomcast.history.positions import Page, Position, positioned
 __all__ = ["RECENT", "Ack", "CatchUp", "Stream", "positioned_frame", "unpacked"]
 
 RECENT = 256
-"""Frames kept per room for joins whose history read the live stream went past."""
+"""Frames kept per room, while joins read its history, for those the live stream went past
+(beyond it, such a join reads the history again)."""
 
 
 class CatchUp:
