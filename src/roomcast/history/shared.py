@@ -44,6 +44,9 @@ _HELD = 1000
 """Most messages held back per room while a hole is repaired; beyond, the hole is given up."""
 _OVERDUE = 0.5
 """Seconds to wait for a message known to exist before reading it from the history."""
+_OVERDUE_CHECKS = 10
+"""Checks (each ``_OVERDUE`` apart, each reading the history) before a message known to
+exist is given up as lost."""
 _READS = 64
 """History reads in flight at once (after a reconnect, every room is checked)."""
 
@@ -68,14 +71,12 @@ class SharedHistory(Joins):
         self._acks: dict[tuple[int, int], Ack] = {}
         self._joining: dict[Connection, dict[str, CatchUp]] = {}
         self._tasks = TaskSet()
-        self._timers: set[asyncio.TimerHandle] = set()
         self._reads = asyncio.Semaphore(_READS)
         broker.on_resubscribed(self._check_all)
 
     async def close(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        for stream in self._streams.values():
+            stream.stop_waiting()
         await self._tasks.cancel_all()
 
     def position(self, room: str) -> Position | None:
@@ -133,26 +134,42 @@ class SharedHistory(Joins):
         self._expect(room, position)
 
     def _expect(self, room: str, position: Position) -> None:
-        """``position`` exists: if it has not arrived soon, read it from the history."""
-        timer = asyncio.get_running_loop().call_later(_OVERDUE, self._overdue, room, position)
-        self._timers.add(timer)
-
-    def _overdue(self, room: str, position: Position) -> None:
-        self._timers = {timer for timer in self._timers if timer.when() > self._now()}
+        """``position`` exists: if it has not arrived soon, read it from the history (one
+        timer per room, however many messages it waits for)."""
         stream = self._streams.get(room)
-        if stream is None or stream.repairing:
+        if stream is None:
+            return
+        if stream.expected is None or position.offset > stream.expected.offset:
+            stream.expected = position
+        if stream.timer is None:
+            loop = asyncio.get_running_loop()
+            stream.timer = loop.call_later(_OVERDUE, self._overdue, room, stream)
+
+    def _overdue(self, room: str, stream: Stream) -> None:
+        stream.timer = None
+        expected, stream.expected = stream.expected, None
+        if self._streams.get(room) is not stream or expected is None:
             return
         if stream.last is None:
             if stream.catching:  # nothing live since the join's read: take it from there
-                stream.epoch, stream.last = position.epoch, position.offset
+                stream.epoch, stream.last = expected.epoch, expected.offset
                 self._drain(room, stream)
                 self._graduate_level(room, stream)
             return
-        if stream.epoch == position.epoch and stream.last < position.offset:
+        if stream.epoch != expected.epoch or stream.last >= expected.offset:
+            stream.overdue = 0
+            return
+        stream.overdue += 1
+        if stream.overdue > _OVERDUE_CHECKS:  # neither live nor in the history: gone
+            stream.overdue = 0
+            self._give_up(room, stream, expected.offset)
+            self._drain(room, stream)
+            if stream.catching:
+                self._graduate_level(room, stream)
+            return
+        if not stream.repairing:
             self._repair(room, stream)
-
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        self._expect(room, expected)  # (until it is there)
 
     # ---------------------------------------------------------------- arrivals
 
@@ -212,20 +229,24 @@ class SharedHistory(Joins):
             elif offset == stream.last + 1:
                 self._deliver(room, stream, offset, stream.held.pop(offset))
             elif gone_upto is not None and stream.last < gone_upto:
-                end = min(offset - 1, gone_upto)
-                self._stats.missed += end - stream.last
-                self._events.event(
-                    "history_missed",
-                    "room %s: %d message(s) lost and no longer in the history",
-                    room,
-                    end - stream.last,
-                )
-                stream.last = end
-                self._settle_skipped(room, end)
+                self._give_up(room, stream, min(offset - 1, gone_upto))
             else:
                 if not stream.repairing:
                     self._repair(room, stream)
                 return
+
+    def _give_up(self, room: str, stream: Stream, upto: int) -> None:
+        """Messages after ``stream.last`` up to ``upto`` are lost: count them, go past."""
+        assert stream.last is not None
+        self._stats.missed += upto - stream.last
+        self._events.event(
+            "history_missed",
+            "room %s: %d message(s) lost and no longer in the history",
+            room,
+            upto - stream.last,
+        )
+        stream.last = upto
+        self._settle_skipped(room, upto)
 
     def _settle_skipped(self, room: str, upto: int) -> None:
         for key, ack in list(self._acks.items()):
@@ -302,6 +323,8 @@ class SharedHistory(Joins):
     def dropped(self, room: str) -> None:
         """The hub stopped listening to ``room``: its stream ends here."""
         stream = self._streams.pop(room, None)
+        if stream is not None:
+            stream.stop_waiting()
         if stream is not None and stream.last is not None:
             self._settle_skipped(room, stream.last + len(stream.held) + _HELD)
 

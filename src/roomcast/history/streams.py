@@ -3,6 +3,7 @@ catching up with it, and the publishes waiting for their position."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 
 from roomcast.brokers.base import BrokerStats
@@ -47,7 +48,18 @@ class CatchUp:
 class Stream:
     """One room's delivery at this instance."""
 
-    __slots__ = ("arrivals", "catching", "epoch", "held", "last", "recent", "repairing")
+    __slots__ = (
+        "arrivals",
+        "catching",
+        "epoch",
+        "expected",
+        "held",
+        "last",
+        "overdue",
+        "recent",
+        "repairing",
+        "timer",
+    )
 
     def __init__(self) -> None:
         self.epoch: str | None = None
@@ -57,8 +69,19 @@ class Stream:
         self.recent: collections.deque[tuple[int, Frame]] = collections.deque(maxlen=RECENT)
         self.catching: dict[Connection, CatchUp] = {}
         self.arrivals = 0
+        self.expected: Position | None = None
+        """The furthest position known to exist and not delivered yet (a publish's reply, a
+        join's read); ``timer`` fires if it does not arrive in time."""
+        self.timer: asyncio.TimerHandle | None = None
+        self.overdue = 0
+        """Checks since ``expected`` was due."""
         """Messages that came from the broker: a read during which none came is the newest
         word on the room (its epoch wins over the stream's)."""
+
+    def stop_waiting(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Ack:
