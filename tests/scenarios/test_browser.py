@@ -201,7 +201,7 @@ def record_events(browser: WebDriver) -> None:
     """Keep the page's client events in ``window.seen`` for the test to read."""
     browser.execute_script(
         """window.seen = [];
-        for (const kind of ["close", "reconnecting", "open", "token_expiring"]) {
+        for (const kind of ["close", "reconnecting", "recovered", "open", "token_expiring"]) {
           window.roomcast.on(kind, (e) => window.seen.push({event: kind, ...e}));
         }"""
     )
@@ -307,6 +307,17 @@ def test_a_page_survives_a_server_restart(
     assert (first["event"], first["code"], first["kind"]) == ("close", 1001, "shutdown")
     assert first["willReconnect"] is True
     assert events[-1] == {"event": "open", "reconnected": True}
+    # Before "open", one "recovered" per room (the demo's $stats too): these rooms have no
+    # history, so the client cannot know what it missed while away, and says so.
+    recovered = sorted(
+        (e for e in events if e["event"] == "recovered"), key=lambda e: str(e["room"])
+    )
+    assert [(e["room"], e["recovered"], e["replayed"]) for e in recovered] == [
+        ("$stats", False, 0),
+        ("lobby", False, 0),
+        ("news", False, 0),
+    ]
+    events = [e for e in events if e["event"] != "recovered"]
     delays = [e["delay"] for e in events if e["event"] == "reconnecting"]
     for attempt, delay in enumerate(delays):
         ceiling = min(15000, 500 * 2**attempt)  # the client's default backoff
@@ -509,3 +520,37 @@ def test_the_client_answers_a_fastapi_apps_heartbeat(
     finally:
         app.terminate()
         app.wait(seconds(10))
+
+
+def test_the_client_keeps_positions_and_drops_a_message_it_already_had(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """Room messages carry their offset in rooms with history; one at or below the last
+    offset seen in the same epoch is dropped (the server should never send one)."""
+    server = serve()
+    page(f"{server.base}/")
+    result = run_client(
+        browser,
+        f"""
+        const client = await run({{url: "ws://127.0.0.1:{server.port}/ws", userId: "ann"}});
+        await client.connect();
+        await client.join("lobby");
+        const got = [];
+        client.on("message", (m) => got.push(m.position && m.position.offset));
+        const deliver = (offset, epoch) => client._received(client._socket, JSON.stringify(
+          {{type: "room_message", room: "lobby", sender: "bob", data: offset, offset, epoch}}));
+        for (const offset of [1, 2, 2, 1, 3]) deliver(offset, "e1");
+        deliver(1, "e2");  // another epoch: the server reset the room's history
+        const position = client.position("lobby");
+        await client.leave("lobby");
+        const after = client.position("lobby");
+        client.close();
+        return {{got, duplicates: client.duplicates, position, after}};
+        """,
+    )
+    assert result == {
+        "got": [1, 2, 3, 1],
+        "duplicates": 2,
+        "position": {"epoch": "e2", "offset": 1},
+        "after": None,
+    }
