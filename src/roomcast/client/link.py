@@ -241,7 +241,9 @@ class Link:
                     future.set_exception(ConnectionLost("the connection was lost"))
         if self._local_close is not None:
             return (*self._local_close, opened)
-        return ws.close_code or _ABNORMAL, ws.close_reason or "", opened
+        code = ws.close_code or _ABNORMAL
+        reason = ws.close_reason or ("the connection dropped" if code == _ABNORMAL else "")
+        return code, reason, opened
 
     async def _rejoin(self, ws: ClientConnection) -> bool:
         """Rejoin every room from its last position; False if the connection failed."""
