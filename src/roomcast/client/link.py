@@ -107,10 +107,14 @@ class Link:
         self._finish()
 
     async def call(
-        self, make: Callable[[], tuple[str, str]], ws: ClientConnection | None = None
+        self,
+        make: Callable[[], tuple[str, str]],
+        ws: ClientConnection | None = None,
+        bounded: bool = True,
     ) -> Any:
-        """Send the request ``make()`` writes (once connected) and return its answer."""
-        timeout = self._options.ack_timeout
+        """Send the request ``make()`` writes (once connected, or on ``ws``) and return its
+        answer, within ``ack_timeout`` if ``bounded``."""
+        timeout = self._options.ack_timeout if bounded else None
         try:
             async with asyncio.timeout(timeout):
                 if ws is None:
@@ -129,7 +133,7 @@ class Link:
         except TimeoutError as exc:
             if isinstance(exc, ClientError):
                 raise
-            raise RequestTimeout(f"no answer within {timeout:g} s") from None
+            raise RequestTimeout(f"no answer within {self._options.ack_timeout:g} s") from None
 
     async def refresh_token(self) -> None:
         """Send a fresh token from the token function."""
@@ -247,8 +251,12 @@ class Link:
 
     async def _rejoin(self, ws: ClientConnection) -> bool:
         """Rejoin every room from its last position; False if the connection failed."""
+        # A replay takes as long as the application takes to read it (the reader waits for
+        # room in the inbox): with the heartbeat on, it is the judge of a dead server, which
+        # does not count the time the application is behind; without, ack_timeout is.
+        bounded = self._options.ping_interval <= 0
         rejoins = [
-            self.call(functools.partial(self.session.rejoin, room, since), ws)
+            self.call(functools.partial(self.session.rejoin, room, since), ws, bounded)
             for room, since in self.session.book.rejoins()
         ]
         for result in await asyncio.gather(*rejoins, return_exceptions=True):
