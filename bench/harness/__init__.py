@@ -1,8 +1,9 @@
-"""The benchmark harness: what every scenario script in ``bench/`` shares.
+"""The benchmark harness: the machinery under the scenario scripts in ``bench/``.
 
 A scenario (``fanout.py``, ``serve.py``, ``scaleout.py``, ``idle.py``, ``redis_shard.py``,
-``hardening.py`` with its drills in ``drills/``) parses its arguments, runs its phases and
-prints its tables; everything else is here, and no scenario imports another.
+``hardening.py`` with its drills in ``drills/``) parses its arguments, runs its phases in its
+order, checks its targets and puts its report together; everything else is here, and no
+scenario imports another.
 
 - ``processes``: server subprocesses that die with the driver (in a session of their own, if
   asked: stopped with their whole group), CPU (schedstat, psutil) and RSS readers from ``/proc``.
@@ -12,9 +13,16 @@ prints its tables; everything else is here, and no scenario imports another.
 - ``workers``: the driver's side of those workers (start, command, delivery wait).
 - ``targets``: the servers under test (``roomcast serve`` and the peers in ``peers/``), their
   publish triggers and connection counts.
+- ``deployment`` (``serve.py``), ``cluster`` (``scaleout.py``), ``uvicorn_apps``
+  (``fanout.py``), ``heartbeat`` and ``registry_load`` (``idle.py``): a scenario's servers with
+  their clients at work: connect, broadcast or idle, measure, summarise.
+- ``tables``: each scenario's Markdown tables (one module per scenario); ``plot``: ``serve.py``'s
+  delivery-time plot.
+- ``cli``: the flags several scenarios share (client workers, ``--deadline``, ``--snapshot``,
+  ``--no-sysctl``), the run's frame they set up, servers chosen by name.
 - ``stats``: medians, percentiles, latency summaries, GC deltas, least-squares fits.
-- ``report``: progress log, number (MB, counts) formatting, Markdown report parts, result
-  files.
+- ``report``: progress log, number (MB, counts) formatting, the report's first lines and other
+  shared parts, result files.
 - ``meta``: run metadata (git state, package versions, host-steadiness probe).
 - ``runs``: results directory, process setup, run deadline, ``git archive`` snapshots of src/.
 - ``limits``: ``RLIMIT_NOFILE``, the ephemeral port range, client sockets bound with

@@ -24,11 +24,14 @@ __all__ = [
     "probe_text",
     "problem_lines",
     "publish",
+    "report_head",
     "results_path",
     "spread",
     "steadiness_line",
     "write_json",
 ]
+
+SNAPSHOT_LABEL = "a `git archive` snapshot"
 
 
 def log(message: str) -> None:
@@ -77,7 +80,7 @@ def environment_line(
     meta: dict[str, Any],
     *,
     redis: str | None = None,
-    snapshot_label: str = "a `git archive` snapshot",
+    snapshot_label: str = SNAPSHOT_LABEL,
 ) -> str:
     """Which roomcast (commit, uncommitted src/ changes, or the snapshot the servers ran), the
     host, ``redis`` if given, and the package versions."""
@@ -104,6 +107,23 @@ def steadiness_line(meta: dict[str, Any]) -> str:
         + " before, ".join(probe_text(p) for p in probes)
         + " after the run.\n"
     )
+
+
+def report_head(
+    title: str,
+    meta: dict[str, Any],
+    *,
+    redis: str | None = None,
+    snapshot_label: str = SNAPSHOT_LABEL,
+) -> list[str]:
+    """A report's first lines: ``# TITLE, date, duration``, the command, the environment line
+    (``redis``, ``snapshot_label``: see ``environment_line``), the host-steadiness line."""
+    return [
+        f"# {title}, {meta['date']}, {meta['duration_s']:.0f} s\n",
+        f"`{meta['command']}`\n",
+        environment_line(meta, redis=redis, snapshot_label=snapshot_label),
+        steadiness_line(meta),
+    ]
 
 
 def problem_lines(problems: Sequence[str]) -> list[str]:

@@ -6,48 +6,33 @@ same payload bytes to the other instances and fans out theirs.  The FastAPI mana
 their calls into hub calls; ``roomcast serve`` uses it directly.
 
 The data path is three hops with no await: ``deliver`` -> ``Transport.send`` -> the
-transport's own flush.  Transports that cannot take a frame are handled after the loop (a
-vanished client forgotten, a slow one closed with 4008), so no reader delays the others.
-
-With a broker, the hub listens on a room's, a user's and a connection's channel while it has
-a local member there (the registry's edges).  Whoever follows membership (presence, the faces'
-bookkeeping) registers a ``HubObserver``: one way to hear of joins, leaves and departures.
+transport's own flush (``roomcast.fanout``).  With a broker, the hub listens where it has
+local members (``roomcast.interest``); rooms with history go through ``roomcast.history``.
+Whoever follows membership (presence, the faces) registers a ``HubObserver``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
-from typing import Protocol
+from collections.abc import Collection
 
 from roomcast.brokers.base import Broker, BrokerStats
 from roomcast.brokers.envelope import Envelope, Target
-from roomcast.connection import Connection, Delivery, ManagerStats, OverflowPolicy
+from roomcast.connection import Connection, ManagerStats, OverflowPolicy
 from roomcast.errors import CapacityExceeded, CloseCode
+from roomcast.fanout import Fanout
 from roomcast.frame import Frame
+from roomcast.history.contract import Joined, JoinReply, PublishReply
+from roomcast.history.positions import HistoryLimits, HistoryRule, Page, Position
+from roomcast.history.rooms import HubMembers, RoomHistory
 from roomcast.identifiers import DEFAULT_MAX_ID_BYTES, check_identifier
+from roomcast.interest import Interest
 from roomcast.logbudget import EventLog
-from roomcast.messages import preview
-from roomcast.registry import Departure, Registry, RoomChange
+from roomcast.registry import HubObserver, Registry, RoomChange
 
 __all__ = ["Hub", "HubObserver", "ManagerStats", "OverflowPolicy"]
 
 logger = logging.getLogger("roomcast")
-
-_ACCEPTED = Delivery.ACCEPTED
-
-
-class HubObserver(Protocol):
-    """Hears membership changes as they happen (synchronously, after the change)."""
-
-    def joined(self, connection: Connection, room: str) -> None:
-        """``connection`` became a member of ``room``."""
-
-    def left(self, connection: Connection, room: str) -> None:
-        """``connection`` left ``room`` by a leave (departures are reported on their own)."""
-
-    def departed(self, connection: Connection) -> None:
-        """``connection`` was forgotten, however it went; its ``rooms`` say where it was."""
 
 
 class Hub:
@@ -62,6 +47,9 @@ class Hub:
         max_id_bytes: Longest room or user id, in UTF-8 bytes (``check_id``).
         max_rooms: Most rooms with local members at once; a join opening one more raises
             ``CapacityExceeded``.  None: no limit.
+        history: Which rooms keep a history of their messages, and how much (see
+            ``roomcast.history``); None: no room does.  Without a broker the history is
+            kept in this process (within ``history_max_bytes``); with one, by the broker.
     """
 
     def __init__(
@@ -72,10 +60,10 @@ class Hub:
         send_buffer_limit: int = 1 << 20,
         max_id_bytes: int = DEFAULT_MAX_ID_BYTES,
         max_rooms: int | None = None,
+        history: HistoryRule | None = None,
+        history_max_bytes: int = 64 << 20,
     ) -> None:
         self.broker = broker
-        self._overflow = overflow
-        self._send_buffer_limit = send_buffer_limit
         self._max_id_bytes = max_id_bytes
         self._max_rooms = max_rooms
         self._registry = Registry()
@@ -84,9 +72,28 @@ class Hub:
         self._listening = False
         self._stopped = False
         self.stats = ManagerStats()
+        self._fanout = Fanout(  # (the fan-out loop and what to do with refusals)
+            self._registry,
+            self.stats,
+            overflow,
+            send_buffer_limit,
+            self._events,
+            self.forget,
+            self.close,
+        )
+        self._interest: Interest | None = None
         if broker is not None:
-            self._channels = broker.channels
-            self._handler = self._arrived  # one object, so that unlisten finds it
+            self._interest = Interest(broker, self._arrived, self._registry, self._dropped)
+        self.history: RoomHistory | None = None
+        """The rooms' histories (None: no room keeps one)."""
+        if history is not None:
+            members = HubMembers(self._fanout, self._registry, self._enroll, self._interest)
+            self.history = RoomHistory(history, members, broker, self._events, history_max_bytes)
+        self._shared = None if self.history is None else self.history.shared
+
+    def _dropped(self, room: str) -> None:
+        if self._shared is not None:
+            self._shared.dropped(room)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -103,7 +110,8 @@ class Hub:
                 "this hub's broker was stopped and cannot start again: make a new one"
             )
         self._listening = True
-        self.broker.listen(self._channels.broadcast, self._handler)
+        assert self._interest is not None
+        self._interest.start()
         await self.broker.initialize()
 
     async def stop(self) -> None:
@@ -111,9 +119,12 @@ class Hub:
         if self.broker is None:
             return
         self._stopped = True
+        if self.history is not None:
+            await self.history.close()
         if self._listening:
             self._listening = False
-            self.broker.unlisten(self._channels.broadcast, self._handler)
+            assert self._interest is not None
+            self._interest.stop()
         await self.broker.close()
 
     @property
@@ -175,34 +186,23 @@ class Hub:
             ConnectionStateError: a connection with this id is already registered.
         """
         first_of_user = self._registry.add(connection)
-        if self.broker is not None:
-            self.broker.listen(self._channels.connection(connection.connection_id), self._handler)
-            if first_of_user:
-                assert connection.user_id is not None
-                self.broker.listen(self._channels.user(connection.user_id), self._handler)
+        if self._interest is not None:
+            self._interest.attached(connection, first_of_user)
 
     def forget(self, connection: Connection) -> bool:
         """Unregister ``connection`` if it still is (True if it was), and stop its transport's
         sending.  Closes nothing: the caller closed it, or the client is gone."""
+        if self._shared is not None:
+            self._shared.cancel(connection)
         departure = self._registry.remove(connection.connection_id)
         if departure is None:
             return False
         connection.transport.detach()
-        if self.broker is not None:
-            self._unlisten_departure(departure)
+        if self._interest is not None:
+            self._interest.departed(departure)
         for observer in self._observers:
             observer.departed(connection)
         return True
-
-    def _unlisten_departure(self, departure: Departure) -> None:
-        assert self.broker is not None
-        connection, channels = departure.connection, self._channels
-        self.broker.unlisten(channels.connection(connection.connection_id), self._handler)
-        for room in departure.emptied_rooms:
-            self.broker.unlisten(channels.room(room), self._handler)
-        if departure.user_gone:
-            assert connection.user_id is not None
-            self.broker.unlisten(channels.user(connection.user_id), self._handler)
 
     def close(self, connection: Connection, code: int, reason: str = "") -> None:
         """Start closing ``connection`` with ``code`` and forget it."""
@@ -244,25 +244,93 @@ class Hub:
             rooms = self._registry.rooms()
             if len(rooms) >= cap and room not in rooms:
                 raise CapacityExceeded(f"this server holds its maximum of {cap} rooms")
+        return self._enroll(connection, room)
+
+    def _enroll(self, connection: Connection, room: str) -> bool:
         change = self._registry.join(connection.connection_id, room)
         if change is RoomChange.UNCHANGED:
             return False
-        if change is RoomChange.OPENED and self.broker is not None:
-            self.broker.listen(self._channels.room(room), self._handler)
+        if change is RoomChange.OPENED and self._interest is not None:
+            self._interest.opened(room)
         for observer in self._observers:
             observer.joined(connection, room)
         return True
 
     def leave(self, connection: Connection, room: str) -> bool:
         """Remove a registered connection from ``room``; False if it was not a member."""
+        if self._shared is not None and self._shared.cancel(connection, room):
+            return True  # (a join under way: it never became a member)
         change = self._registry.leave(connection.connection_id, room)
         if change is RoomChange.UNCHANGED:
             return False
-        if change is RoomChange.EMPTIED and self.broker is not None:
-            self.broker.unlisten(self._channels.room(room), self._handler)
+        if change is RoomChange.EMPTIED and self._interest is not None:
+            self._interest.emptied(room)
         for observer in self._observers:
             observer.left(connection, room)
         return True
+
+    # ---------------------------------------------------------------- history
+
+    def history_limits(self, room: str) -> HistoryLimits | None:
+        """How much history ``room`` keeps (None: none)."""
+        return None if self.history is None else self.history.rule(room)
+
+    def publish(
+        self,
+        room: str,
+        frame: Frame,
+        *,
+        exclude: Collection[str] = (),
+        sender: Connection | None = None,
+        done: PublishReply | None = None,
+    ) -> int:
+        """Deliver ``frame`` to ``room``'s members but ``sender`` and ``exclude``, here and
+        elsewhere; in a room with history, stored and positioned first (``done`` hears the
+        position, or why it failed).  Returns how many local connections took it now (with a
+        broker, a room with history is served when the message comes back: 0)."""
+        limits = self.history_limits(room)
+        if limits is None or frame.binary or not _json_object(frame.payload):
+            delivered = self.deliver(Target.ROOM, room, frame, exclude, sender, plain=True)
+            if done is not None:
+                done(None, None)
+            return delivered
+        assert self.history is not None
+        if sender is not None:
+            exclude = (*exclude, sender.connection_id)
+        return self.history.publish(room, limits, frame, exclude, done)
+
+    def join_at(
+        self, connection: Connection, room: str, since: Position | None, reply: JoinReply
+    ) -> None:
+        """Join ``room``, replaying what was missed after ``since`` first if the room keeps
+        history; ``reply`` hears how it went (at once, or once the history was read).
+
+        Raises:
+            InvalidIdentifier, CapacityExceeded, ConnectionStateError: as ``join``.
+        """
+        limits = self.history_limits(room)
+        if limits is None or room in connection.rooms:
+            self.join(connection, room)
+            if limits is None or self.history is None:
+                reply(Joined(None, recovered=False))
+            else:
+                self.history.already_in(room, limits, reply)
+            return
+        check_identifier("room", room, self._max_id_bytes)
+        if not self.can_open(room):
+            raise CapacityExceeded(f"this server holds its maximum of {self._max_rooms} rooms")
+        assert self.history is not None
+        self.history.join(connection, room, limits, since, reply)
+
+    async def read_history(self, room: str, since: Position | None, limit: int) -> Page:
+        """See ``RoomHistory.read`` (LookupError if no room keeps history)."""
+        if self.history is None:
+            raise LookupError("no room keeps history here")
+        return await self.history.read(room, since, limit)
+
+    def joining(self, connection: Connection) -> int:
+        """Joins of ``connection`` waiting for a room's history."""
+        return 0 if self.history is None else self.history.joining(connection)
 
     # ---------------------------------------------------------------- delivery
 
@@ -273,14 +341,19 @@ class Hub:
         frame: Frame,
         exclude: Collection[str] = (),
         sender: Connection | None = None,
+        *,
+        plain: bool = False,
     ) -> int:
         """Hand ``frame`` to the local connections ``target`` names, but the connection ids in
         ``exclude`` (wherever they are) and ``sender`` (a local connection: nothing about it
         goes to the other instances); with a broker, publish it for every other instance too.
+        A room with history gets it as ``publish`` would deliver it (unless ``plain``).
 
         Returns how many local connections took it (other instances deliver on their own).
         """
-        delivered = self._fan_out(frame, self._local(target, target_id, exclude, sender))
+        if target is Target.ROOM and self.history is not None and not plain:
+            return self.publish(target_id, frame, exclude=exclude, sender=sender)
+        delivered = self._fanout.send(frame, self._fanout.local(target, target_id, exclude, sender))
         if self.broker is not None:
             self.broker.publish(
                 target, target_id, frame.payload, binary=frame.binary, exclude=exclude
@@ -289,7 +362,7 @@ class Hub:
 
     def deliver_to(self, connection: Connection, frame: Frame) -> bool:
         """Hand ``frame`` to one local connection; True if it took it."""
-        return self._fan_out(frame, (connection,)) == 1
+        return self._fanout.send(frame, (connection,)) == 1
 
     def close_target(
         self,
@@ -301,97 +374,25 @@ class Hub:
     ) -> int:
         """Close the connections ``target`` names, here and (with a broker) elsewhere; returns
         how many local ones."""
-        local = self._local(target, target_id, exclude)
+        local = self._fanout.local(target, target_id, exclude)
         for connection in local:
             self.close(connection, code, reason)
         if self.broker is not None:
             self.broker.publish(target, target_id, reason.encode(), close=True, exclude=exclude)
         return len(local)
 
-    def _local(
-        self,
-        target: Target,
-        target_id: str,
-        exclude: Collection[str],
-        sender: Connection | None = None,
-    ) -> list[Connection]:
-        """The local connections ``target`` names, as a snapshot (the registry may change
-        while they are served)."""
-        registry = self._registry
-        found: Iterable[Connection]
-        if target is Target.ROOM:
-            members = registry.room_members(target_id)
-            if exclude:
-                return [c for cid, c in members.items() if cid not in exclude and c is not sender]
-            if sender is not None and sender.connection_id in members:
-                return [conn for conn in members.values() if conn is not sender]
-            return list(members.values())
-        if target is Target.USER:
-            found = registry.user_connections(target_id).values()
-        elif target is Target.BROADCAST:
-            found = registry.connections()
-        else:
-            connection = registry.get(target_id)
-            found = () if connection is None else (connection,)
-        if exclude or sender is not None:
-            return [c for c in found if c.connection_id not in exclude and c is not sender]
-        return list(found)
-
-    def _fan_out(self, frame: Frame, targets: Collection[Connection]) -> int:
-        """Hand ``frame`` to every target, then deal with those that could not take it.
-
-        ``targets`` is a snapshot: failures are handled after the loop, so the registry never
-        changes while it is being walked.
-        """
-        if not targets:
-            return 0
-        accepted = _ACCEPTED
-        refused: list[tuple[Connection, Delivery]] | None = None
-        for connection in targets:
-            result = connection.transport.send(frame)
-            if result is not accepted:
-                if refused is None:
-                    refused = []
-                refused.append((connection, result))
-        delivered = len(targets)
-        if refused is not None:
-            delivered -= len(refused)
-            self._handle_refused(refused)
-        self.stats.frames_sent += delivered
-        self.stats.bytes_sent += delivered * frame.size
-        return delivered
-
-    def _handle_refused(self, refused: list[tuple[Connection, Delivery]]) -> None:
-        for connection, result in refused:
-            if result is Delivery.CLOSED:
-                if self.forget(connection):
-                    self.stats.lost_connections += 1
-            elif self._overflow is OverflowPolicy.DROP:
-                self.stats.dropped_frames += 1
-            else:
-                self.stats.slow_consumer_closes += 1
-                self._events.event(
-                    "slow_consumer",
-                    "closing connection %s (user %s): send buffer over %d bytes",
-                    connection.connection_id,
-                    preview(connection.user_id),
-                    self._send_buffer_limit,
-                )
-                self.close(connection, CloseCode.SLOW_CONSUMER, "slow consumer")
-
     # ---------------------------------------------------------------- from other instances
 
     def _arrived(self, envelope: Envelope) -> None:
         """Fan an envelope from another instance out to the local connections it targets."""
         assert self.broker is not None
-        if envelope.origin == self.broker.instance_id:
-            return  # delivered locally before it was published
-        targets = self._local(envelope.target, envelope.target_id, envelope.exclude)
-        if not targets:
+        if envelope.position is not None:
+            if self.history is not None:
+                self.history.arrived(envelope)  # (its own messages too: in the room's order)
             return
-        if envelope.close:
-            reason = envelope.payload.decode()
-            for connection in targets:
-                self.close(connection, CloseCode.NORMAL, reason)
-            return
-        self._fan_out(Frame.from_payload(envelope.payload, envelope.binary), targets)
+        if envelope.origin != self.broker.instance_id:  # (its own: delivered before)
+            self._fanout.arrived(envelope)
+
+
+def _json_object(payload: bytes) -> bool:
+    return payload[:1] == b"{" and payload[-1:] == b"}"

@@ -3,6 +3,8 @@
 Client -> server (JSON text frames; ``event_id`` optional, echoed in the answer)::
 
     {"type": "join",    "room": "lobby", "event_id": "e1"}
+    {"type": "join",    "room": "lobby", "since": {"epoch": "...", "offset": 17}}   recover
+    {"type": "history", "room": "lobby", "since": {...}, "limit": 50}            read history
     {"type": "leave",   "room": "lobby", "event_id": "e2"}
     {"type": "publish", "room": "lobby", "data": {...}, "event_id": "e3"}
     {"type": "ping",    "event_id": "e4"}
@@ -12,8 +14,11 @@ Client -> server (JSON text frames; ``event_id`` optional, echoed in the answer)
 Server -> client::
 
     {"type": "ack",          "ack_event_id": "e1", ...}     the command was carried out
+                             (+ "position", "recovered", "replayed" in rooms with history)
+    {"type": "history",      "room": "lobby", "messages": [...], "position": {...}}
     {"type": "error",        "error": "...", "code": 1008, "ref_event_id": "e3", ...}
     {"type": "room_message", "room": "lobby", "sender": "alice", "data": {...}, ...}
+                             (+ "offset", "epoch" in rooms with history)
     {"type": "pong",         "ping_event_id": "e4", ...}
     {"type": "error",        "code": 4001, ...}              the token expired: send a new one
     {"type": "presence",     "room": "lobby", "members": [...]}   (after joining $presence:lobby)
@@ -35,6 +40,7 @@ from roomcast.messages import ErrorMessage, PingMessage, PongMessage, WSMessage
 __all__ = [
     "AuthMessage",
     "Command",
+    "HistoryMessage",
     "JoinMessage",
     "LeaveMessage",
     "PresenceMessage",
@@ -47,10 +53,22 @@ __all__ = [
 
 @dataclasses.dataclass(kw_only=True, slots=True)
 class JoinMessage(WSMessage):
-    """Client asks to join ``room``."""
+    """Client asks to join ``room`` (``since``: the last position it saw there, to be sent
+    what it missed)."""
 
     TYPE: ClassVar[str] = "join"
     room: str
+    since: Any = None
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class HistoryMessage(WSMessage):
+    """Client reads ``room``'s history: after ``since``, or the latest ``limit`` messages."""
+
+    TYPE: ClassVar[str] = "history"
+    room: str
+    since: Any = None
+    limit: int | None = None
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -117,10 +135,26 @@ class StatsMessage(WSMessage):
     instance: str
 
 
-Command = JoinMessage | LeaveMessage | PublishMessage | PingMessage | PongMessage | AuthMessage
+Command = (
+    JoinMessage
+    | LeaveMessage
+    | PublishMessage
+    | PingMessage
+    | PongMessage
+    | AuthMessage
+    | HistoryMessage
+)
 """Messages a client may send."""
 
-_COMMANDS = (JoinMessage, LeaveMessage, PublishMessage, PingMessage, PongMessage, AuthMessage)
+_COMMANDS = (
+    JoinMessage,
+    LeaveMessage,
+    PublishMessage,
+    PingMessage,
+    PongMessage,
+    AuthMessage,
+    HistoryMessage,
+)
 
 
 def interpret(raw: str | bytes | bytearray) -> Command | ErrorMessage:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterator, KeysView, ValuesView
+from typing import Protocol
 
 from roomcast.connection import Connection
 from roomcast.errors import ConnectionStateError
@@ -67,6 +68,19 @@ class Departure:
     user_gone: bool
 
 
+class HubObserver(Protocol):
+    """Hears membership changes as they happen (synchronously, after the change)."""
+
+    def joined(self, connection: Connection, room: str) -> None:
+        """``connection`` became a member of ``room``."""
+
+    def left(self, connection: Connection, room: str) -> None:
+        """``connection`` left ``room`` by a leave (departures are reported on their own)."""
+
+    def departed(self, connection: Connection) -> None:
+        """``connection`` was forgotten, however it went; its ``rooms`` say where it was."""
+
+
 class Registry:
     """Connections indexed by id, room and user."""
 
@@ -100,10 +114,6 @@ class Registry:
     def rooms(self) -> KeysView[str]:
         """A live view of the rooms with at least one local member."""
         return self._rooms.keys()
-
-    def users(self) -> KeysView[str]:
-        """A live view of the users with at least one local connection."""
-        return self._users.keys()
 
     def room_members(self, room: str) -> dict[str, Connection]:
         """Members of ``room`` by connection id; an empty dict if the room does not exist.

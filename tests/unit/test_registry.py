@@ -50,7 +50,8 @@ def test_remove_reports_emptied_rooms_and_departed_user() -> None:
     last = registry.remove(laptop.connection_id)
     assert last is not None and last.user_gone is True and last.emptied_rooms == ("shared",)
     assert registry.remove(laptop.connection_id) is None
-    assert len(registry) == 0 and not list(registry.users()) and not list(registry.rooms())
+    assert len(registry) == 0 and not list(registry.rooms())
+    assert registry.user_connections("u") == {}
 
 
 def test_misuse_raises_connection_state_error() -> None:
@@ -83,7 +84,8 @@ def test_views_and_lookups() -> None:
 
 
 ROOMS = st.sampled_from(["a", "b", "c", "d"])
-USERS = st.none() | st.sampled_from(["u1", "u2", "u3"])
+USER_IDS = ("u1", "u2", "u3")
+USERS = st.none() | st.sampled_from(USER_IDS)
 
 
 class RegistryMachine(RuleBasedStateMachine):
@@ -162,11 +164,17 @@ class RegistryMachine(RuleBasedStateMachine):
             assert members, "no empty rooms"
             assert set(members) == {cid for cid, (_, rs) in self.model.items() if room in rs}
             assert all(room in conn.rooms for conn in members.values())
+        assert {conn.connection_id for conn in self.registry.connections()} == set(self.model)
         expected_users = {u for u, _ in self.model.values() if u is not None}
-        assert set(self.registry.users()) == expected_users
-        for user in expected_users:
+        seen_users = {c.user_id for c in self.registry.connections() if c.user_id is not None}
+        assert seen_users == expected_users
+        # Every user the rules can draw, connected or not: one without connections has none
+        # here.  A leftover empty entry would also show: `connect` checks that the next
+        # connection of that user is reported as its first.
+        for user in USER_IDS:
             devices = self.registry.user_connections(user)
             assert set(devices) == {cid for cid, (u, _) in self.model.items() if u == user}
+            assert all(conn.user_id == user for conn in devices.values())
         for cid, (_, rooms) in self.model.items():
             conn = self.registry.get(cid)
             assert conn is not None and conn.rooms == rooms

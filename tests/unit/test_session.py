@@ -7,12 +7,14 @@ read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
 
 from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame
+from roomcast.history.positions import HistoryRule
 from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
 from roomcast.serve.config import ServerConfig
@@ -48,13 +50,17 @@ class Inbox:
         return messages
 
 
-def session(**options: Any) -> tuple[Session, Hub, ServerCounters]:
+def session(
+    history: HistoryRule | None = None, **options: Any
+) -> tuple[Session, Hub, ServerCounters]:
     """A session over a hub with ``ServerConfig(**options)``'s limits, no presence, no
-    tokens."""
+    tokens (and ``history``, if given)."""
     config = ServerConfig(**options)
-    hub, counters = Hub(max_rooms=config.max_rooms), ServerCounters()
+    hub, counters = Hub(max_rooms=config.max_rooms, history=history), ServerCounters()
     events = EventLog(logging.getLogger("test.session"))
-    carry = Session(config, hub, counters, events, lambda: None, None, lambda *_: None)
+    carry = Session(
+        config, hub, counters, events, lambda: None, None, lambda *_: None, asyncio.ensure_future
+    )
     return carry, hub, counters
 
 

@@ -28,8 +28,10 @@ from roomcast.brokers.envelope import (
     Target,
     Verdict,
     pack,
+    split_position,
     unpack,
 )
+from roomcast.history.positions import HistoryLimits, Page, Position
 from roomcast.messages import preview
 
 __all__ = [
@@ -39,12 +41,16 @@ __all__ = [
     "EnvelopeHandler",
     "Inbound",
     "Outbound",
+    "PositionReply",
 ]
 
 logger = logging.getLogger("roomcast.broker")
 
 EnvelopeHandler = Callable[[Envelope], None]
 """Called with each envelope that arrives on a channel; must not block."""
+
+PositionReply = Callable[[Position | None], None]
+"""Told where a message of a room with history was stored (None: it was not)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -70,6 +76,9 @@ class BrokerStats:
     """Messages dropped because a slow dict handler's bounded queue was full."""
     reconnects: int = 0
     """Times the broker connection was lost and re-established."""
+    repaired: int = 0
+    """Messages of rooms with history that did not arrive and were read from the history
+    instead (not counted in ``missed``)."""
 
 
 class Channels:
@@ -161,6 +170,39 @@ class Broker(Protocol):
     ) -> None:
         """Publish without waiting; a failure is counted in ``stats.publish_failures``."""
 
+    def publish_positioned(
+        self,
+        room: str,
+        payload: bytes,
+        limits: HistoryLimits,
+        *,
+        exclude: Collection[str],
+        reply: PositionReply,
+    ) -> tuple[int, int]:
+        """Store a message in ``room``'s history and publish it with its position, in one
+        step (so that positions follow the order of the room's channel).
+
+        Returns the envelope's ``(stream, seq)``, by which the origin recognises its own
+        message when it comes back; ``reply`` is called (later) with the position, or None
+        if the message was neither stored nor published.
+        """
+        ...
+
+    async def read_history(
+        self, room: str, since: Position | None, limit: int, limits: HistoryLimits
+    ) -> Page:
+        """Read ``room``'s history (see ``MemoryHistory.read``); the page's payloads are
+        envelopes.
+
+        Raises:
+            BrokerUnavailable: the history could not be read.
+        """
+        ...
+
+    def on_resubscribed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the broker is subscribed again after losing its
+        connection (messages may have been lost meanwhile)."""
+
 
 class Outbound:
     """Numbers and packs the envelopes one instance publishes."""
@@ -183,6 +225,22 @@ class Outbound:
         exclude: Collection[str] = (),
     ) -> tuple[str, bytes]:
         """``(channel, envelope bytes)`` for one message."""
+        channel, data, _ = self.seal_numbered(
+            target, target_id, payload, binary=binary, close=close, exclude=exclude
+        )
+        return channel, data
+
+    def seal_numbered(
+        self,
+        target: Target,
+        target_id: str,
+        payload: bytes,
+        *,
+        binary: bool = False,
+        close: bool = False,
+        exclude: Collection[str] = (),
+    ) -> tuple[str, bytes, tuple[int, int]]:
+        """``(channel, envelope bytes, (stream, seq))`` for one message."""
         channel = self.channels.of(target, target_id)
         stream, seq = self._streams.next(channel)
         data = pack(
@@ -196,7 +254,7 @@ class Outbound:
             close=close,
             exclude=exclude,
         )
-        return channel, data
+        return channel, data, (stream, seq)
 
 
 class Inbound:
@@ -247,15 +305,17 @@ class Inbound:
         if handlers is None:
             return  # in flight while we unsubscribed
         try:
-            envelope = unpack(data)
+            position, data = split_position(data)
+            envelope = unpack(data, position)
             if self.channels.of(envelope.target, envelope.target_id) != channel:
                 raise InvalidEnvelope(f"envelope for {envelope.target.name} on another channel")
         except InvalidEnvelope as exc:
             self.stats.malformed += 1
             self._warn("dropped a message on %s: %s (%s)", channel, exc, preview(data[:64]))
             return
-        if envelope.origin == self._origin:
+        if envelope.origin == self._origin or position is not None:
             # Our own echo: what we failed to publish is counted as such, not as missed.
+            # A message with a position: its room's offsets find (and repair) the holes.
             verdict, missed = Verdict.DELIVER, 0
         else:
             verdict, missed = self._gaps.check(

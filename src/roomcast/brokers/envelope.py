@@ -20,6 +20,13 @@ Layout, big-endian::
     exclude    4 bytes count, then per id 2 bytes length + UTF-8
     payload    the rest
 
+A message of a room with history travels with its position in front of the envelope::
+
+    b"RP" offset (decimal) b"," epoch b"," envelope
+
+because the position is assigned where the message is stored (by a Redis script, which can
+only prepend to bytes), after the origin sealed the envelope.
+
 Brokers such as Redis pub/sub deliver at most once: a subscriber that is disconnected, or not
 yet resubscribed after a broker restart, misses messages without any error (measured with
 redis-py 8.1: 5-8 messages that PUBLISH had accepted never arrived, in 3 of 7 restarts).
@@ -36,6 +43,7 @@ import struct
 from collections.abc import Collection
 
 from roomcast.errors import InvalidMessage
+from roomcast.history.positions import Position, valid_epoch
 
 __all__ = [
     "Envelope",
@@ -44,6 +52,7 @@ __all__ = [
     "StreamCounter",
     "Target",
     "pack",
+    "split_position",
     "unpack",
 ]
 
@@ -97,6 +106,8 @@ class Envelope:
     origin: bytes = bytes(16)
     stream: int = 0
     seq: int = 0
+    position: Position | None = None
+    """Where the message stands in its room's history (rooms with history only)."""
 
 
 def pack(
@@ -140,8 +151,29 @@ def _encode_id(value: str) -> bytes:
     return encoded
 
 
-def unpack(data: bytes) -> Envelope:
-    """Parse an envelope from the bus.
+_POSITIONED = b"RP"
+
+
+def split_position(data: bytes) -> tuple[Position | None, bytes]:
+    """``(position, envelope bytes)`` of a message from the bus (no position: ``None``).
+
+    Raises:
+        InvalidEnvelope: a position prefix that does not parse.
+    """
+    if not data.startswith(_POSITIONED):
+        return None, data
+    first = data.find(b",", 2, 24)
+    second = data.find(b",", first + 1, first + 40) if first > 0 else -1
+    if second < 0:
+        raise InvalidEnvelope("malformed position in front of an envelope")
+    offset_text, epoch = data[2:first], data[first + 1 : second].decode("ascii", "replace")
+    if not offset_text.isdigit() or not valid_epoch(epoch):
+        raise InvalidEnvelope("malformed position in front of an envelope")
+    return Position(epoch, int(offset_text)), data[second + 1 :]
+
+
+def unpack(data: bytes, position: Position | None = None) -> Envelope:
+    """Parse an envelope from the bus (``position``: what ``split_position`` found).
 
     Raises:
         InvalidEnvelope: not an envelope (foreign publisher, other version, truncated, bad
@@ -193,6 +225,7 @@ def unpack(data: bytes) -> Envelope:
         origin=origin,
         stream=stream,
         seq=seq,
+        position=position,
     )
 
 

@@ -1,16 +1,27 @@
 """The in-memory broker: instances of one hub in one process (tests, single-process setups).
 
 A publish is handed to every subscribed broker of the same ``MemoryBus`` on the next loop
-iteration; delivery is at most once, as with Redis pub/sub.
+iteration; delivery is at most once, as with Redis pub/sub.  Rooms with history are stored
+on the bus (one ``MemoryHistory`` for all its brokers), as a Redis would hold them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
-from roomcast.brokers.base import BrokerStats, Channels, EnvelopeHandler, Inbound, Outbound
+from roomcast.brokers.base import (
+    BrokerStats,
+    Channels,
+    EnvelopeHandler,
+    Inbound,
+    Outbound,
+    PositionReply,
+)
 from roomcast.brokers.envelope import Target
+from roomcast.errors import BrokerUnavailable
+from roomcast.history.memory import MemoryHistory
+from roomcast.history.positions import HistoryLimits, Page, Position
 
 __all__ = ["MemoryBroker", "MemoryBus"]
 
@@ -20,6 +31,8 @@ class MemoryBus:
 
     def __init__(self) -> None:
         self._subscribers: dict[str, set[MemoryBroker]] = {}
+        self.history = MemoryHistory(lambda room: None)
+        """The rooms' histories (publishers pass each room's limits)."""
 
     def subscribers(self, channel: str) -> int:
         """How many brokers are subscribed to ``channel`` (the interest check of tests)."""
@@ -63,6 +76,7 @@ class MemoryBroker:
         self._stats = BrokerStats()
         self.inbound = Inbound(self._channels, self._stats, self._outbound.origin)
         self._open = False
+        self._resubscribed: list[Callable[[], None]] = []
 
     @property
     def instance_id(self) -> bytes:
@@ -124,3 +138,40 @@ class MemoryBroker:
             return
         self._bus.publish(channel, data)
         self._stats.published += 1
+
+    def publish_positioned(
+        self,
+        room: str,
+        payload: bytes,
+        limits: HistoryLimits,
+        *,
+        exclude: Collection[str],
+        reply: PositionReply,
+    ) -> tuple[int, int]:
+        channel, data, key = self._outbound.seal_numbered(
+            Target.ROOM, room, payload, exclude=exclude
+        )
+        loop = asyncio.get_running_loop()
+        if not self._open:
+            self._stats.publish_failures += 1
+            loop.call_soon(reply, None)
+            return key
+        position = self._bus.history.append(room, data, limits)
+        assert position is not None  # (limits given)
+        self._bus.publish(channel, b"RP%d,%s,%s" % (position.offset, position.epoch.encode(), data))
+        self._stats.published += 1
+        loop.call_soon(reply, position)
+        return key
+
+    async def read_history(
+        self, room: str, since: Position | None, limit: int, limits: HistoryLimits
+    ) -> Page:
+        await asyncio.sleep(0)  # an answer comes later, as from a server
+        if not self._open:
+            raise BrokerUnavailable("the memory broker is closed")
+        page = self._bus.history.read(room, since, limit, limits)
+        assert page is not None  # (limits given)
+        return page
+
+    def on_resubscribed(self, callback: Callable[[], None]) -> None:
+        self._resubscribed.append(callback)  # (a bus never loses its brokers)

@@ -1,22 +1,13 @@
 """The Redis broker behind a distributed hub (``RedisPubSub`` puts the dict-handler API on it).
 
-One instance holds two Redis connections: one subscribed (it only reads messages and the
-replies to its own SUBSCRIBE/UNSUBSCRIBE/PING), one that publishes.  Publishing goes through
-one connection and one bounded queue, pipelined, so an instance's messages reach Redis in the
-order they were sent.
-
-Both connections are made with redis-py's asyncio ``Connection`` (hiredis parser) with
-redis-py's own retries switched off: redis-py 8.1 silently reconnects and resubscribes a
-``PubSub`` after a Redis restart, which hides exactly what a hub must notice (it is not
-subscribed for a while; messages are lost).  Here one supervisor task owns the connections:
-
-* connect, subscribe to the current interest set, confirm with a PING, then report ready;
-* on any error (connection lost, no answer to a PING within ``health_check_interval``, a bug
-  in a handler path), drop both connections, report not ready, fail what waits to be
-  published (counted), wait with capped exponential backoff and jitter, and start over.
-
-So the subscriber cannot die silently (python-socketio #1581) or hang on a half-open socket
-(broadcaster #144), and what was lost shows in ``stats``.
+Per Redis node, one connection subscribes (it reads only messages and the replies to its own
+SUBSCRIBE/UNSUBSCRIBE/PING) and one publishes, pipelined from one bounded queue, so an
+instance's messages reach Redis in order.  redis-py's own retries are off (redis-py 8.1
+silently resubscribes after a Redis restart, hiding that messages were lost); one supervisor
+task owns the connections: connect, subscribe to the interest set, confirm with a PING, report
+ready; on any error, drop everything, report not ready, fail what waits to be published
+(counted), back off with jitter, start over.  So the subscriber cannot die silently
+(python-socketio #1581) or hang on a half-open socket (broadcaster #144).
 """
 
 from __future__ import annotations
@@ -25,16 +16,31 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from roomcast.brokers.base import BrokerStats, Channels, EnvelopeHandler, Inbound, Outbound
+from roomcast.brokers.base import (
+    BrokerStats,
+    Channels,
+    EnvelopeHandler,
+    Inbound,
+    Outbound,
+)
 from roomcast.brokers.envelope import Target
-from roomcast.brokers.redis_link import TRANSITIONS, Link, Phase, Topology, discover, encode_channel
+from roomcast.brokers.redis_history import HistoryCommands
+from roomcast.brokers.redis_link import (
+    TRANSITIONS,
+    Link,
+    Phase,
+    Topology,
+    describe,
+    discover,
+    encode_channel,
+)
 from roomcast.errors import BrokerUnavailable
 from roomcast.logbudget import FailureTally
 from roomcast.tasks import TaskSet
@@ -44,7 +50,7 @@ __all__ = ["RedisBroker"]
 logger = logging.getLogger("roomcast.redis")
 
 
-class RedisBroker:
+class RedisBroker(HistoryCommands):
     """The Redis broker of a multi-instance hub (``RedisPubSub`` adds the dict-handler API).
 
     Channels (``prefix`` "ws" by default): ``ws:broadcast``, ``ws:room:{room_id}``,
@@ -109,17 +115,14 @@ class RedisBroker:
         self._lost_at: float | None = None
         self._publish_failures = FailureTally(logger, "message(s) could not be published")
         self._tasks = TaskSet()
-
-    # ---------------------------------------------------------------- state
+        self._resubscribed: list[Callable[[], None]] = []
 
     @property
-    def instance_id(self) -> bytes:
-        """16 random bytes naming this instance in the envelopes it publishes."""
+    def instance_id(self) -> bytes:  # (16 random bytes naming this instance in envelopes)
         return self._outbound.origin
 
     @property
-    def channels(self) -> Channels:
-        """The channel names in use (with this instance's prefix)."""
+    def channels(self) -> Channels:  # (the names, with this instance's prefix)
         return self._channels
 
     @property
@@ -140,28 +143,23 @@ class RedisBroker:
         )
 
     @property
-    def subscriptions(self) -> int:
-        """Channels Redis confirmed this instance is subscribed to."""
+    def subscriptions(self) -> int:  # (channels Redis confirmed)
         return sum(len(link.confirmed) for link in self._links)
 
     @property
-    def shards(self) -> int:
-        """Redis nodes in use: 1 for a plain Redis, the masters of a cluster (0 if down)."""
+    def shards(self) -> int:  # (Redis nodes in use: the masters of a cluster; 0 if down)
         return len(self._links)
 
     @property
-    def connected(self) -> bool:
-        """Both connections are up (subscriptions may still be on their way)."""
+    def connected(self) -> bool:  # (both connections up; subscriptions may be on their way)
         return self.phase is Phase.SUBSCRIBING or self.phase is Phase.READY
 
     @property
-    def stats(self) -> BrokerStats:
-        """Counters: published, failed, received, missed, malformed, reconnects..."""
+    def stats(self) -> BrokerStats:  # (published, failed, received, missed, reconnects...)
         return self._stats
 
     @property
-    def queued(self) -> int:
-        """Envelopes waiting to be written to Redis."""
+    def queued(self) -> int:  # (envelopes waiting to be written to Redis)
         return sum(link.queued for link in self._links)
 
     # ---------------------------------------------------------------- lifecycle
@@ -191,8 +189,6 @@ class RedisBroker:
         self._fail_pending("the Redis broker is closed")
         self._links = []
         await self._pool.disconnect()
-
-    # ---------------------------------------------------------------- subscriptions
 
     def listen(self, channel: str, handler: EnvelopeHandler) -> None:
         """Call ``handler`` (synchronously, in the reader) for every envelope on ``channel``."""
@@ -228,7 +224,14 @@ class RedisBroker:
         )
         self._enqueue(channel, data, None)
 
-    def _enqueue(self, channel: str, data: bytes, result: asyncio.Future[int] | None) -> None:
+    def _enqueue(
+        self,
+        channel: str,
+        data: bytes,
+        result: asyncio.Future[Any] | None,
+        command: Callable[[bytes, bool], tuple[Any, ...]] | None = None,
+    ) -> None:
+        """Queue a publish (or what ``command`` makes of the channel) on its node's link."""
         topology = self._topology
         if not self.connected or topology is None:
             self._failed(result, "Redis is not connected")
@@ -238,9 +241,10 @@ class RedisBroker:
         if link.queued >= self._publish_queue_limit:
             self._failed(result, "publish queue is full")
         else:
-            link.enqueue((name, data, result))
+            special = None if command is None else command(name, topology.dialect.sharded)
+            link.enqueue((name, data, result, special))
 
-    def _failed(self, result: asyncio.Future[int] | None, why: str) -> None:
+    def _failed(self, result: asyncio.Future[Any] | None, why: str) -> None:
         self._stats.publish_failures += 1
         self._publish_failures.add(why)
         if result is None:
@@ -250,7 +254,7 @@ class RedisBroker:
 
     def _fail_pending(self, why: str) -> None:
         pending = [item for link in self._links for item in link.take_pending()]
-        for _, _, result in pending:
+        for _, _, result, _ in pending:
             self._failed(result, why)
 
     # ---------------------------------------------------------------- the supervisor
@@ -263,7 +267,7 @@ class RedisBroker:
             try:
                 await self._session()
             except Exception as exc:  # whatever broke the session, start a new one
-                error = _describe(exc)
+                error = describe(exc)
             if self.phase is Phase.CLOSED:
                 return
             was_ready = self.phase is Phase.READY
@@ -365,7 +369,7 @@ class RedisBroker:
                 if more or fewer:
                     await link.change(more, fewer)
 
-    # ---------------------------------------------------------------- LinkOwner
+    # LinkOwner
 
     def delivered(self, channel: str, data: bytes) -> None:
         self.inbound.deliver(channel, data)
@@ -389,12 +393,8 @@ class RedisBroker:
                 len(self._links),
             )
             self._lost_at = None
+            for callback in self._resubscribed:
+                callback()
 
     def published(self, count: int) -> None:
         self._stats.published += count
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_describe(inner) for inner in exc.exceptions)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

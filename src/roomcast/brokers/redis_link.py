@@ -25,7 +25,9 @@ from typing import Any, Protocol
 
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 
+from roomcast.brokers.redis_history import SCRIPTS
 from roomcast.errors import BrokerUnavailable
 
 __all__ = [
@@ -41,8 +43,10 @@ __all__ = [
     "discover",
 ]
 
-Pending = tuple[bytes, bytes, "asyncio.Future[int] | None"]
-"""A publish waiting for Redis: channel, envelope, and who waits for the receiver count."""
+Pending = tuple[bytes, bytes, "asyncio.Future[Any] | None", "tuple[Any, ...] | None"]
+"""A publish waiting for Redis: channel, envelope, who waits for the reply (the receiver
+count), and the command to send instead of a plain publish (a history script; for a read,
+the envelope is empty)."""
 
 _PING = b"PING"
 _BATCH = 1000
@@ -199,6 +203,9 @@ class Link:
 
     async def connect(self) -> None:
         await self.publisher.connect()  # type: ignore[no-untyped-call]
+        for script in SCRIPTS:  # (history scripts run by EVALSHA from now on)
+            await self.publisher.send_command(b"SCRIPT", b"LOAD", script, check_health=False)
+            await self.publisher.read_response()
         await self.subscriber.connect()  # type: ignore[no-untyped-call]
         self._last_reply = asyncio.get_running_loop().time()
 
@@ -315,17 +322,30 @@ class Link:
                 continue
             batch = [queue.popleft() for _ in range(min(len(queue), _BATCH // 2))]
             self.in_flight = batch
-            commands = [(command, channel, data) for channel, data, _ in batch]
+            commands = [
+                (command, channel, data) if special is None else special
+                for channel, data, _, special in batch
+            ]
             await connection.send_packed_command(
                 connection.pack_commands(commands), check_health=False
             )
+            published = 0
             async with asyncio.timeout(self._socket_timeout):
-                for _, _, result in batch:
-                    receivers = await connection.read_response(timeout=math.inf)
+                for _, data, result, _ in batch:
+                    try:
+                        reply = await connection.read_response(timeout=math.inf)
+                    except ResponseError as exc:
+                        if isinstance(exc, AskError | ClusterDownError | TryAgainError):
+                            raise  # the slots moved: rediscover the cluster
+                        # This command failed (a script error, say); the link is fine.
+                        if result is not None and not result.done():
+                            result.set_exception(BrokerUnavailable(f"Redis: {exc}"))
+                        continue
+                    published += bool(data)
                     if result is not None and not result.done():
-                        result.set_result(int(receivers))
+                        result.set_result(reply)
             self.in_flight = []
-            self._owner.published(len(batch))
+            self._owner.published(published)
 
 
 def encode_channel(channel: str) -> bytes:
@@ -335,3 +355,10 @@ def encode_channel(channel: str) -> bytes:
 
 def decode_channel(channel: bytes) -> str:
     return channel.decode("utf-8", "surrogatepass")
+
+
+def describe(exc: BaseException) -> str:
+    """One line for what broke a connected period (every error of a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

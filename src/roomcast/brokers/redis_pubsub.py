@@ -143,9 +143,9 @@ class RedisPubSub(RedisBroker):
         channel, data = self._outbound.seal(
             target, target_id, frame.payload, binary=frame.binary, exclude=exclude
         )
-        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._enqueue(channel, data, result)
-        return await result
+        return int(await result)
 
     async def _run_dict_handlers(self) -> None:
         queue = self._handler_queue

@@ -150,3 +150,18 @@ class ServerConfig:
         "name); a join opening one more: error 1013",
     )
     max_id_bytes: int = option(256, "longest room or user id, in UTF-8 bytes")
+    history_size: int = option(
+        100,
+        "messages each room keeps for clients that reconnect and for history reads (0: no "
+        "history; messages then carry no offset)",
+    )
+    history_ttl: float = option(
+        300.0,
+        "seconds a room's messages are kept; a room silent that long forgets its history "
+        "(its epoch changes)",
+    )
+    history_max_bytes: int = option(
+        64 << 20,
+        "bytes of history this process keeps without --redis-url (the rooms published to "
+        "least recently lose theirs first); with Redis, history lives in Redis",
+    )

@@ -18,17 +18,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import json
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, cast
+from typing import cast
 
 import httptools
 
+from roomcast.serve.api_messages import Answer, ApiRequest, ApiResponse
 from roomcast.serve.listener import Acceptor, listening_sockets
 
-__all__ = ["ApiRequest", "ApiResponse", "ApiStats", "serve_api"]
+__all__ = ["Answer", "ApiRequest", "ApiResponse", "ApiStats", "serve_api"]
 
 logger = logging.getLogger("roomcast.api")
 
@@ -41,25 +41,6 @@ BODY_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256
 API_REFUSAL_HEADROOM = 16
 """Sockets accepted past ``max_connections`` at once, each answered 503 and closed."""
-
-
-@dataclasses.dataclass(slots=True)
-class ApiRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ApiResponse:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-
-    @classmethod
-    def json(cls, status: int, value: Any) -> ApiResponse:
-        return cls(status, json.dumps(value).encode() + b"\n")
 
 
 @dataclasses.dataclass(slots=True)
@@ -135,7 +116,7 @@ class _HttpConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        handler: Callable[[ApiRequest], ApiResponse],
+        handler: Callable[[ApiRequest], Answer],
         limits: _Limits,
         stats: ApiStats,
         released: Callable[[asyncio.BaseProtocol], None] = lambda _: None,
@@ -156,6 +137,7 @@ class _HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._body: list[bytes] = []
         self._body_bytes = 0
+        self._pending: asyncio.Future[ApiResponse] | None = None
 
     @property
     def timer_pending(self) -> bool:
@@ -199,6 +181,8 @@ class _HttpConnection(asyncio.Protocol):
             self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
         self._evictable.pop(self, None)
         self._cancel_timer()
         self._phase = _Phase.CLOSED
@@ -252,14 +236,32 @@ class _HttpConnection(asyncio.Protocol):
         if self._phase is not _Phase.BODY:
             return
         method = self._parser.get_method().decode("latin-1")
-        path = httptools.parse_url(self._url).path.decode("latin-1")
-        request = ApiRequest(method, path, self._headers, b"".join(self._body))
+        url = httptools.parse_url(self._url)
+        path = url.path.decode("latin-1")
+        query = (url.query or b"").decode("latin-1")
+        request = ApiRequest(method, path, self._headers, b"".join(self._body), query)
         try:
             response = self._handler(request)
         except Exception:
             logger.exception("API handler failed for %s %s", method, path[:100])
             response = ApiResponse.json(500, {"error": "internal error"})
-        self._answer(response, linger=False)
+        if isinstance(response, ApiResponse):
+            self._answer(response, linger=False)
+            return
+        # An answer that needs I/O (a history read): the body deadline still runs (408).
+        self._pending = asyncio.ensure_future(response)
+        self._pending.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Future[ApiResponse]) -> None:
+        self._pending = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            logger.error("API handler failed", exc_info=error)
+            self._answer(ApiResponse.json(500, {"error": "internal error"}), linger=False)
+        else:
+            self._answer(task.result(), linger=False)
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
@@ -322,7 +324,7 @@ class _HttpConnection(asyncio.Protocol):
 
 
 async def serve_api(
-    handler: Callable[[ApiRequest], ApiResponse],
+    handler: Callable[[ApiRequest], Answer],
     host: str,
     port: int,
     reuse_port: bool = False,

@@ -19,8 +19,8 @@ from roomcast.logbudget import EventLog
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.http_api import (
     API_REFUSAL_HEADROOM,
+    Answer,
     ApiRequest,
-    ApiResponse,
     ApiStats,
     serve_api,
 )
@@ -76,7 +76,7 @@ class Ports:
     async def open(
         self,
         route: Callable[[Any], Any],
-        api: Callable[[ApiRequest], ApiResponse],
+        api: Callable[[ApiRequest], Answer],
         sock: socket.socket | None = None,
     ) -> None:
         """Listen: upgrades and GETs go to ``route``, API requests to ``api``; on ``sock`` if

@@ -1,4 +1,5 @@
-"""``POST /api/publish``: how a backend sends to rooms and users over HTTP.
+"""``POST /api/publish`` and ``GET /api/history``: how a backend sends to rooms and users, and
+reads a room's history, over HTTP.
 
 Served on ``--api-port`` (the WebSocket port answers only GETs).  A request carries one message
 (``data``) or up to ``MAX_BATCH`` (``batch``), for a room or a user, and needs the key in
@@ -11,15 +12,17 @@ from __future__ import annotations
 
 import hmac
 import json
+import urllib.parse
 
 from roomcast.brokers.envelope import Target
-from roomcast.errors import InvalidIdentifier, InvalidMessage
+from roomcast.errors import BrokerUnavailable, InvalidIdentifier, InvalidMessage
 from roomcast.frame import encode
+from roomcast.history.positions import Position
 from roomcast.hub import Hub
 from roomcast.messages import WSMessage, preview
 from roomcast.presence.feed import RESERVED_PREFIX
 from roomcast.protocol import RoomMessage
-from roomcast.serve.http_api import ApiRequest, ApiResponse
+from roomcast.serve.http_api import Answer, ApiRequest, ApiResponse
 from roomcast.serve.pages import GET_PATHS, Pages
 
 __all__ = ["MAX_BATCH", "PublishApi", "key_matches"]
@@ -51,8 +54,14 @@ class PublishApi:
         self._send_buffer_limit = send_buffer_limit
         self._pages = pages
 
-    def __call__(self, request: ApiRequest) -> ApiResponse:
+    def __call__(self, request: ApiRequest) -> Answer:
         """The answer to one request on the API port."""
+        if request.path == "/api/history":
+            if request.method != "GET":
+                return ApiResponse.json(405, {"error": "use GET"})
+            if not key_matches(self._api_key, request.headers.get("x-api-key")):
+                return ApiResponse.json(401, {"error": "missing or wrong X-API-Key"})
+            return self._history(request.query)
         if request.path != "/api/publish":
             if request.method != "GET":
                 return ApiResponse.json(
@@ -109,3 +118,37 @@ class PublishApi:
         else:
             delivered = sum(self._hub.deliver(Target.USER, user, f) for f in frames)
         return ApiResponse.json(200, {"delivered": delivered})
+
+    def _history(self, query: str) -> Answer:
+        fields = urllib.parse.parse_qs(query, max_num_fields=8)
+        room = fields.get("room", [None])[0]
+        try:
+            room = self._hub.check_id("room", room)
+            limit = int(fields.get("limit", ["100"])[0])
+            since = None
+            if "offset" in fields or "epoch" in fields:
+                since = Position.parse(
+                    {
+                        "epoch": fields.get("epoch", [""])[0],
+                        "offset": int(fields.get("offset", ["0"])[0]),
+                    }
+                )
+        except (InvalidIdentifier, ValueError) as exc:
+            return ApiResponse.json(400, {"error": f"bad query: {exc}"})
+        if limit < 0 or self._hub.history_limits(room) is None:
+            why = "'limit' must not be negative" if limit < 0 else "the room keeps no history"
+            return ApiResponse.json(400 if limit < 0 else 404, {"error": why})
+        return self._read(room, since, limit)
+
+    async def _read(self, room: str, since: Position | None, limit: int) -> ApiResponse:
+        try:
+            page = await self._hub.read_history(room, since, limit)
+        except BrokerUnavailable as exc:
+            return ApiResponse.json(503, {"error": str(exc)})
+        head: dict[str, object] = {"room": room, "position": page.position.as_dict()}
+        if since is not None:
+            head["recovered"] = page.recovered
+        if page.payloads:
+            head["position"] = {"epoch": page.position.epoch, "offset": page.last}
+        body = json.dumps(head).encode()[:-1] + b',"messages":[' + b",".join(page.payloads)
+        return ApiResponse(200, body + b"]}")

@@ -33,6 +33,7 @@ from roomcast.errors import CloseCode
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
 from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
+from roomcast.history.positions import HistoryLimits, history_for_all
 from roomcast.hub import Hub, OverflowPolicy
 from roomcast.logbudget import EventLog
 from roomcast.messages import (
@@ -105,6 +106,7 @@ class Server:
             lambda: self.presence,
             self.gate.verify if config.authenticator is not None else None,
             self._arm_expiry,
+            self._tasks.spawn,
         )
         self.stats = StatsFeed(
             self.hub,
@@ -336,10 +338,15 @@ def _new_hub(config: ServerConfig) -> Hub:
         from roomcast.brokers.redis import RedisBroker
 
         broker = RedisBroker(config.redis_url, prefix=config.channel_prefix)
+    history = None
+    if config.history_size > 0:
+        history = history_for_all(HistoryLimits(config.history_size, config.history_ttl))
     return Hub(
         broker,
         overflow=OverflowPolicy.CLOSE,
         send_buffer_limit=config.send_buffer_limit,
         max_id_bytes=config.max_id_bytes,
         max_rooms=config.max_rooms,
+        history=history,
+        history_max_bytes=config.history_max_bytes,
     )

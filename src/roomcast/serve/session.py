@@ -14,19 +14,20 @@ its own, so that no dictionary per connection is needed).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from roomcast.auth import AuthenticationError, Identity
-from roomcast.brokers.envelope import Target
 from roomcast.connection import Connection
-from roomcast.errors import CapacityExceeded, CloseCode, InvalidIdentifier
-from roomcast.frame import encode
+from roomcast.errors import BrokerUnavailable, CapacityExceeded, CloseCode, InvalidIdentifier
+from roomcast.frame import Frame, encode
+from roomcast.history.contract import Joined
+from roomcast.history.positions import Position
 from roomcast.hub import Hub
 from roomcast.limits import RateLimit
 from roomcast.limits import Verdict as RateVerdict
 from roomcast.logbudget import EventLog
-from roomcast.messages import AckMessage, ErrorMessage, PingMessage, PongMessage, preview
+from roomcast.messages import AckMessage, ErrorMessage, PingMessage, PongMessage, dumps, preview
 from roomcast.presence.feed import (
     RESERVED_PREFIX,
     STATS_ROOM,
@@ -36,6 +37,7 @@ from roomcast.presence.feed import (
 )
 from roomcast.protocol import (
     AuthMessage,
+    HistoryMessage,
     JoinMessage,
     LeaveMessage,
     PublishMessage,
@@ -70,6 +72,7 @@ class Session:
             set its feed up after the session).
         verify: Checks a refreshed token (None: the server takes no tokens).
         arm_expiry: Moves a connection's token expiry.
+        spawn: Runs a history read in the background (owned by the server).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Session:
         presence: Callable[[], PresenceFeed | None],
         verify: Callable[[str], Identity] | None,
         arm_expiry: Callable[[str, float | None], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], object],
     ) -> None:
         self._config = config
         self._hub = hub
@@ -89,6 +93,8 @@ class Session:
         self._presence = presence
         self._verify = verify
         self._arm_expiry = arm_expiry
+        self._spawn = spawn
+        self._reads = 0  # history reads in flight (bounded by _MAX_READS)
         self._rate = (
             RateLimit(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
         )
@@ -127,6 +133,8 @@ class Session:
             self._reply(connection, PongMessage(ping_event_id=command.event_id))
         elif isinstance(command, AuthMessage):
             self._reauthenticate(connection, command)
+        elif isinstance(command, HistoryMessage):
+            self._history(connection, command)
         # PongMessage: answers to application pings; the heartbeat issue will record them.
 
     def charge(self, transport: ClientTransport) -> bool:
@@ -188,15 +196,22 @@ class Session:
         try:
             if isinstance(command, JoinMessage):
                 limit = self._config.max_rooms_per_connection
-                if room not in connection.rooms and len(connection.rooms) >= limit:
+                joined = len(connection.rooms) + self._hub.joining(connection)
+                if room not in connection.rooms and joined >= limit:
                     self._refuse(connection, command.event_id, f"at most {limit} rooms")
                     return
                 refusal = self._reserved_refusal(connection, room)
+                if refusal is None and command.since is not None:
+                    refusal = _since_refusal(command.since)
                 if refusal is not None:
                     self._refuse(connection, command.event_id, refusal)
                     return
-                self._hub.join(connection, room)  # (presence, an observer, hears it)
-            elif not self._hub.leave(connection, room):
+                since = None if command.since is None else Position.parse(command.since)
+                self._hub.join_at(  # (presence, an observer, hears it)
+                    connection, room, since, lambda done: self._joined(connection, command, done)
+                )
+                return
+            if not self._hub.leave(connection, room):
                 self._refuse(connection, command.event_id, f"not in room {preview(room)}")
                 return
         except InvalidIdentifier as exc:
@@ -207,14 +222,72 @@ class Session:
             return
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
         presence = self._presence()
-        if presence is None or room == STATS_ROOM:
-            return
-        watched = watched_room(room)
-        if isinstance(command, JoinMessage):
-            if watched is not None:
-                presence.request_snapshot(connection, watched)  # a repeated join: a resync
-        elif watched is None:
+        if presence is not None and room != STATS_ROOM and watched_room(room) is None:
             self._hub.leave(connection, presence_room(room))  # no longer allowed to watch
+
+    def _joined(self, connection: Connection, command: JoinMessage, joined: Joined) -> None:
+        """A join ended (at once, or once the room's history was read)."""
+        if joined.failure is not None:
+            self._refuse(connection, command.event_id, joined.failure, CloseCode.TRY_AGAIN_LATER)
+            return
+        ack = AckMessage(ack_event_id=command.event_id).to_dict()
+        if joined.position is not None:
+            ack["position"] = joined.position.as_dict()
+        if command.since is not None:
+            ack["recovered"] = joined.recovered
+            ack["replayed"] = joined.replayed
+        self._reply(connection, ack)
+        presence = self._presence()
+        watched = watched_room(command.room)
+        if presence is not None and watched is not None:
+            presence.request_snapshot(connection, watched)  # a repeated join: a resync
+
+    def _history(self, connection: Connection, command: HistoryMessage) -> None:
+        refusal = _since_refusal(command.since) if command.since is not None else None
+        if command.room.startswith(RESERVED_PREFIX):
+            refusal = f"room {preview(command.room)} keeps no history"
+        elif self._hub.history_limits(command.room) is None:
+            refusal = "this server keeps no history" if refusal is None else refusal
+        elif command.limit is not None and command.limit < 0:
+            refusal = "'limit' must not be negative"
+        if refusal is not None:
+            self._refuse(connection, command.event_id, refusal)
+            return
+        if self._reads >= _MAX_READS:
+            self._refuse(
+                connection,
+                command.event_id,
+                "too many history reads; retry",
+                CloseCode.TRY_AGAIN_LATER,
+            )
+            return
+        self._reads += 1
+        self._spawn(self._read_history(connection, command))
+
+    async def _read_history(self, connection: Connection, command: HistoryMessage) -> None:
+        since = None if command.since is None else Position.parse(command.since)
+        limit = _DEFAULT_LIMIT if command.limit is None else command.limit
+        try:
+            page = await self._hub.read_history(command.room, since, limit)
+        except (BrokerUnavailable, LookupError) as exc:
+            self._refuse(connection, command.event_id, str(exc), CloseCode.TRY_AGAIN_LATER)
+            return
+        finally:
+            self._reads -= 1
+        # Messages as stored, each encoded once already: spliced in, not decoded.
+        head: dict[str, Any] = {
+            "type": "history",
+            "room": command.room,
+            "ref_event_id": command.event_id,
+            "position": page.position.as_dict(),
+        }
+        if since is not None:
+            head["recovered"] = page.recovered
+        if page.payloads:
+            # The page ends at its last message (a client asks again from there).
+            head["position"] = {"epoch": page.position.epoch, "offset": page.last}
+        body = dumps(head).encode()[:-1] + b',"messages":[' + b",".join(page.payloads) + b"]}"
+        self._hub.deliver_to(connection, Frame.from_payload(body, False))
 
     def _reserved_refusal(self, connection: Connection, room: str) -> str | None:
         """Why ``connection`` may not join the server's room ``room`` (None: it may)."""
@@ -242,8 +315,24 @@ class Session:
             data=command.data,
             event_id=command.event_id,
         )
-        self._hub.deliver(Target.ROOM, command.room, encode(outgoing), sender=connection)
-        self._reply(connection, AckMessage(ack_event_id=command.event_id))
+        event_id = command.event_id
+
+        def published(position: Position | None, failure: str | None) -> None:
+            if failure is not None:
+                self._reply(
+                    connection,
+                    ErrorMessage(
+                        error=failure, code=CloseCode.TRY_AGAIN_LATER, ref_event_id=event_id
+                    ),
+                )
+                return
+            ack = AckMessage(ack_event_id=event_id)
+            if position is None:
+                self._reply(connection, ack)
+            else:
+                self._reply(connection, {**ack.to_dict(), "position": position.as_dict()})
+
+        self._hub.publish(command.room, encode(outgoing), sender=connection, done=published)
 
     def _refuse(
         self,
@@ -267,3 +356,16 @@ class Session:
 
     def _reply(self, connection: Connection, message: Any) -> None:
         self._hub.deliver_to(connection, encode(message))
+
+
+_MAX_READS = 256
+"""History reads in flight at once for the whole server; more are refused (1013)."""
+_DEFAULT_LIMIT = 100
+
+
+def _since_refusal(since: object) -> str | None:
+    try:
+        Position.parse(since)
+    except ValueError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,186 @@
+"""Joins of rooms with history over a broker: the catch-up half of ``SharedHistory``.
+
+A join with ``since`` reads the room's history while the room's live messages go on.  The
+joining connection becomes a member only once it is level with the live stream: first the
+replay, then the live messages that went past the read (from the recent frames kept per
+room, or read again), then live delivery.  Joins without ``since`` that arrive while a read
+of the room is under way ride on it: a storm of joins costs one read.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from roomcast.brokers.base import BrokerStats
+from roomcast.connection import Connection
+from roomcast.frame import Frame
+from roomcast.history.contract import Joined, JoinReply, Members
+from roomcast.history.positions import HistoryLimits, Page, Position
+from roomcast.history.streams import CatchUp, Stream, positioned_frame, unpacked
+from roomcast.tasks import TaskSet
+
+__all__ = ["Joins"]
+
+
+class Joins(abc.ABC):
+    """The join side of ``SharedHistory`` (which provides the streams, reads and timers)."""
+
+    _streams: dict[str, Stream]
+    _joining: dict[Connection, dict[str, CatchUp]]
+    _members: Members
+    _tasks: TaskSet
+    _stats: BrokerStats
+
+    @abc.abstractmethod
+    async def _read(
+        self, room: str, since: Position | None, limits: HistoryLimits
+    ) -> Page | None: ...
+
+    @abc.abstractmethod
+    def _expect(self, room: str, position: Position) -> None: ...
+
+    @abc.abstractmethod
+    def position(self, room: str) -> Position | None: ...
+
+    # ---------------------------------------------------------------- joins
+
+    def join(
+        self,
+        connection: Connection,
+        room: str,
+        limits: HistoryLimits,
+        since: Position | None,
+        reply: JoinReply,
+    ) -> None:
+        joins = self._joining.setdefault(connection, {})
+        if room in joins:
+            reply(Joined(None, False, failure="a join of this room is already under way"))
+            return
+        stream = self._streams.get(room)
+        if stream is None:
+            stream = self._streams[room] = Stream()
+        catch = CatchUp(connection, since, reply)
+        if since is None and stream.last is not None and not stream.held:
+            catch.position = Position(stream.epoch or "", stream.last)
+            joins[room] = catch
+            self._graduate(room, stream, catch)
+            return
+        reading = bool(stream.catching)
+        joins[room] = stream.catching[connection] = catch
+        self._members.hold(room)
+        if since is None and reading:
+            catch.rides = True  # one read of where the room is serves a storm of joins
+            return
+        self._tasks.spawn(self._catch_up(room, stream, catch, limits), name="roomcast-catch-up")
+
+    async def _catch_up(
+        self, room: str, stream: Stream, catch: CatchUp, limits: HistoryLimits
+    ) -> None:
+        page = await self._read(room, catch.since, limits)
+        try:
+            if stream.catching.get(catch.connection) is catch:  # (not left or gone meanwhile)
+                self._caught_up(room, stream, catch, limits, page)
+        finally:
+            self._let_riders_in(room, stream)
+
+    def _let_riders_in(self, room: str, stream: Stream) -> None:
+        """The joins that waited for a read of the room join where the room now is."""
+        riders = [catch for catch in stream.catching.values() if catch.rides]
+        if not riders or any(not catch.rides for catch in stream.catching.values()):
+            return  # (none, or another read is still under way: they wait for it)
+        for catch in riders:
+            catch.position, catch.recovered = self.position(room), False
+            self._graduate(room, stream, catch)
+
+    def _caught_up(
+        self,
+        room: str,
+        stream: Stream,
+        catch: CatchUp,
+        limits: HistoryLimits,
+        page: Page | None,
+    ) -> None:
+        if page is None:
+            # The history cannot be read (the broker is down): join without it, and say so.
+            catch.position, catch.recovered = self.position(room), False
+            self._graduate(room, stream, catch)
+            return
+        epoch, top = page.position.epoch, page.position.offset
+        replay: list[Frame] = []
+        if catch.since is not None and page.recovered:
+            if not catch.rereading:
+                catch.recovered = True
+            replay = [positioned_frame(envelope) for _, envelope in unpacked(page, self._stats)]
+            reached = page.last
+        else:
+            catch.recovered = False
+            reached = top
+        if stream.last is None:
+            if self._members.count(room) == 0:
+                stream.epoch, stream.last = epoch, reached  # this instance's start in the room
+        elif stream.epoch != epoch:
+            replay, reached, epoch, catch.recovered = [], stream.last, stream.epoch or "", False
+        elif stream.last > reached:
+            # The live stream went past the read: the recent frames fill the space between.
+            tail = [frame for offset, frame in stream.recent if offset > reached]
+            if len(tail) != stream.last - reached:  # not all of it: read again from there
+                self._send(catch, replay)
+                catch.since, catch.rereading = Position(epoch, reached), True
+                self._tasks.spawn(self._catch_up(room, stream, catch, limits))
+                return
+            replay += tail
+            reached = stream.last
+        self._send(catch, replay)
+        catch.position = Position(epoch, reached)
+        if stream.last is not None and reached <= stream.last:
+            self._graduate(room, stream, catch)
+        else:
+            self._expect(room, catch.position)  # live is behind the read: wait for it
+
+    def _send(self, catch: CatchUp, frames: list[Frame]) -> None:
+        for frame in frames:
+            self._members.send(catch.connection, frame)
+        catch.replayed += len(frames)
+
+    def _graduate(self, room: str, stream: Stream, catch: CatchUp) -> None:
+        connection = catch.connection
+        if stream.catching.pop(connection, None) is not None:
+            self._members.release(room)
+        self._forget_join(connection, room)
+        self._members.enroll(connection, room)
+        catch.reply(Joined(catch.position, catch.recovered, catch.replayed))
+        if not catch.rides:
+            self._let_riders_in(room, stream)
+
+    def _abandon(self, room: str, stream: Stream, catch: CatchUp) -> None:
+        if stream.catching.pop(catch.connection, None) is not None:
+            self._members.release(room)
+        self._forget_join(catch.connection, room)
+
+    def _forget_join(self, connection: Connection, room: str) -> None:
+        joins = self._joining.get(connection)
+        if joins is not None:
+            joins.pop(room, None)
+            if not joins:
+                del self._joining[connection]
+
+    def cancel(self, connection: Connection, room: str | None = None) -> bool:
+        """Stop ``connection``'s join of ``room`` (every join: None); True if one was under
+        way."""
+        joins = self._joining.get(connection)
+        if joins is None:
+            return False
+        rooms = list(joins) if room is None else [room] if room in joins else []
+        for name in rooms:
+            stream = self._streams.get(name)
+            if stream is not None:
+                self._abandon(name, stream, joins[name])
+            else:
+                self._forget_join(connection, name)
+        return bool(rooms)
+
+    def _graduate_level(self, room: str, stream: Stream) -> None:
+        assert stream.last is not None
+        for catch in list(stream.catching.values()):
+            if catch.position is not None and catch.position.offset <= stream.last:
+                self._graduate(room, stream, catch)

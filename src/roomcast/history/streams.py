@@ -1,0 +1,84 @@
+"""The per-room state of ``SharedHistory``: a room's delivery at this instance, the joins
+catching up with it, and the publishes waiting for their position."""
+
+from __future__ import annotations
+
+import collections
+
+from roomcast.brokers.base import BrokerStats
+from roomcast.brokers.envelope import Envelope, InvalidEnvelope, unpack
+from roomcast.connection import Connection
+from roomcast.frame import Frame
+from roomcast.history.contract import JoinReply, PublishReply
+from roomcast.history.positions import Page, Position, positioned
+
+__all__ = ["RECENT", "Ack", "CatchUp", "Stream", "positioned_frame", "unpacked"]
+
+RECENT = 256
+"""Frames kept per room for joins whose history read the live stream went past."""
+
+
+class CatchUp:
+    __slots__ = (
+        "connection",
+        "position",
+        "recovered",
+        "replayed",
+        "reply",
+        "rereading",
+        "rides",
+        "since",
+    )
+
+    def __init__(self, connection: Connection, since: Position | None, reply: JoinReply) -> None:
+        self.connection = connection
+        self.since = since
+        self.reply = reply
+        self.position: Position | None = None
+        """Set once the replay is sent: the connection is a member when live gets there."""
+        self.recovered = False
+        self.replayed = 0
+        self.rereading = False
+        self.rides = False
+        """Waits for another join's read of the room (it needs only where the room is)."""
+
+
+class Stream:
+    """One room's delivery at this instance."""
+
+    __slots__ = ("catching", "epoch", "held", "last", "recent", "repairing")
+
+    def __init__(self) -> None:
+        self.epoch: str | None = None
+        self.last: int | None = None
+        self.held: dict[int, Envelope] = {}
+        self.repairing = False
+        self.recent: collections.deque[tuple[int, Frame]] = collections.deque(maxlen=RECENT)
+        self.catching: dict[Connection, CatchUp] = {}
+
+
+class Ack:
+    __slots__ = ("done", "position", "room")
+
+    def __init__(self, room: str, done: PublishReply) -> None:
+        self.room = room
+        self.done = done
+        self.position: Position | None = None
+
+
+def unpacked(page: Page, stats: BrokerStats) -> list[tuple[int, Envelope]]:
+    """The page's envelopes with their offsets (what does not parse is counted, skipped)."""
+    found = []
+    for index, data in enumerate(page.payloads):
+        offset = page.first + index
+        try:
+            found.append((offset, unpack(data, Position(page.position.epoch, offset))))
+        except InvalidEnvelope:
+            stats.malformed += 1
+    return found
+
+
+def positioned_frame(envelope: Envelope) -> Frame:
+    assert envelope.position is not None
+    payload = positioned(envelope.payload, envelope.position)
+    return Frame.from_payload(envelope.payload if payload is None else payload, False)
