@@ -224,33 +224,32 @@ class Link:
             heartbeat = self._tasks.spawn(self._heartbeat(ws), name="roomcast-client-heartbeat")
         opened = False
         try:
-            if await self._rejoin(ws):
+            failure = await self._rejoin(ws)
+            if failure is None:
                 opened = True
                 self._set_state(ClientState.OPEN)
                 if self._first is not None and not self._first.done():
                     self._first.set_result(None)
                 if reconnected:
                     await self.inbox.put(Reconnected(attempts))
-            else:
+            elif failure is RequestTimeout:
                 self._abort(ws, _ABNORMAL, "a rejoin was not answered in time")
-            await reader
+            await reader  # (ends at once if the connection was lost while rejoining)
         finally:
             for task in (reader, heartbeat):
                 if task is not None:
                     task.cancel()
             self._ws = None
-            for event_id in self.session.connection_lost():
-                future = self._futures.pop(event_id, None)
-                if future is not None and not future.done():
-                    future.set_exception(ConnectionLost("the connection was lost"))
+            self._lost()
         if self._local_close is not None:
             return (*self._local_close, opened)
         code = ws.close_code or _ABNORMAL
         reason = ws.close_reason or ("the connection dropped" if code == _ABNORMAL else "")
         return code, reason, opened
 
-    async def _rejoin(self, ws: ClientConnection) -> bool:
-        """Rejoin every room from its last position; False if the connection failed."""
+    async def _rejoin(self, ws: ClientConnection) -> type[ClientError] | None:
+        """Rejoin every room from its last position; returns what went wrong, if the
+        connection did (RequestTimeout, ConnectionLost)."""
         # A replay takes as long as the application takes to read it (the reader waits for
         # room in the inbox): with the heartbeat on, it is the judge of a dead server, which
         # does not count the time the application is behind; without, ack_timeout is.
@@ -259,20 +258,32 @@ class Link:
             self.call(functools.partial(self.session.rejoin, room, since), ws, bounded)
             for room, since in self.session.book.rejoins()
         ]
+        failure: type[ClientError] | None = None
         for result in await asyncio.gather(*rejoins, return_exceptions=True):
             if isinstance(result, RequestTimeout | ConnectionLost):
-                return False
-            if isinstance(result, BaseException) and not isinstance(result, ClientError):
+                failure = type(result)
+            elif isinstance(result, BaseException) and not isinstance(result, ClientError):
                 raise result
-        return True  # (a refused rejoin was reported as Rejoined with its error)
+        return failure  # (a refused rejoin was reported as Rejoined with its error)
 
     async def _read(self, ws: ClientConnection) -> None:
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(ConnectionClosed):
+        try:
             async for raw in ws:
                 self._last_frame = loop.time()
                 for outcome in self.session.received(raw):
                     await self._carry_out(ws, outcome)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._lost()  # at once: the rejoins wait for their answers without a time limit
+
+    def _lost(self) -> None:
+        """The connection ended: every request still waiting raises ConnectionLost."""
+        for event_id in self.session.connection_lost():
+            future = self._futures.pop(event_id, None)
+            if future is not None and not future.done():
+                future.set_exception(ConnectionLost("the connection was lost"))
 
     async def _carry_out(self, ws: ClientConnection, outcome: Outcome) -> None:
         if isinstance(outcome, Settled):
