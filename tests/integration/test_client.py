@@ -31,6 +31,7 @@ from roomcast.client import (
     Event,
     Message,
     NotConnected,
+    Position,
     Reconnected,
     Rejoined,
     RequestRefused,
@@ -38,8 +39,9 @@ from roomcast.client import (
 )
 from roomcast.errors import InvalidMessage
 from roomcast.testing import free_port
+from tests.redis_support import RedisServer
 from tests.serve_process import metric, start_serve, stop_serve
-from tests.support import running_server, seconds
+from tests.support import eventually, running_server, seconds
 
 FAST = Backoff(initial=0.05, maximum=0.5)
 """Reconnect quickly: the tests wait for reconnections."""
@@ -204,11 +206,14 @@ async def test_members_get_each_others_messages_and_requests_are_acknowledged(
     await bob.join("lobby")
     assert ann.rooms == ["lobby"]
 
-    await ann.publish("lobby", {"text": "hi"})
+    position = await ann.publish("lobby", {"text": "hi"})
+    assert position is not None and position.offset == 1  # rooms keep history by default
+    assert ann.position("lobby") == position  # the sender's own message is its position
     message, before = await next_event(bob, Message)
     assert before == []
     assert (message.room, message.sender, message.data) == ("lobby", "ann", {"text": "hi"})
     assert message.event_id is not None and message.timestamp is not None
+    assert message.position == position == bob.position("lobby")
     assert 0 < await ann.ping() < seconds(5)
 
     await bob.leave("lobby")
@@ -235,8 +240,9 @@ async def test_refusals_raise_with_the_servers_code(
         await ann.publish("lobby", float("nan"))
     assert ann.rooms == [] and state(ann) is ClientState.OPEN
     await ann.join("lobby")
-    assert await ann.publish("lobby", 1) is None  # a room without history has no position
-    assert ann.position("lobby") is None and ann.duplicates == 0
+    assert ann.position("lobby") == Position("", 0)  # an empty room
+    assert await ann.publish("lobby", 1) == ann.position("lobby")
+    assert ann.duplicates == 0
 
 
 async def test_a_client_needs_a_server_and_ends_when_closed(
@@ -277,14 +283,19 @@ async def test_the_client_comes_back_after_the_server_is_killed_and_restarted(
     serve: Callable[..., Awaitable[Served]], clients: Callable[..., Awaitable[Client]]
 ) -> None:
     """A connection that drops (1006) is reported once, retried with backoff until the server
-    is back, and every room is rejoined (not recovered: these rooms have no history).  A
-    request made meanwhile waits for the connection (up to its ack timeout)."""
+    is back, and every room is rejoined.  The history in the process's memory died with it:
+    a room where the client had seen a message says it was not recovered; one where it had
+    seen none has nothing to recover.  A request made meanwhile waits for the connection (up
+    to its ack timeout)."""
     server = await serve()
     ann = await clients(server.url, user_id="ann", ack_timeout=seconds(20))
     bob = await clients(server.url, user_id="bob")
     for room in ("lobby", "news"):
         await ann.join(room)
         await bob.join(room)
+    await bob.publish("lobby", "before")
+    seen, _ = await next_event(ann, Message)
+    assert seen.position is not None and seen.position.offset == 1
 
     await server.kill()
     lost, _ = await next_event(ann, Disconnected)
@@ -295,7 +306,8 @@ async def test_the_client_comes_back_after_the_server_is_killed_and_restarted(
 
     back, before = await next_event(ann, Reconnected, units=20)
     assert back.attempts >= 1
-    assert before == [Rejoined("lobby", False, 0, None), Rejoined("news", False, 0, None)]
+    empty = Position("", 0)
+    assert before == [Rejoined("lobby", False, 0, empty), Rejoined("news", True, 0, empty)]
     assert state(ann) is ClientState.OPEN and ann.rooms == ["lobby", "news"]
     async with asyncio.timeout(seconds(10)):
         await waiting
@@ -308,10 +320,12 @@ async def test_the_client_comes_back_after_the_server_is_killed_and_restarted(
 async def test_a_draining_server_closes_with_1001_and_the_client_comes_back(
     serve: Callable[..., Awaitable[Served]], clients: Callable[..., Awaitable[Client]]
 ) -> None:
-    """SIGTERM closes clients with 1001 ("reconnect"); one Disconnected, then Reconnected."""
-    server = await serve()
+    """SIGTERM closes clients with 1001 ("reconnect"); one Disconnected, then Reconnected.
+    On a server without history nothing has a position, and nothing can be recovered."""
+    server = await serve("--history-size", "0")
     ann = await clients(server.url, user_id="ann")
-    await ann.join("lobby")
+    assert (await ann.join("lobby")).position is None
+    assert await ann.publish("lobby", 1) is None
     stopping = asyncio.create_task(server.stop())
     lost, _ = await next_event(ann, Disconnected)
     assert (lost.code, lost.will_reconnect) == (1001, True)
@@ -323,17 +337,29 @@ async def test_a_draining_server_closes_with_1001_and_the_client_comes_back(
     assert before == [Rejoined("lobby", False, 0, None)]
 
 
+REPLAY_OVER_LIMIT = pytest.mark.xfail(
+    strict=True,
+    reason="roomcast serve queues a join's replay in one go, so a replay larger than "
+    "--send-buffer-limit (as after a 4008, which drops about that much) is cut off again",
+)
+
+
+@pytest.mark.parametrize(
+    "history", [pytest.param("0", id="no-history"), pytest.param("1000", marks=REPLAY_OVER_LIMIT)]
+)
 async def test_a_client_whose_application_does_not_read_is_cut_off_and_comes_back(
-    serve: Callable[..., Awaitable[Served]], clients: Callable[..., Awaitable[Client]]
+    serve: Callable[..., Awaitable[Served]],
+    clients: Callable[..., Awaitable[Client]],
+    history: str,
 ) -> None:
     """With its queue full the client stops reading the socket, so the server cuts it off as
     a slow consumer (4008) instead of the client buffering without limit; once the
     application reads again it gets what was queued, in order, then the 4008, and the client
-    reconnects into its room."""
+    reconnects.  With history it recovers what the server had to drop: every message once,
+    in order; without, it says it could not."""
     # (--close-timeout: the 4008 close frame waits behind the unread data, not reset)
-    server = await serve(
-        "--send-buffer-limit", "65536", "--rate-limit", "0", "--close-timeout", "30"
-    )
+    flags = ("--send-buffer-limit", "65536", "--rate-limit", "0", "--close-timeout", "30")
+    server = await serve(*flags, "--history-size", history)
     slow = await clients(server.url, user_id="slow", max_queue=1)
     fast = await clients(server.url, user_id="fast")
     await slow.join("flood")
@@ -350,11 +376,17 @@ async def test_a_client_whose_application_does_not_read_is_cut_off_and_comes_bac
     assert (lost.code, lost.will_reconnect) == (4008, True)
     sequence = [event.data["seq"] for event in before if isinstance(event, Message)]
     assert sequence == list(range(len(sequence))) and 0 < len(sequence) < sent
-    _, rejoined = await next_event(slow, Reconnected, units=20)
-    assert rejoined == [Rejoined("flood", False, 0, None)]
+    _, replay = await next_event(slow, Reconnected, units=10)
+    *missed, rejoined = replay
+    if history == "0":
+        assert (missed, rejoined) == ([], Rejoined("flood", False, 0, None))
+    else:
+        sequence += [event.data["seq"] for event in missed if isinstance(event, Message)]
+        assert sequence == list(range(sent)) and len(missed) == sent - len(before)
+        assert rejoined == Rejoined("flood", True, len(missed), fast.position("flood"))
     await fast.publish("flood", {"seq": "after"})
     message, _ = await next_event(slow, Message)
-    assert message.data == {"seq": "after"}
+    assert message.data == {"seq": "after"} and slow.duplicates == 0
 
 
 async def test_the_client_pings_a_quiet_server_and_leaves_one_that_stopped_answering(
@@ -435,25 +467,122 @@ async def test_a_token_function_keeps_the_client_past_expiry_and_a_fixed_token_d
         await zed.refresh_token()
 
 
-async def test_a_cut_connection_is_noticed_and_repaired(
+async def test_a_cut_client_gets_every_message_once_in_order(
     serve: Callable[..., Awaitable[Served]], clients: Callable[..., Awaitable[Client]]
 ) -> None:
-    """A connection reset without a close frame (the network dropped it) is a 1006; the
-    client reconnects through the same path once it is back, and rejoins."""
-    server = await serve()
+    """A connection reset without a close frame (the network dropped it) is a 1006.  While
+    the client is away and while it comes back, another member keeps publishing; the client
+    rejoins from the last position it saw (its own publish included), the server replays what
+    it missed, and the client ends with every message exactly once, in order."""
+    server = await serve("--history-size", "5000")
     assert server.port is not None
     async with Cutter(server.port) as cutter:
         ann = await clients(cutter.url, user_id="ann")
         bob = await clients(server.url, user_id="bob")
         await ann.join("lobby")
         await bob.join("lobby")
+        published = 0
+        stop = asyncio.Event()
+
+        async def publish() -> None:
+            nonlocal published
+            while not stop.is_set():
+                await bob.publish("lobby", published)
+                published += 1
+                await asyncio.sleep(seconds(0.002))  # the pace: about 500 messages a second
+
+        publisher = asyncio.create_task(publish())
+        received: list[Any] = []
+        while len(received) < 10:
+            message, _ = await next_event(ann, Message)
+            received.append(message.data)
+        mine = await ann.publish("lobby", "ann's own")  # bob gets it; ann's position moves
+        assert mine is not None and ann.position("lobby") == mine
+
         cutter.refusing = True
         cutter.cut()
-        lost, _ = await next_event(ann, Disconnected)
-        assert lost.code == 1006 and lost.will_reconnect
+        lost, before = await next_event(ann, Disconnected)
+        assert (lost.code, lost.will_reconnect) == (1006, True)
+        received += [event.data for event in before if isinstance(event, Message)]
+        away = published
+        await eventually(lambda: published >= away + 20, what="20 messages while away")
         cutter.refusing = False
-        _, before = await next_event(ann, Reconnected, units=20)
-        assert before == [Rejoined("lobby", False, 0, None)]
-        await bob.publish("lobby", "after the cut")
-        message, _ = await next_event(ann, Message)
-        assert message.data == "after the cut"
+        rejoined, replayed = await next_event(ann, Rejoined, units=20)
+        received += [event.data for event in replayed if isinstance(event, Message)]
+        assert rejoined.recovered and rejoined.replayed == len(replayed) >= 20
+        back = published
+        await eventually(lambda: published >= back + 20, what="20 messages once back")
+        stop.set()
+        async with asyncio.timeout(seconds(10)):
+            await publisher
+        while len(received) < published:
+            message, _ = await next_event(ann, Message)
+            received.append(message.data)
+        assert received == list(range(published))
+        await nothing_more(ann)
+        assert ann.duplicates == 0
+        assert ann.position("lobby") == bob.position("lobby")
+
+
+async def test_a_client_of_a_killed_server_recovers_from_redis(
+    serve: Callable[..., Awaitable[Served]],
+    clients: Callable[..., Awaitable[Client]],
+    shared_redis: RedisServer,
+    prefix: str,
+) -> None:
+    """With --redis-url a room's history lives in Redis: a client whose server was killed
+    comes back to it (restarted on the same port) and gets what another instance published
+    meanwhile, once each, in order."""
+    flags = ("--redis-url", shared_redis.url, "--channel-prefix", prefix)
+    one, two = await serve(*flags), await serve(*flags)
+    ann = await clients(one.url, user_id="ann")
+    bob = await clients(two.url, user_id="bob")
+    await ann.join("lobby")
+    await bob.join("lobby")
+    await bob.publish("lobby", 0)
+    first, _ = await next_event(ann, Message)
+    assert first.data == 0
+
+    await one.kill()
+    await next_event(ann, Disconnected)
+    last = None
+    for n in range(1, 11):
+        last = await bob.publish("lobby", n)
+    await one.start()
+    _, before = await next_event(ann, Reconnected, units=20)
+    *replayed, rejoined = before
+    assert [event.data for event in replayed if isinstance(event, Message)] == list(range(1, 11))
+    assert rejoined == Rejoined("lobby", True, 10, last)
+    await bob.publish("lobby", 11)
+    message, _ = await next_event(ann, Message)
+    assert message.data == 11 and ann.duplicates == 0
+
+
+async def test_history_reads_and_a_join_from_a_saved_position(
+    serve: Callable[..., Awaitable[Served]], clients: Callable[..., Awaitable[Client]]
+) -> None:
+    """history() reads the latest messages, or those after a position, without joining; a
+    new client given a saved position as join(since=...) gets what followed it first."""
+    server = await serve()
+    ann = await clients(server.url, user_id="ann")
+    await ann.join("lobby")
+    positions = [await ann.publish("lobby", n) for n in range(5)]
+    assert all(p is not None for p in positions)
+
+    latest = await ann.history("lobby", limit=2)
+    assert [m.data for m in latest.messages] == [3, 4]
+    assert latest.position == positions[-1] and latest.recovered
+    after = await ann.history("lobby", since=positions[1])
+    assert [m.data for m in after.messages] == [2, 3, 4]
+    assert [m.position for m in after.messages] == positions[2:]
+    gone = await ann.history("lobby", since=Position("another", 3))
+    assert (gone.recovered, gone.messages) == (False, ())
+
+    cy = await clients(server.url, user_id="cy")
+    joined = await cy.join("lobby", since=positions[2])
+    assert (joined.recovered, joined.replayed, joined.position) == (True, 2, positions[-1])
+    replayed = [await cy.recv(), await cy.recv()]  # (already there when join returned)
+    assert [m.data for m in replayed if isinstance(m, Message)] == [3, 4]
+    await nothing_more(cy)
+    with pytest.raises(RequestRefused):
+        await ann.history("$stats")
