@@ -279,13 +279,16 @@ export class RoomcastClient {
       const join = since ? { type: "join", room, since } : { type: "join", room };
       joins.push(
         this._request(join, socket).then(
-          (ack) => reconnected && this._emit("recovered", this._recovery(room, ack)),
+          (ack) => {
+            if (reconnected) this._emit("recovered", this._recovery(room, ack));
+            // The watch waits for the join's ack: a server may answer a join later than the
+            // commands behind it (while it reads the room's history), and refuses to watch a
+            // room the client is not in yet.
+            if (presence) return this._watch(room, socket).catch(() => {});
+          },
           (e) => this._lostRoom(room, e),
         ),
       );
-      if (presence) {
-        joins.push(this._watch(room, socket).catch(() => {}));
-      }
     }
     await Promise.all(joins);
     if (socket !== this._socket) return;
