@@ -8,7 +8,6 @@ network does.  Every wait is bounded by ``asyncio.timeout`` in time units (``sec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import subprocess
 import time
@@ -39,6 +38,7 @@ from roomcast.client import (
 )
 from roomcast.errors import InvalidMessage
 from roomcast.testing import free_port
+from tests.proxy import Cutter
 from tests.redis_support import RedisServer
 from tests.serve_process import metric, start_serve, stop_serve
 from tests.support import eventually, running_server, seconds
@@ -144,53 +144,6 @@ async def nothing_more(client: Client, units: float = 0.3) -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(seconds(units)):
             await client.recv()
-
-
-class Cutter:
-    """A TCP proxy to a server whose connections the test can cut (reset, no close frame),
-    and which can refuse new ones for a while: a network drop as both ends see it."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.refusing = False
-        self._pipes: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/ws"
-
-    async def __aenter__(self) -> Cutter:
-        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.cut()
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    def cut(self) -> None:
-        for writer in self._pipes:
-            writer.transport.abort()
-        self._pipes.clear()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refusing:
-            writer.transport.abort()
-            return
-        upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", self.target)
-        self._pipes += [writer, upstream]
-
-        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-
-        await asyncio.gather(copy(reader, upstream), copy(upstream_reader, writer))
 
 
 async def test_members_get_each_others_messages_and_requests_are_acknowledged(
