@@ -171,8 +171,9 @@ class Hub:
         broker, possibly one elsewhere.  Lets a caller skip encoding a frame nobody gets."""
         if self.broker is not None:
             return True
-        if target is Target.ROOM:
-            return bool(self._registry.room_members(target_id))
+        if target is Target.ROOM:  # (a room with history keeps it even for nobody)
+            members = self._registry.room_members(target_id)
+            return bool(members) or self.history_limits(target_id) is not None
         if target is Target.USER:
             return bool(self._registry.user_connections(target_id))
         if target is Target.CONNECTION:

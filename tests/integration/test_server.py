@@ -298,12 +298,12 @@ async def test_publish_api_delivers_to_rooms_and_users() -> None:
         laptop = await connect(url(server, "/ws?user_id=b"))
         await eventually(lambda: server.hub.active_connections == 3)
         room_body = json.dumps({"room": "r", "data": {"n": 1}}).encode()
-        assert await http_request(server.api_port, publish_request(room_body)) == (
-            200,
-            b'{"delivered": 1}\n',
-        )
+        status, answer = await http_request(server.api_port, publish_request(room_body))
         got = json.loads(await recv(member))
         assert got["type"] == "room_message" and got["data"] == {"n": 1} and got["sender"] is None
+        # (A room with history: the answer also says where the message is stored.)
+        position = {"epoch": got["epoch"], "offset": 1}
+        assert (status, json.loads(answer)) == (200, {"delivered": 1, "position": position})
         user_body = json.dumps({"user_id": "b", "data": "hi"}).encode()
         assert (await http_request(server.api_port, publish_request(user_body)))[1] == (
             b'{"delivered": 2}\n'
@@ -312,9 +312,8 @@ async def test_publish_api_delivers_to_rooms_and_users() -> None:
             got = json.loads(await recv(device))
             assert got["type"] == "message" and got["data"] == "hi"
         batch_body = json.dumps({"room": "r", "batch": [1, 2, 3]}).encode()
-        assert (await http_request(server.api_port, publish_request(batch_body)))[1] == (
-            b'{"delivered": 3}\n'
-        )
+        answer = (await http_request(server.api_port, publish_request(batch_body)))[1]
+        assert json.loads(answer) == {"delivered": 3, "position": {**position, "offset": 4}}
         assert [json.loads(await recv(member))["data"] for _ in range(3)] == [1, 2, 3]
         bad_batch = json.dumps({"room": "r", "batch": [1, float("nan")]}).encode()
         assert (await http_request(server.api_port, publish_request(bad_batch)))[0] == 400
@@ -332,9 +331,8 @@ async def test_a_batch_bigger_than_a_send_buffer_is_refused_whole() -> None:
         status, body = await http_request(server.api_port, publish_request(too_big))
         assert status == 413 and b"split them" in body
         fits = json.dumps({"room": "r", "batch": ["x" * 1000] * 20}).encode()
-        assert (await http_request(server.api_port, publish_request(fits)))[1] == (
-            b'{"delivered": 20}\n'
-        )
+        answer = (await http_request(server.api_port, publish_request(fits)))[1]
+        assert json.loads(answer)["delivered"] == 20
         assert len([await recv(member) for _ in range(20)]) == 20
         assert server.hub.stats.slow_consumer_closes == 0
         await member.close()

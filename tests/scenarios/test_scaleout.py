@@ -28,7 +28,7 @@ API_KEY = "test-key"
 class Instance:
     """One ``roomcast serve`` process."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, *flags: str) -> None:
         self.port, self.api_port = free_port(), free_port()
         self.process = subprocess.Popen(
             [
@@ -46,6 +46,7 @@ class Instance:
                 "warning",
                 "--shutdown-timeout",
                 "3",
+                *flags,
             ],
             env={**os.environ, "ROOMCAST_API_KEY": API_KEY},
         )
@@ -90,11 +91,11 @@ class Instance:
 
 
 @contextlib.asynccontextmanager
-async def instances(redis: RedisServer, count: int) -> AsyncIterator[list[Instance]]:
+async def instances(redis: RedisServer, count: int, *flags: str) -> AsyncIterator[list[Instance]]:
     started: list[Instance] = []
     try:
         for _ in range(count):
-            started.append(Instance(redis.url))
+            started.append(Instance(redis.url, *flags))
         await asyncio.gather(*(instance.started() for instance in started))
         yield started
     finally:
@@ -171,10 +172,11 @@ async def test_kill_9_of_one_process_leaves_the_others_serving(own_redis: RedisS
 
 
 async def test_redis_restart_mid_stream(own_redis: RedisServer) -> None:
-    """Redis killed while one process publishes every 20 ms: both report not ready (503)
-    and keep serving their own clients; within 2 s of Redis' return both are ready and
-    delivering again; the loss is counted."""
-    async with instances(own_redis, 2) as (p0, p1):
+    """Rooms without history: Redis killed while one process publishes every 20 ms: both
+    report not ready (503) and keep serving their own clients; within 2 s of Redis' return
+    both are ready and delivering again; the loss is counted.  (With history, such publishes
+    are refused instead: tests/integration/test_history.py.)"""
+    async with instances(own_redis, 2, "--history-size", "0") as (p0, p1):
         local = await p0.client("lobby", "local")
         remote = await p1.client("lobby", "remote")
         await subscribed(own_redis, {"ws:room:lobby"})
@@ -243,7 +245,7 @@ async def drain_until_remote_gets_new(remote: ClientConnection) -> None:
 class AppInstance:
     """``tests/distributed_app.py`` under uvicorn, in its own process."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, *flags: str) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
             [

@@ -14,7 +14,7 @@ from typing import Any
 
 from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame
-from roomcast.history.positions import HistoryRule
+from roomcast.history.positions import HistoryLimits, HistoryRule, history_for_all
 from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
 from roomcast.serve.config import ServerConfig
@@ -135,3 +135,94 @@ def test_auth_without_tokens_is_refused() -> None:
     carry, hub, _ = session()
     ann = client(hub, "ann")
     assert "does not take tokens" in say(carry, ann, type="auth", token="t")[0]["error"]
+
+
+def history_session() -> tuple[Session, Hub]:
+    carry, hub, _ = session(history=history_for_all(HistoryLimits(size=5, ttl=300)))
+    return carry, hub
+
+
+def test_rooms_with_history_position_messages_acks_and_joins() -> None:
+    """Members get offsets and the epoch; the sender's ack carries the position of its
+    message (it does not get the message itself); a join is acknowledged with the room's
+    position."""
+    carry, hub = history_session()
+    ann, bob = client(hub, "ann"), client(hub, "bob")
+    (ack,) = say(carry, ann, type="join", room="r", event_id="j1")
+    assert ack["position"] == {"epoch": "", "offset": 0}
+    say(carry, bob, type="join", room="r")
+    (ack,) = say(carry, ann, type="publish", room="r", data={"n": 1}, event_id="p1")
+    (message,) = bob.take()
+    assert message["offset"] == 1 and message["data"] == {"n": 1}
+    assert ack == {**ack, "type": "ack", "ack_event_id": "p1"}
+    assert ack["position"] == {"epoch": message["epoch"], "offset": 1}
+    carol = client(hub, "carol")
+    (joined,) = say(carry, carol, type="join", room="r")
+    assert joined["position"] == {"epoch": message["epoch"], "offset": 1}
+    assert "recovered" not in joined
+
+
+def test_a_join_since_replays_what_was_missed_before_the_ack() -> None:
+    carry, hub = history_session()
+    ann, bob = client(hub, "ann"), client(hub, "bob")
+    say(carry, ann, type="join", room="r")
+    say(carry, bob, type="join", room="r")
+    for n in range(1, 4):
+        say(carry, ann, type="publish", room="r", data={"n": n})
+    epoch = bob.take()[0]["epoch"]
+    say(carry, bob, type="leave", room="r")
+    for n in range(4, 6):
+        say(carry, ann, type="publish", room="r", data={"n": n})
+    replies = say(
+        carry, bob, type="join", room="r", since={"epoch": epoch, "offset": 3}, event_id="j"
+    )
+    assert [m.get("offset") for m in replies] == [4, 5, None]
+    assert [m["data"] for m in replies[:2]] == [{"n": 4}, {"n": 5}]
+    assert replies[2] == {
+        **replies[2],
+        "type": "ack",
+        "recovered": True,
+        "replayed": 2,
+        "position": {"epoch": epoch, "offset": 5},
+    }
+    say(carry, ann, type="publish", room="r", data={"n": 6})
+    assert [m["offset"] for m in bob.take()] == [6]
+
+
+def test_a_join_since_too_old_or_of_another_epoch_is_not_recovered() -> None:
+    carry, hub = history_session()
+    ann, bob = client(hub, "ann"), client(hub, "bob")
+    say(carry, ann, type="join", room="r")
+    for n in range(8):  # the history keeps 5
+        say(carry, ann, type="publish", room="r", data=n)
+    for since in ({"epoch": "nope", "offset": 7}, {"epoch": "x", "offset": 1}):
+        (ack,) = say(carry, bob, type="join", room="r", since=since)
+        assert ack["recovered"] is False and ack["replayed"] == 0
+        assert ack["position"]["offset"] == 8
+        say(carry, bob, type="leave", room="r")
+    (error,) = say(carry, bob, type="join", room="r", since={"offset": 1}, event_id="b")
+    assert error["type"] == "error" and "since" in error["error"] and error["ref_event_id"] == "b"
+
+
+async def test_the_history_command_reads_without_joining() -> None:
+    carry, hub = history_session()
+    ann, bob = client(hub, "ann"), client(hub, "bob")
+    say(carry, ann, type="join", room="r")
+    for n in range(1, 4):
+        say(carry, ann, type="publish", room="r", data=n)
+    say(carry, bob, type="history", room="r", limit=2, event_id="h")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    (page,) = bob.take()
+    assert page["type"] == "history" and page["ref_event_id"] == "h"
+    assert [m["data"] for m in page["messages"]] == [2, 3]
+    assert page["position"]["offset"] == 3 and "recovered" not in page
+    epoch = page["position"]["epoch"]
+    say(carry, bob, type="history", room="r", since={"epoch": epoch, "offset": 1})
+    for _ in range(20):
+        await asyncio.sleep(0)
+    (page,) = bob.take()
+    assert page["recovered"] is True and [m["offset"] for m in page["messages"]] == [2, 3]
+    assert "r" not in bob.connection.rooms
+    (error,) = say(carry, bob, type="history", room="$stats")
+    assert error["type"] == "error"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from roomcast.brokers.base import Broker, BrokerStats
 from roomcast.brokers.envelope import Target
 from roomcast.fastapi.manager import DEFAULT_SEND_BUFFER_LIMIT, ConnectionManager
+from roomcast.history.positions import history_rule
 from roomcast.hub import Hub, OverflowPolicy
 from roomcast.identifiers import DEFAULT_MAX_ID_BYTES
 from roomcast.messages import MessageType
@@ -61,6 +62,7 @@ class DistributedWebSocketManager(ConnectionManager):
             send_buffer_limit=options.get("send_buffer_limit", DEFAULT_SEND_BUFFER_LIMIT),
             max_id_bytes=options.get("max_id_length", DEFAULT_MAX_ID_BYTES),
             max_rooms=options.get("max_rooms"),
+            history=history_rule(options.get("history")),
         )
         super().__init__(hub=hub, **options)
         self.broker: Broker = broker

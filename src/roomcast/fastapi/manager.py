@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from roomcast.brokers.envelope import Target
@@ -21,6 +21,8 @@ from roomcast.errors import CloseCode, ConnectionStateError
 from roomcast.fastapi.asgi import AsgiTransport, AsgiWebSocket
 from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
+from roomcast.history.contract import Joined
+from roomcast.history.positions import HistoryLimits, HistoryRule, Page, Position, history_rule
 from roomcast.hub import Hub, ManagerStats, OverflowPolicy
 from roomcast.identifiers import DEFAULT_MAX_ID_BYTES
 from roomcast.messages import MessageType, PingMessage
@@ -54,6 +56,10 @@ class ConnectionManager:
         max_rooms: Most rooms with members in this process at once; a join that would open
             one more raises ``CapacityExceeded``.  None: no limit (each room costs a few
             hundred bytes plus its name; ``roomcast serve`` caps them by default).
+        history: Which rooms keep a history (``HistoryLimits`` for every room, or a rule
+            ``room -> HistoryLimits | None``); their messages then carry ``offset`` and
+            ``epoch`` when they are JSON objects, and ``join_room_since`` can replay what a
+            client missed.  None (the default): no history, messages exactly as given.
         hub: The hub to serve (``DistributedWebSocketManager`` passes one with a broker); a
             new one from the options above if omitted.
     """
@@ -69,6 +75,7 @@ class ConnectionManager:
         ping_interval: float | None = None,
         pong_timeout: float = 20.0,
         max_rooms: int | None = None,
+        history: HistoryLimits | HistoryRule | None = None,
         hub: Hub | None = None,
     ) -> None:
         if send_buffer_limit <= 0:
@@ -78,6 +85,7 @@ class ConnectionManager:
             send_buffer_limit=send_buffer_limit,
             max_id_bytes=max_id_length,
             max_rooms=max_rooms,
+            history=history_rule(history),
         )
         """Registry, fan-out and broker under this manager."""
         self.hub.observe(self)
@@ -257,6 +265,30 @@ class ConnectionManager:
         self.hub.check_id("room", room)
         connection = self._by_socket.get(id(websocket))
         return connection is not None and self.hub.join(connection, room)
+
+    async def join_room_since(
+        self, websocket: Any, room: str, since: Position | Mapping[str, Any] | None = None
+    ) -> Joined:
+        """Join ``room``; if it keeps history, first send the connection every message after
+        ``since`` (a ``Position`` or ``{"epoch", "offset"}``), in order.  The result says where
+        it now is and whether all was replayed (False: reload the state).  ValueError for a
+        malformed ``since``; ConnectionStateError if the websocket is not connected."""
+        self.hub.check_id("room", room)
+        connection = self._by_socket.get(id(websocket))
+        if connection is None:
+            raise ConnectionStateError("this websocket is not connected to the manager")
+        if since is not None and not isinstance(since, Position):
+            since = Position.parse(dict(since))
+        result: asyncio.Future[Joined] = asyncio.get_running_loop().create_future()
+        self.hub.join_at(connection, room, since, result.set_result)
+        return await result
+
+    async def room_history(
+        self, room: str, since: Position | None = None, limit: int = 100
+    ) -> Page:
+        """``room``'s stored messages (as JSON bytes with their positions): the latest
+        ``limit``, or those after ``since``.  LookupError if the room keeps no history."""
+        return await self.hub.read_history(room, since, limit)
 
     async def leave_room(self, websocket: Any, room: str) -> bool:
         """Remove the connection from ``room``; False if it was not a member or not connected."""

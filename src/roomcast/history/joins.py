@@ -76,10 +76,12 @@ class Joins(abc.ABC):
     async def _catch_up(
         self, room: str, stream: Stream, catch: CatchUp, limits: HistoryLimits
     ) -> None:
+        arrivals = stream.arrivals
         page = await self._read(room, catch.since, limits)
         try:
             if stream.catching.get(catch.connection) is catch:  # (not left or gone meanwhile)
-                self._caught_up(room, stream, catch, limits, page)
+                newest = stream.arrivals == arrivals and not stream.held
+                self._caught_up(room, stream, catch, limits, page, newest)
         finally:
             self._let_riders_in(room, stream)
 
@@ -99,6 +101,7 @@ class Joins(abc.ABC):
         catch: CatchUp,
         limits: HistoryLimits,
         page: Page | None,
+        newest: bool = False,
     ) -> None:
         if page is None:
             # The history cannot be read (the broker is down): join without it, and say so.
@@ -119,7 +122,12 @@ class Joins(abc.ABC):
             if self._members.count(room) == 0:
                 stream.epoch, stream.last = epoch, reached  # this instance's start in the room
         elif stream.epoch != epoch:
-            replay, reached, epoch, catch.recovered = [], stream.last, stream.epoch or "", False
+            replay, catch.recovered = [], False
+            if newest:  # the history was reset since the stream's last message: start from it
+                stream.epoch, stream.last = epoch, top
+                reached = top
+            else:  # the stream moved on past the read: start from the stream
+                reached, epoch = stream.last, stream.epoch or ""
         elif stream.last > reached:
             # The live stream went past the read: the recent frames fill the space between.
             tail = [frame for offset, frame in stream.recent if offset > reached]

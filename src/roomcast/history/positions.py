@@ -25,6 +25,7 @@ __all__ = [
     "Page",
     "Position",
     "history_for_all",
+    "history_rule",
     "new_epoch",
     "positioned",
 ]
@@ -88,6 +89,11 @@ def history_for_all(limits: HistoryLimits, *, reserved_prefix: str = "$") -> His
         return None if room.startswith(reserved_prefix) else limits
 
     return rule
+
+
+def history_rule(history: HistoryLimits | HistoryRule | None) -> HistoryRule | None:
+    """A rule from what a caller gave: limits for every room, a rule, or nothing."""
+    return history_for_all(history) if isinstance(history, HistoryLimits) else history
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

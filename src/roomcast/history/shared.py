@@ -107,13 +107,19 @@ class SharedHistory(Joins):
             )
         )
         if done is not None:
-            self._acks[key[0]] = Ack(room, done)
+            self._acks[key[0]] = Ack(room, done, accepted=self._broker.ready)
 
     def _stored(self, key: tuple[int, int], room: str, position: Position | None) -> None:
         ack = self._acks.get(key)
         if ack is None:
             return  # no one waits, or the message came back first
         stream = self._streams.get(room)
+        if position is None and ack.accepted and stream is not None and stream.last is not None:
+            # The connection broke with it queued or in flight: Redis may have run it (a
+            # lost reply is not a lost message).  Once resubscribed, look for it.
+            assert stream.epoch is not None
+            ack.unsure = Position(stream.epoch, stream.last)
+            return
         if position is None or stream is None or stream.epoch != position.epoch:
             del self._acks[key]
             failure = "the message could not be stored (broker unavailable)"
@@ -158,6 +164,7 @@ class SharedHistory(Joins):
         stream = self._streams.get(room)
         if stream is None:
             stream = self._streams[room] = Stream()
+        stream.arrivals += 1
         if stream.epoch != position.epoch:
             if stream.epoch:  # (not a room that had no history yet)
                 self._events.event(
@@ -238,9 +245,14 @@ class SharedHistory(Joins):
     async def _read_missing(
         self, room: str, stream: Stream, since: Position, limits: HistoryLimits
     ) -> None:
+        arrivals = stream.arrivals
         page = await self._read(room, since, limits)
         stream.repairing = False
         if self._streams.get(room) is not stream or stream.epoch != since.epoch:
+            return
+        if page is not None and page.position.epoch != since.epoch and not stream.held:
+            if stream.arrivals == arrivals:  # the history was reset meanwhile: start from it
+                stream.epoch, stream.last = page.position.epoch, page.position.offset
             return
         if page is None or not page.recovered or page.position.epoch != since.epoch:
             # Gone from the history (or unreadable): give up what is held back's holes.
@@ -262,10 +274,29 @@ class SharedHistory(Joins):
             return None
 
     def _check_all(self) -> None:
-        """After a reconnect: anything published meanwhile is in the histories."""
+        """After a reconnect: anything published meanwhile is in the histories, and so are
+        this instance's publishes whose replies the lost connection took along, if Redis ran
+        them."""
         for room, stream in self._streams.items():
             if not stream.repairing and stream.last is not None:
                 self._repair(room, stream)
+        for key, ack in list(self._acks.items()):
+            if ack.unsure is not None:
+                self._tasks.spawn(self._find(key, ack, ack.unsure), name="roomcast-find")
+                ack.unsure = None
+
+    async def _find(self, key: tuple[int, int], ack: Ack, since: Position) -> None:
+        """Ack a publish whose reply was lost with its position if it is in the history
+        after ``since``; refuse it (it reached nobody) if it is not."""
+        limits = self._rule(ack.room)
+        page = None if limits is None else await self._read(ack.room, since, limits)
+        found = None
+        if page is not None and page.recovered:
+            for offset, envelope in unpacked(page, self._stats):
+                if envelope.origin == self._origin and (envelope.stream, envelope.seq) == key:
+                    found = Position(page.position.epoch, offset)
+        ack.accepted = False  # (known now: stored at ``found``, or not at all)
+        self._stored(key, ack.room, found)
 
     def dropped(self, room: str) -> None:
         """The hub stopped listening to ``room``: its stream ends here."""

@@ -46,7 +46,7 @@ class CatchUp:
 class Stream:
     """One room's delivery at this instance."""
 
-    __slots__ = ("catching", "epoch", "held", "last", "recent", "repairing")
+    __slots__ = ("arrivals", "catching", "epoch", "held", "last", "recent", "repairing")
 
     def __init__(self) -> None:
         self.epoch: str | None = None
@@ -55,15 +55,22 @@ class Stream:
         self.repairing = False
         self.recent: collections.deque[tuple[int, Frame]] = collections.deque(maxlen=RECENT)
         self.catching: dict[Connection, CatchUp] = {}
+        self.arrivals = 0
+        """Messages that came from the broker: a read during which none came is the newest
+        word on the room (its epoch wins over the stream's)."""
 
 
 class Ack:
-    __slots__ = ("done", "position", "room")
+    __slots__ = ("accepted", "done", "position", "room", "unsure")
 
-    def __init__(self, room: str, done: PublishReply) -> None:
+    def __init__(self, room: str, done: PublishReply, accepted: bool) -> None:
         self.room = room
         self.done = done
         self.position: Position | None = None
+        self.accepted = accepted
+        """Handed to a connected broker: a failure may have come after Redis ran it."""
+        self.unsure: Position | None = None
+        """Its reply was lost with the connection: look for it after this, once back."""
 
 
 def unpacked(page: Page, stats: BrokerStats) -> list[tuple[int, Envelope]]:

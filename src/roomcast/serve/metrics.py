@@ -161,6 +161,11 @@ def _broker_metrics(broker: Broker) -> Iterator[Metric]:
         ("handler_errors", "Errors raised while handling envelopes.", stats.handler_errors),
         ("handler_drops", "Messages dropped for a full handler queue.", stats.handler_drops),
         ("reconnects", "Broker connections lost and re-established.", stats.reconnects),
+        (
+            "repaired",
+            "Messages of rooms with history that did not arrive and were read from the history.",
+            stats.repaired,
+        ),
     )
     for name, documentation, value in counter_values:
         yield CounterMetricFamily(f"roomcast_broker_{name}", documentation, value)

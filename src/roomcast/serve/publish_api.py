@@ -10,13 +10,16 @@ client's send buffer, or every recipient would be closed as a slow consumer.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import json
 import urllib.parse
+from typing import Any
 
 from roomcast.brokers.envelope import Target
 from roomcast.errors import BrokerUnavailable, InvalidIdentifier, InvalidMessage
-from roomcast.frame import encode
+from roomcast.frame import Frame, encode
 from roomcast.history.positions import Position
 from roomcast.hub import Hub
 from roomcast.messages import WSMessage, preview
@@ -26,6 +29,9 @@ from roomcast.serve.http_api import Answer, ApiRequest, ApiResponse
 from roomcast.serve.pages import GET_PATHS, Pages
 
 __all__ = ["MAX_BATCH", "PublishApi", "key_matches"]
+
+_STORE_TIMEOUT = 10.0
+"""Seconds a publish to a room with history may wait for its position."""
 
 MAX_BATCH = 1000
 """Most messages one ``POST /api/publish`` may carry in ``batch``."""
@@ -75,7 +81,32 @@ class PublishApi:
             return ApiResponse.json(401, {"error": "missing or wrong X-API-Key"})
         return self._publish(request.body)
 
-    def _publish(self, body: bytes) -> ApiResponse:
+    async def _publish_stored(self, room: str, frames: list[Frame]) -> ApiResponse:
+        """Publish to a room with history: answered once every message has its position, or
+        503 with how many were stored (the others reached nobody)."""
+        loop = asyncio.get_running_loop()
+        outcomes: list[asyncio.Future[Position | None]] = []
+        delivered = 0
+        for frame in frames:
+            outcome: asyncio.Future[Position | None] = loop.create_future()
+            outcomes.append(outcome)
+            delivered += self._hub.publish(room, frame, done=functools.partial(_settle, outcome))
+        try:
+            async with asyncio.timeout(_STORE_TIMEOUT):
+                await asyncio.wait(outcomes)
+        except TimeoutError:
+            pass
+        stored = [f.result() for f in outcomes if f.done() and not f.exception()]
+        if len(stored) < len(frames):
+            failures = [f.exception() for f in outcomes if f.done() and f.exception()]
+            why = str(failures[0]) if failures else "no answer from the broker in time"
+            return ApiResponse.json(503, {"error": why, "stored": len(stored)})
+        answer: dict[str, Any] = {"delivered": delivered}
+        if stored and stored[-1] is not None:
+            answer["position"] = stored[-1].as_dict()
+        return ApiResponse.json(200, answer)
+
+    def _publish(self, body: bytes) -> Answer:
         try:
             request = json.loads(body)
         except (ValueError, RecursionError):
@@ -113,6 +144,8 @@ class PublishApi:
                     "--send-buffer-limit) go out at once: split them"
                 },
             )
+        if room is not None and self._hub.history_limits(room) is not None:
+            return self._publish_stored(room, frames)
         if room is not None:
             delivered = sum(self._hub.deliver(Target.ROOM, room, f) for f in frames)
         else:
@@ -152,3 +185,14 @@ class PublishApi:
             head["position"] = {"epoch": page.position.epoch, "offset": page.last}
         body = json.dumps(head).encode()[:-1] + b',"messages":[' + b",".join(page.payloads)
         return ApiResponse(200, body + b"]}")
+
+
+def _settle(
+    outcome: asyncio.Future[Position | None], position: Position | None, failure: str | None
+) -> None:
+    if outcome.done():
+        return
+    if failure is not None:
+        outcome.set_exception(BrokerUnavailable(failure))
+    else:
+        outcome.set_result(position)

@@ -266,6 +266,7 @@ class Server:
 
     def gone(self, transport: NativeTransport) -> None:
         self._open.discard(transport)
+        self.session.forget(transport.connection)
         self.hub.forget(transport.connection)  # (presence, an observer, hears it)
         if self.heartbeat is not None:
             self.heartbeat.stop_heartbeat(transport.connection.connection_id)

@@ -13,21 +13,22 @@ its own, so that no dictionary per connection is needed).
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from roomcast.auth import AuthenticationError, Identity
 from roomcast.connection import Connection
-from roomcast.errors import BrokerUnavailable, CapacityExceeded, CloseCode, InvalidIdentifier
-from roomcast.frame import Frame, encode
+from roomcast.errors import CapacityExceeded, CloseCode, InvalidIdentifier
+from roomcast.frame import encode
 from roomcast.history.contract import Joined
 from roomcast.history.positions import Position
 from roomcast.hub import Hub
 from roomcast.limits import RateLimit
 from roomcast.limits import Verdict as RateVerdict
 from roomcast.logbudget import EventLog
-from roomcast.messages import AckMessage, ErrorMessage, PingMessage, PongMessage, dumps, preview
+from roomcast.messages import AckMessage, ErrorMessage, PingMessage, PongMessage, preview
 from roomcast.presence.feed import (
     RESERVED_PREFIX,
     STATS_ROOM,
@@ -45,6 +46,7 @@ from roomcast.protocol import (
     interpret,
 )
 from roomcast.serve.config import ServerConfig
+from roomcast.serve.history_reads import HistoryReads, since_refusal
 from roomcast.serve.metrics import ServerCounters
 
 __all__ = ["ClientTransport", "Session"]
@@ -94,7 +96,9 @@ class Session:
         self._verify = verify
         self._arm_expiry = arm_expiry
         self._spawn = spawn
-        self._reads = 0  # history reads in flight (bounded by _MAX_READS)
+        self._reads = HistoryReads(hub, self._refuse, spawn)
+        # Messages of connections whose join waits for a room's history: carried out after it.
+        self._waiting: dict[Connection, collections.deque[str]] = {}
         self._rate = (
             RateLimit(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
         )
@@ -114,6 +118,22 @@ class Session:
         if isinstance(message, bytes):
             transport.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
             return
+        waiting = self._waiting.get(connection)
+        if waiting is None:
+            self._carry(connection, message)
+        elif len(waiting) < _MAX_WAITING:  # a join is under way: the rest follows it, in order
+            waiting.append(message)
+        else:
+            self._reply(
+                connection,
+                ErrorMessage(error="too many messages while a join is under way", code=1013),
+            )
+
+    def forget(self, connection: Connection) -> None:
+        """The connection is gone: drop what waited for its join."""
+        self._waiting.pop(connection, None)
+
+    def _carry(self, connection: Connection, message: str) -> None:
         command = interpret(message)
         if isinstance(command, ErrorMessage):
             self._counters.protocol_errors += 1
@@ -134,7 +154,7 @@ class Session:
         elif isinstance(command, AuthMessage):
             self._reauthenticate(connection, command)
         elif isinstance(command, HistoryMessage):
-            self._history(connection, command)
+            self._reads.read(connection, command)
         # PongMessage: answers to application pings; the heartbeat issue will record them.
 
     def charge(self, transport: ClientTransport) -> bool:
@@ -202,14 +222,26 @@ class Session:
                     return
                 refusal = self._reserved_refusal(connection, room)
                 if refusal is None and command.since is not None:
-                    refusal = _since_refusal(command.since)
+                    refusal = since_refusal(command.since)
                 if refusal is not None:
                     self._refuse(connection, command.event_id, refusal)
                     return
                 since = None if command.since is None else Position.parse(command.since)
-                self._hub.join_at(  # (presence, an observer, hears it)
-                    connection, room, since, lambda done: self._joined(connection, command, done)
-                )
+                at_once: list[Joined] = []  # (the answer, if it came before join_at returned)
+                later = [False]
+
+                def reply(done: Joined) -> None:
+                    if later[0]:
+                        self._joined(connection, command, done)
+                    else:
+                        at_once.append(done)
+
+                self._hub.join_at(connection, room, since, reply)  # (presence hears it)
+                later[0] = True
+                if at_once:
+                    self._answer_join(connection, command, at_once[0])
+                else:  # the room's history is being read: later messages wait for the join
+                    self._waiting.setdefault(connection, collections.deque())
                 return
             if not self._hub.leave(connection, room):
                 self._refuse(connection, command.event_id, f"not in room {preview(room)}")
@@ -227,6 +259,23 @@ class Session:
 
     def _joined(self, connection: Connection, command: JoinMessage, joined: Joined) -> None:
         """A join ended (at once, or once the room's history was read)."""
+        try:
+            self._answer_join(connection, command, joined)
+        finally:
+            self._resume(connection)
+
+    def _resume(self, connection: Connection) -> None:
+        """Carry out what waited for a join, until a join waits again."""
+        if connection not in self._waiting or self._hub.joining(connection):
+            return
+        waiting = self._waiting.pop(connection)
+        while waiting:
+            self._carry(connection, waiting.popleft())
+            if connection in self._waiting:  # that one waits for a history read too
+                self._waiting[connection] = waiting
+                return
+
+    def _answer_join(self, connection: Connection, command: JoinMessage, joined: Joined) -> None:
         if joined.failure is not None:
             self._refuse(connection, command.event_id, joined.failure, CloseCode.TRY_AGAIN_LATER)
             return
@@ -241,53 +290,6 @@ class Session:
         watched = watched_room(command.room)
         if presence is not None and watched is not None:
             presence.request_snapshot(connection, watched)  # a repeated join: a resync
-
-    def _history(self, connection: Connection, command: HistoryMessage) -> None:
-        refusal = _since_refusal(command.since) if command.since is not None else None
-        if command.room.startswith(RESERVED_PREFIX):
-            refusal = f"room {preview(command.room)} keeps no history"
-        elif self._hub.history_limits(command.room) is None:
-            refusal = "this server keeps no history" if refusal is None else refusal
-        elif command.limit is not None and command.limit < 0:
-            refusal = "'limit' must not be negative"
-        if refusal is not None:
-            self._refuse(connection, command.event_id, refusal)
-            return
-        if self._reads >= _MAX_READS:
-            self._refuse(
-                connection,
-                command.event_id,
-                "too many history reads; retry",
-                CloseCode.TRY_AGAIN_LATER,
-            )
-            return
-        self._reads += 1
-        self._spawn(self._read_history(connection, command))
-
-    async def _read_history(self, connection: Connection, command: HistoryMessage) -> None:
-        since = None if command.since is None else Position.parse(command.since)
-        limit = _DEFAULT_LIMIT if command.limit is None else command.limit
-        try:
-            page = await self._hub.read_history(command.room, since, limit)
-        except (BrokerUnavailable, LookupError) as exc:
-            self._refuse(connection, command.event_id, str(exc), CloseCode.TRY_AGAIN_LATER)
-            return
-        finally:
-            self._reads -= 1
-        # Messages as stored, each encoded once already: spliced in, not decoded.
-        head: dict[str, Any] = {
-            "type": "history",
-            "room": command.room,
-            "ref_event_id": command.event_id,
-            "position": page.position.as_dict(),
-        }
-        if since is not None:
-            head["recovered"] = page.recovered
-        if page.payloads:
-            # The page ends at its last message (a client asks again from there).
-            head["position"] = {"epoch": page.position.epoch, "offset": page.last}
-        body = dumps(head).encode()[:-1] + b',"messages":[' + b",".join(page.payloads) + b"]}"
-        self._hub.deliver_to(connection, Frame.from_payload(body, False))
 
     def _reserved_refusal(self, connection: Connection, room: str) -> str | None:
         """Why ``connection`` may not join the server's room ``room`` (None: it may)."""
@@ -358,14 +360,5 @@ class Session:
         self._hub.deliver_to(connection, encode(message))
 
 
-_MAX_READS = 256
-"""History reads in flight at once for the whole server; more are refused (1013)."""
-_DEFAULT_LIMIT = 100
-
-
-def _since_refusal(since: object) -> str | None:
-    try:
-        Position.parse(since)
-    except ValueError as exc:
-        return str(exc)
-    return None
+_MAX_WAITING = 64
+"""Messages a client may send while one of its joins waits for a room's history."""
