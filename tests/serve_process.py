@@ -35,13 +35,15 @@ async def start_serve(
     env: dict[str, str] | None = None,
     open_files: int | None = None,
     log_level: str = "error",
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, httpx.AsyncClient]:
     """A ``roomcast serve`` process with an API port (key "k"), once it answers /readyz.
 
     ``open_files``: its RLIMIT_NOFILE, soft and hard (it cannot raise it); then its stderr is
-    a pipe for the test to read.
+    a pipe for the test to read.  ``port``: the WebSocket port (a free one unless given; give
+    the last one's to restart a server where its clients will look for it).
     """
-    port, api_port = free_port(), free_port()
+    port, api_port = port or free_port(), free_port()
     command = ["serve", "--port", str(port), "--api-port", str(api_port), "--log-level", log_level]
     server = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
         [sys.executable, "-m", "roomcast.serve.cli", *command, *flags],

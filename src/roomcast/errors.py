@@ -16,6 +16,8 @@ Error tree (blame is in the name, as in h11: misuse by the caller vs bad data fr
 
 ``roomcast.brokers.envelope.InvalidEnvelope`` (an InvalidMessage) is a bad message on a broker
 channel.
+``roomcast.client.ClientError`` (a RoomcastError) heads the Python client's errors, drawn in
+``roomcast/client/errors.py``.
 
 Close codes are named values so that clients, docs and tests agree on them.  1000-1015 are
 RFC 6455's; 4000-4999 is the range the RFC leaves to applications.

@@ -31,6 +31,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from websockets.sync.client import connect as ws_connect
 
+from tests.proxy import cutter_thread
 from tests.redis_support import RedisServer, free_port
 from tests.support import seconds
 
@@ -201,7 +202,7 @@ def record_events(browser: WebDriver) -> None:
     """Keep the page's client events in ``window.seen`` for the test to read."""
     browser.execute_script(
         """window.seen = [];
-        for (const kind of ["close", "reconnecting", "open", "token_expiring"]) {
+        for (const kind of ["close", "reconnecting", "recovered", "open", "token_expiring"]) {
           window.roomcast.on(kind, (e) => window.seen.push({event: kind, ...e}));
         }"""
     )
@@ -307,6 +308,18 @@ def test_a_page_survives_a_server_restart(
     assert (first["event"], first["code"], first["kind"]) == ("close", 1001, "shutdown")
     assert first["willReconnect"] is True
     assert events[-1] == {"event": "open", "reconnected": True}
+    # Before "open", one "recovered" per room (the demo's $stats too). Nothing was published
+    # to lobby and news, so nothing was missed; $stats keeps no history, so the client cannot
+    # know what it missed there, and says so.
+    recovered = sorted(
+        (e for e in events if e["event"] == "recovered"), key=lambda e: str(e["room"])
+    )
+    assert [(e["room"], e["recovered"], e["replayed"]) for e in recovered] == [
+        ("$stats", False, 0),
+        ("lobby", True, 0),
+        ("news", True, 0),
+    ]
+    events = [e for e in events if e["event"] != "recovered"]
     delays = [e["delay"] for e in events if e["event"] == "reconnecting"]
     for attempt, delay in enumerate(delays):
         ceiling = min(15000, 500 * 2**attempt)  # the client's default backoff
@@ -509,3 +522,99 @@ def test_the_client_answers_a_fastapi_apps_heartbeat(
     finally:
         app.terminate()
         app.wait(seconds(10))
+
+
+def test_the_client_keeps_positions_and_drops_a_message_it_already_had(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """Room messages carry their offset in rooms with history; one at or below the last
+    offset seen in the same epoch is dropped (the server should never send one)."""
+    server = serve()
+    page(f"{server.base}/")
+    result = run_client(
+        browser,
+        f"""
+        const client = await run({{url: "ws://127.0.0.1:{server.port}/ws", userId: "ann"}});
+        await client.connect();
+        await client.join("lobby");
+        const got = [];
+        client.on("message", (m) => got.push(m.position && m.position.offset));
+        const deliver = (offset, epoch) => client._received(client._socket, JSON.stringify(
+          {{type: "room_message", room: "lobby", sender: "bob", data: offset, offset, epoch}}));
+        for (const offset of [1, 2, 2, 1, 3]) deliver(offset, "e1");
+        deliver(1, "e2");  // another epoch: the server reset the room's history
+        const position = client.position("lobby");
+        await client.leave("lobby");
+        const after = client.position("lobby");
+        client.close();
+        return {{got, duplicates: client.duplicates, position, after}};
+        """,
+    )
+    assert result == {
+        "got": [1, 2, 3, 1],
+        "duplicates": 2,
+        "position": {"epoch": "e2", "offset": 1},
+        "after": None,
+    }
+
+
+def test_a_page_cut_off_by_the_network_recovers_what_it_missed(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """The page's connection is reset (no close frame) and new ones refused while bob
+    publishes; when the network is back the client rejoins from the last offset it saw, gets
+    the missed messages once each, in order, then says "recovered" for the room."""
+    server = serve()
+    page(f"{server.base}/")
+    with (
+        cutter_thread(server.port) as cutter,
+        ws_connect(f"ws://127.0.0.1:{server.port}/ws?user_id=bob") as bob,
+    ):
+
+        def publish(value: int) -> dict[str, Any]:
+            bob.send(json.dumps({"type": "publish", "room": "lobby", "data": value}))
+            while True:  # (bob gets nothing else: the sender is not sent its own messages)
+                answer = json.loads(bob.recv(timeout=seconds(10)))
+                if answer["type"] == "ack":
+                    return dict(answer)
+
+        bob.send(json.dumps({"type": "join", "room": "lobby"}))
+        assert json.loads(bob.recv(timeout=seconds(10)))["type"] == "ack"
+        run_client(
+            browser,
+            f"""
+            const client = await run({{url: "ws://127.0.0.1:{cutter.port}/ws", userId: "ann",
+              reconnect: {{initialDelay: 50, maxDelay: 500}}}});
+            window.ann = client;
+            window.got = [];
+            window.recovered = [];
+            client.on("message", (m) => window.got.push(m.data));
+            client.on("recovered", (r) => window.recovered.push(r));
+            await client.connect();
+            await client.join("lobby");
+            """,
+        )
+
+        def read(expression: str) -> Any:
+            return browser.execute_script(f"return {expression}")
+
+        for value in range(5):
+            publish(value)
+        until(browser, lambda: read("window.got.length") == 5, "the first five")
+        cutter.cut()
+        until(browser, lambda: read("window.ann.state") == "reconnecting", "the page notices")
+        last = {}
+        for value in range(5, 15):
+            last = publish(value)
+        cutter.restore()
+        until(browser, lambda: read("window.recovered.length") == 1, "recovered", timeout=20)
+        assert read("window.got") == list(range(15))
+        assert read("window.recovered") == [
+            {"room": "lobby", "recovered": True, "replayed": 10, "position": last["position"]}
+        ]
+        publish(15)
+        until(browser, lambda: read("window.got.length") == 16, "live again")
+        assert read("window.got") == list(range(16))
+        assert read("window.ann.duplicates") == 0
+        assert read("window.ann.position('lobby')") == last["position"] | {"offset": 16}
+        browser.execute_script("window.ann.close()")

@@ -3,6 +3,8 @@
 * the core (vocabulary and engines at the top level of ``roomcast``) imports no I/O library;
 * brokers and presence never import a face (``roomcast.fastapi``, ``roomcast.serve``);
 * the two faces never import each other;
+* the Python client (``roomcast.client``) imports only the core: it talks to a server over the
+  wire and never loads the server's code;
 * no import cycles among module-level imports.
 """
 
@@ -103,6 +105,17 @@ def test_the_faces_never_import_each_other(face: str, other: str) -> None:
         if name.startswith(f"roomcast.{face}"):
             crossing = {m for m in roomcast_imports(name) if m.startswith(f"roomcast.{other}")}
             assert not crossing, f"{name} imports {sorted(crossing)}"
+
+
+def test_the_client_imports_only_the_core() -> None:
+    """roomcast.client needs websockets and the core's vocabulary, nothing of a server."""
+    names = [name for name in MODULES if name.startswith("roomcast.client")]
+    assert "roomcast.client.session" in names
+    for name in names:
+        outside = {m for m in roomcast_imports(name) if not m.startswith("roomcast.client")}
+        assert outside <= set(CORE), f"{name} imports {sorted(outside - set(CORE))}"
+        foreign = {m for m in imports(MODULES[name]) if m.split(".")[0] in IO_LIBRARIES}
+        assert not foreign, f"{name} imports {sorted(foreign)}"
 
 
 def test_no_import_cycles() -> None:

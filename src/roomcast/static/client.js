@@ -17,7 +17,11 @@
 // a server's application pings (the FastAPI managers send them), reconnection with jittered
 // exponential backoff, rejoining its rooms (and presence watches) after a reconnect, close codes
 // surfaced with a kind ("slow_consumer", "auth", "shutdown", ...), and a fresh token when the
-// server says the current one expired.
+// server says the current one expired. In rooms with history it remembers the last position it
+// saw, rejoins from there after a reconnect (the server replays what was missed), tells the app
+// per room whether nothing was lost ("recovered" events), and drops a message it already had:
+//
+//   client.on("recovered", ({ room, recovered }) => { if (!recovered) reload(room); });
 
 /** Close codes roomcast uses (RFC 6455 ones and roomcast's 4xxx). */
 export const CloseCode = Object.freeze({
@@ -70,6 +74,22 @@ const STATS_ROOM = "$stats";
 const LOCAL_HEARTBEAT_CLOSE = 4000; // our own close when the server went silent
 const TOMBSTONE_MS = 30_000; // a member that left is not re-added by an older snapshot
 
+function positionOf(value) {
+  if (!value || typeof value.epoch !== "string" || !Number.isInteger(value.offset)) return null;
+  return { epoch: value.epoch, offset: value.offset };
+}
+
+function messageEvent(message) {
+  return {
+    room: message.room,
+    sender: message.sender,
+    data: message.data,
+    eventId: message.event_id,
+    timestamp: message.timestamp,
+    position: positionOf(message),
+  };
+}
+
 function defaultUrl() {
   const where = globalThis.location;
   if (!where) throw new Error("RoomcastClient: give a url outside a browser");
@@ -117,6 +137,8 @@ export class RoomcastClient {
     this.attempt = 0; // failed attempts since the last open
     this.rooms = new Map(); // room -> {presence: bool}: what the app asked for
     this.members = new Map(); // room -> Map(connection_id -> user_id)
+    this.positions = new Map(); // room -> {epoch, offset}: the last one seen (rooms with history)
+    this.duplicates = 0; // room messages dropped: their offset was not above the last seen
     this._tombstones = new Map(); // room -> Map(connection_id -> time it left)
     this._joinedSince = new Map(); // room -> connection ids that joined since we asked
     this._listeners = new Map();
@@ -135,7 +157,8 @@ export class RoomcastClient {
   // ------------------------------------------------------------------ events
 
   /** Subscribe to "open", "close", "state", "message", "direct", "presence", "stats",
-   * "error", "token_expiring", "reconnecting" or "raw"; returns a function that unsubscribes. */
+   * "recovered", "error", "token_expiring", "reconnecting" or "raw"; returns a function that
+   * unsubscribes. */
   on(event, listener) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(listener);
@@ -244,19 +267,31 @@ export class RoomcastClient {
   async _opening(socket) {
     if (socket !== this._socket) return;
     this._touch(); // (also clears the connect deadline)
-    // Rejoin before telling the app, so that "open" means "back in every room".
+    // Rejoin before telling the app, so that "open" means "back in every room". A room with
+    // history is rejoined from the last position seen: the server replays what was missed
+    // before its ack, and the ack says whether that was everything ("recovered").
     const members = [...this.rooms.entries()];
     const joins = [];
+    const reconnected = this._wasOpen;
     for (const [room, { presence }] of members) {
       this.members.delete(room);
-      joins.push(this._request({ type: "join", room }, socket).catch((e) => this._lostRoom(room, e)));
-      if (presence) {
-        joins.push(this._watch(room, socket).catch(() => {}));
-      }
+      const since = this.positions.get(room);
+      const join = since ? { type: "join", room, since } : { type: "join", room };
+      joins.push(
+        this._request(join, socket).then(
+          (ack) => {
+            if (reconnected) this._emit("recovered", this._recovery(room, ack));
+            // The watch waits for the join's ack: a server may answer a join later than the
+            // commands behind it (while it reads the room's history), and refuses to watch a
+            // room the client is not in yet.
+            if (presence) return this._watch(room, socket).catch(() => {});
+          },
+          (e) => this._lostRoom(room, e),
+        ),
+      );
     }
     await Promise.all(joins);
     if (socket !== this._socket) return;
-    const reconnected = this._wasOpen;
     this._wasOpen = true;
     this.attempt = 0;
     this._setState("open");
@@ -272,6 +307,7 @@ export class RoomcastClient {
     if (error.reason === "refused") {
       this.rooms.delete(room);
       this.members.delete(room);
+      this.positions.delete(room);
     }
     this._emit("error", { error: `could not rejoin ${room}: ${error.message}`, code: error.code });
   }
@@ -347,20 +383,57 @@ export class RoomcastClient {
   // ------------------------------------------------------------------ requests
 
   /** Join `room` (and watch its presence with {presence: true}). Remembered: after a
-   * reconnect the client joins it again. While disconnected it resolves {pending: true}. */
-  async join(room, { presence = false } = {}) {
+   * reconnect the client joins it again, from the last position seen. `since` ({epoch,
+   * offset}, saved earlier) asks the server to replay what followed it first. While
+   * disconnected it resolves {pending: true}; otherwise {pending: false, position, recovered,
+   * replayed}. */
+  async join(room, { presence = false, since = null } = {}) {
     this.rooms.set(room, { presence });
+    if (since) this.positions.set(room, since);
     // While (re)connecting, the rooms are (re)joined once the socket opens; once it is open
     // (even before "open", while rejoining), joins go out at once, after the rejoins.
     if (this._socket?.readyState !== 1) return { pending: true };
+    let ack;
     try {
-      await this._request({ type: "join", room });
+      ack = await this._request(since ? { type: "join", room, since } : { type: "join", room });
     } catch (error) {
-      if (error.reason === "refused") this.rooms.delete(room);
+      if (error.reason === "refused") {
+        this.rooms.delete(room);
+        this.positions.delete(room);
+      }
       throw error;
     }
     if (presence) await this._watch(room);
-    return { pending: false };
+    return { pending: false, ...this._recovery(room, ack) };
+  }
+
+  /** The last position seen in `room` ({epoch, offset}), or null (no history, or none yet). */
+  position(room) {
+    return this.positions.get(room) ?? null;
+  }
+
+  /** Read `room`'s history without joining: the latest `limit` messages, or those after
+   * `since`; resolves with {room, position, recovered, messages}. */
+  async history(room, { since = null, limit = null } = {}) {
+    const request = { type: "history", room };
+    if (since) request.since = since;
+    if (limit !== null) request.limit = limit;
+    const answer = await this._request(request);
+    return {
+      room,
+      position: positionOf(answer.position),
+      recovered: answer.recovered !== false,
+      messages: (answer.messages ?? []).map(messageEvent),
+    };
+  }
+
+  _recovery(room, ack) {
+    return {
+      room,
+      recovered: ack?.recovered === true,
+      replayed: ack?.replayed ?? 0,
+      position: this.positions.get(room) ?? null,
+    };
   }
 
   /** Ask for a fresh snapshot of a watched room (replaces what the client believes). */
@@ -387,13 +460,15 @@ export class RoomcastClient {
   async leave(room) {
     const had = this.rooms.delete(room);
     this.members.delete(room);
+    this.positions.delete(room);
     this._tombstones.delete(room);
     this._joinedSince.delete(room);
     if (this._socket?.readyState !== 1 || !had) return;
     await this._request({ type: "leave", room });
   }
 
-  /** Publish `data` to the other members of `room`; resolves when the server acked. */
+  /** Publish `data` to the other members of `room`; resolves with the server's ack (whose
+   * `position`, in a room with history, becomes the client's position in the room). */
   publish(room, data) {
     return this._request({ type: "publish", room, data });
   }
@@ -443,7 +518,7 @@ export class RoomcastClient {
         this._pending.delete(eventId);
         reject(new RoomcastError(`no answer to ${message.type} within ${this.ackTimeout} ms`, { reason: "timeout" }));
       }, this.ackTimeout);
-      this._pending.set(eventId, { resolve, reject, timer });
+      this._pending.set(eventId, { resolve, reject, timer, message });
       socket.send(JSON.stringify({ ...message, event_id: eventId }));
     });
   }
@@ -488,7 +563,11 @@ export class RoomcastClient {
     this._emit("raw", message);
     switch (message.type) {
       case "ack":
+        this._acknowledged(message);
         this._settle(message.ack_event_id, message);
+        break;
+      case "history":
+        this._settle(message.ref_event_id, message);
         break;
       case "pong":
         this._settle(message.ping_event_id, message);
@@ -500,13 +579,7 @@ export class RoomcastClient {
         this._serverError(message);
         break;
       case "room_message":
-        this._emit("message", {
-          room: message.room,
-          sender: message.sender,
-          data: message.data,
-          eventId: message.event_id,
-          timestamp: message.timestamp,
-        });
+        if (this._fresh(message)) this._emit("message", messageEvent(message));
         break;
       case "presence":
         this._presence(message);
@@ -517,6 +590,32 @@ export class RoomcastClient {
       default: // "message" and anything an app's own server sends
         this._emit("direct", message);
     }
+  }
+
+  _acknowledged(ack) {
+    // A join's ack gives the room's position; a publish's ack the position of the client's own
+    // message (sent after every older one, so the client is there now).
+    const request = this._pending.get(ack.ack_event_id)?.message;
+    const position = positionOf(ack.position);
+    if (!request || !position || !this.rooms.has(request.room)) return;
+    const last = this.positions.get(request.room);
+    if (request.type === "join" || !last || last.epoch !== position.epoch || position.offset > last.offset) {
+      this.positions.set(request.room, position);
+    }
+  }
+
+  _fresh(message) {
+    // A message at or below the last offset seen in the same epoch was delivered already: the
+    // server should never send one, and the client drops it if it does.
+    const position = positionOf(message);
+    if (!position || !this.rooms.has(message.room)) return true;
+    const last = this.positions.get(message.room);
+    if (last && last.epoch === position.epoch && position.offset <= last.offset) {
+      this.duplicates += 1;
+      return false;
+    }
+    this.positions.set(message.room, position);
+    return true;
   }
 
   _serverError(message) {
