@@ -290,15 +290,8 @@ async def test_a_draining_server_closes_with_1001_and_the_client_comes_back(
     assert before == [Rejoined("lobby", False, 0, None)]
 
 
-REPLAY_OVER_LIMIT = pytest.mark.xfail(
-    strict=True,
-    reason="roomcast serve queues a join's replay in one go, so a replay larger than "
-    "--send-buffer-limit (as after a 4008, which drops about that much) is cut off again",
-)
-
-
 @pytest.mark.parametrize(
-    "history", [pytest.param("0", id="no-history"), pytest.param("1000", marks=REPLAY_OVER_LIMIT)]
+    "history", [pytest.param("0", id="no-history"), pytest.param("1000", id="history")]
 )
 async def test_a_client_whose_application_does_not_read_is_cut_off_and_comes_back(
     serve: Callable[..., Awaitable[Served]],
