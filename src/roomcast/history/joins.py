@@ -130,7 +130,7 @@ class Joins(abc.ABC):
                 reached, epoch = stream.last, stream.epoch or ""
         elif stream.last > reached:
             # The live stream went past the read: the recent frames fill the space between.
-            tail = [frame for offset, frame in stream.recent if offset > reached]
+            tail = stream.since_read(reached)
             if len(tail) != stream.last - reached:  # not all of it: read again from there
                 if self._send(catch, replay, Position(epoch, reached)):
                     catch.since, catch.rereading = Position(epoch, reached), True
@@ -176,7 +176,7 @@ class Joins(abc.ABC):
         if stream.catching.pop(connection, None) is not None:
             self._members.release(room)
             if not stream.catching:
-                stream.recent.clear()
+                stream.recent = None
         self._forget_join(connection, room)
         self._members.enroll(connection, room)
         catch.reply(Joined(catch.position, catch.recovered, catch.replayed))
@@ -187,7 +187,7 @@ class Joins(abc.ABC):
         if stream.catching.pop(catch.connection, None) is not None:
             self._members.release(room)
             if not stream.catching:
-                stream.recent.clear()
+                stream.recent = None
         self._forget_join(catch.connection, room)
 
     def _forget_join(self, connection: Connection, room: str) -> None:

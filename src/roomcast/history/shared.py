@@ -210,7 +210,7 @@ class SharedHistory(Joins):
         self._members.fan_out_room(room, frame, envelope.exclude)
         stream.last = offset
         if stream.catching:  # (kept only while a join reads the history: it may need them)
-            stream.recent.append((offset, frame))
+            stream.remember(offset, frame)
         if envelope.origin == self._origin:
             ack = self._acks.pop((envelope.stream, envelope.seq), None)
             if ack is not None:

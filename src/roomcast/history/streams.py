@@ -66,7 +66,8 @@ class Stream:
         self.last: int | None = None
         self.held: dict[int, Envelope] = {}
         self.repairing = False
-        self.recent: collections.deque[tuple[int, Frame]] = collections.deque(maxlen=RECENT)
+        self.recent: collections.deque[tuple[int, Frame]] | None = None
+        """While joins read the history: the frames delivered meanwhile (the last RECENT)."""
         self.catching: dict[Connection, CatchUp] = {}
         self.arrivals = 0
         self.expected: Position | None = None
@@ -77,6 +78,15 @@ class Stream:
         """Checks since ``expected`` was due."""
         """Messages that came from the broker: a read during which none came is the newest
         word on the room (its epoch wins over the stream's)."""
+
+    def remember(self, offset: int, frame: Frame) -> None:
+        if self.recent is None:
+            self.recent = collections.deque(maxlen=RECENT)
+        self.recent.append((offset, frame))
+
+    def since_read(self, reached: int) -> list[Frame]:
+        """The frames delivered after offset ``reached`` that are still remembered."""
+        return [frame for offset, frame in self.recent or () if offset > reached]
 
     def stop_waiting(self) -> None:
         if self.timer is not None:
