@@ -1,9 +1,9 @@
 """The benchmark harness: the machinery under the scenario scripts in ``bench/``.
 
 A scenario (``fanout.py``, ``serve.py``, ``scaleout.py``, ``idle.py``, ``redis_shard.py``,
-``history.py``, ``hardening.py`` with its drills in ``drills/``) parses its arguments, runs its phases in its
-order, checks its targets and puts its report together; everything else is here, and no
-scenario imports another.
+``history.py``, ``hardening.py`` with its drills in ``drills/``) parses its arguments, runs its
+phases in its order, checks its targets and puts its report together; everything else is here,
+and no scenario imports another.
 
 - ``processes``: server subprocesses that die with the driver (in a session of their own, if
   asked: stopped with their whole group), CPU (schedstat, psutil) and RSS readers from ``/proc``.

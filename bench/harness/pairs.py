@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from harness.cluster import Cluster, Kind
 from harness.message import make_message
+from harness.redis_stats import commands
 from harness.report import log
 from harness.stats import median, ratio
 from harness.targets import SPECS
@@ -101,20 +101,6 @@ def _publishes(cluster: Cluster, count: int, size: int, timeout: float) -> dict[
     }
 
 
-def commands(cluster: Cluster) -> Counter[str]:
-    """Calls per command so far on the cluster's redis-server (``INFO commandstats``; Redis 7
-    counts the commands a script runs too)."""
-    import redis
-
-    assert cluster.redis is not None
-    client = redis.Redis.from_url(cluster.redis.url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
-
-
 def publish_rate(
     clusters: Sequence[Cluster], args: argparse.Namespace
 ) -> dict[str, dict[str, Any]]:
@@ -126,7 +112,7 @@ def publish_rate(
     for cluster in clusters:
         cluster.broadcasts(1)  # warm-up: the scripts loaded, the connections to Redis open
         idle[cluster.kind.name].append(cluster.idle(args.idle_seconds)["redis_cpu_pct"])
-    calls0 = {c.kind.name: commands(c) for c in clusters}
+    calls0 = {c.kind.name: commands(c.redis) for c in clusters}
     done = 0
     turn = 0
     while done < args.redis_publishes:
@@ -137,7 +123,7 @@ def publish_rate(
             )
         done += count
         turn += 1
-    calls = {c.kind.name: commands(c) - calls0[c.kind.name] for c in clusters}
+    calls = {c.kind.name: commands(c.redis) - calls0[c.kind.name] for c in clusters}
     for cluster in clusters:
         idle[cluster.kind.name].append(cluster.idle(args.idle_seconds)["redis_cpu_pct"])
     out: dict[str, dict[str, Any]] = {}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from harness.message import make_message
 from harness.processes import cpu_ns_of
 from harness.recovery import RecoveryConfig, run_worker
+from harness.redis_stats import commands
 from harness.report import log
 from harness.runs import RESULTS_DIR
 from harness.stats import handshake_ms
@@ -82,12 +83,14 @@ class Storm:
         figures and the time.time() the command went out."""
         assert self.workers is not None
         args = self.args
+        calls0 = commands(self.redis)
         cpu0, redis0 = self.cpu_ns()
         started = time.time()
         replies = self.workers.call(
             ("connect", shift, args.storm_timeout), args.storm_timeout + args.connect_timeout
         )
         cpu1, redis1 = self.cpu_ns()
+        calls = commands(self.redis) - calls0
         clients = max(1, args.storm_clients)
         acked = sorted(t - started for r in replies for t in array("d", r["acked_at"]))
         handshakes = sorted(t for r in replies for t in array("d", r["handshake_s"]))
@@ -108,6 +111,7 @@ class Storm:
             "server_cpu_ms_per_client": (cpu1 - cpu0) / 1e6 / clients,
             "redis_cpu_s": (redis1 - redis0) / 1e9,
             "redis_cpu_us_per_client": (redis1 - redis0) / 1e3 / clients,
+            "redis_commands": {k: v for k, v in calls.most_common(8) if k != "info"},
         }
         return figures, started
 

@@ -137,6 +137,9 @@ def _storm(s: dict[str, Any]) -> list[str]:
             f"| {p['redis_cpu_us_per_client']:.1f} | {p['errors']} |"
         )
     c, cut = s["check"], s["cut"]
+    for label, key in (("first connect + join", "connect"), ("reconnect + recover", "storm")):
+        calls = ", ".join(f"{k} {v:,}" for k, v in s[key].get("redis_commands", {}).items())
+        lines += ["", f"- {label}: Redis commands (`INFO commandstats`): {calls}"]
     lines += [
         "",
         f"Cut: {cut['cut']:,} sockets; the {cut['messages']} publishes took "
