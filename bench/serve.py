@@ -12,14 +12,17 @@ clients had a message, losses.  Prints Markdown tables, writes the raw figures t
 ``bench/results/serve-*.json`` and the delivery-time plot to ``bench/serve-latency.png``.
 bench/README.md explains every figure.
 
-This file is the order of the phases; one server with its clients is
-``harness/deployment.py``, the tables ``harness/tables/serve.py``, the plot ``harness/plot.py``.
+This file is the order of the phases; one server with its clients, and the servers of one N
+side by side, are ``harness/deployment.py``, the tables ``harness/tables/serve.py``, the plot
+``harness/plot.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import add_worker_flags, choose
-from harness.deployment import BURST, Deployment, measure_idle
+from harness.deployment import BURST, side_by_side
 from harness.limits import wide_port_range
 from harness.meta import cpu_probe, run_meta
 from harness.plot import plot
@@ -37,69 +40,6 @@ from harness.tables.serve import tables
 from harness.targets import PACKAGES, SPECS, Spec
 
 PLOT_PATH = BENCH_DIR / "serve-latency.png"
-
-
-def run_size(
-    args: argparse.Namespace, specs: Sequence[Spec], n: int, size_index: int, keep_cdf: bool
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every server at N: up side by side, connected (group by group), warmed up, their idle
-    CPU over one window, then ``--rounds`` rounds in alternating order.  A server that fails
-    is dropped (a problem), the others go on.  Returns the summaries and the problems."""
-    deployments: list[Deployment] = []
-    problems: list[str] = []
-    try:
-        for index, spec in enumerate(specs):
-            deployments.append(Deployment(args, spec, n, size_index, index))
-        ready: list[Deployment] = []
-        for d in deployments:
-            try:
-                d.target.wait_ready()
-                ready.append(d)
-            except (RuntimeError, TimeoutError) as exc:
-                problems.append(f"{d.spec.name} at N={n}: {exc}")
-                log(problems[-1])
-        # Servers without keepalive pings connect one at a time, at full speed; those with
-        # pings together, paced evenly over --connect-spread seconds.
-        groups = [[d] for d in ready if not d.spec.paced]
-        paced = [d for d in ready if d.spec.paced]
-        if paced:
-            groups.append(paced)
-        for group in groups:
-            for d in group:
-                d.start_connect()
-            for d in group:
-                d.finish_connect()
-            time.sleep(1.0)
-            for d in group:
-                d.after_connect()
-        live = [d for d in ready if d.connected]
-
-        def failed(d: Deployment, exc: Exception) -> None:
-            problems.append(f"{d.spec.name} at N={n}: {exc!r}; dropped (see {d.target.log_path})")
-            log(problems[-1])
-            live.remove(d)
-            d.stop()
-
-        for d in list(live):
-            try:
-                d.warm_up()
-            except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
-                failed(d, exc)
-        measure_idle(live, args.idle_seconds)
-        for round_index in range(args.rounds):
-            order = list(live) if round_index % 2 == 0 else live[::-1]
-            for d in order:
-                try:
-                    d.record(
-                        round_index,
-                        d.run_round(d.singles, d.bursts_in_round(round_index), keep_cdf),
-                    )
-                except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
-                    failed(d, exc)
-        return [d.summary() for d in live], problems
-    finally:
-        for d in deployments:
-            d.stop()
 
 
 def targets_check(results: list[dict[str, Any]]) -> str:
@@ -171,6 +111,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="a message counts as lost once nothing arrived for this many seconds "
         "(python-socketio queues a whole broadcast before its first frame goes out)",
     )
+    parser.add_argument(
+        "--roomcast-args",
+        default="",
+        help="extra `roomcast serve` flags for this checkout's roomcast servers (not "
+        "roomcast-ref), e.g. '--history-size 0'",
+    )
     parser.add_argument("--plot", type=Path, default=PLOT_PATH)
     parser.add_argument("--no-sysctl", action="store_true", help="leave the port range alone")
     return parser.parse_args(argv)
@@ -186,6 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if module and importlib.util.find_spec(module) is None:
             problems.append(f"{spec.name}: package not installed, skipped")
             continue
+        if args.roomcast_args and spec.kind == "roomcast" and spec.name != "roomcast-ref":
+            spec = dataclasses.replace(
+                spec,
+                what=f"{spec.what}, with `{args.roomcast_args}`",
+                flags=tuple(shlex.split(args.roomcast_args)),
+            )
         specs.append(spec)
     sizes = [int(n) for n in args.connections.split(",") if n]
     started = time.monotonic()
@@ -200,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["port_range"] = port_range
         for size_index, n in enumerate(sizes):
             log(f"N={n}: {', '.join(s.name for s in specs)}")
-            found, trouble = run_size(args, specs, n, size_index, keep_cdf=True)
+            found, trouble = side_by_side(args, specs, n, size_index, keep_cdf=True)
             results += found
             problems += trouble
     close_meta(meta, started, problems)

@@ -1,9 +1,9 @@
 """The benchmark harness: the machinery under the scenario scripts in ``bench/``.
 
 A scenario (``fanout.py``, ``serve.py``, ``scaleout.py``, ``idle.py``, ``redis_shard.py``,
-``hardening.py`` with its drills in ``drills/``) parses its arguments, runs its phases in its
-order, checks its targets and puts its report together; everything else is here, and no
-scenario imports another.
+``history.py``, ``hardening.py`` with its drills in ``drills/``) parses its arguments, runs its
+phases in its order, checks its targets and puts its report together; everything else is here,
+and no scenario imports another.
 
 - ``processes``: server subprocesses that die with the driver (in a session of their own, if
   asked: stopped with their whole group), CPU (schedstat, psutil) and RSS readers from ``/proc``.
@@ -14,8 +14,11 @@ scenario imports another.
 - ``targets``: the servers under test (``roomcast serve`` and the peers in ``peers/``), their
   publish triggers and connection counts.
 - ``deployment`` (``serve.py``), ``cluster`` (``scaleout.py``), ``uvicorn_apps``
-  (``fanout.py``), ``heartbeat`` and ``registry_load`` (``idle.py``): a scenario's servers with
-  their clients at work: connect, broadcast or idle, measure, summarise.
+  (``fanout.py``), ``heartbeat`` and ``registry_load`` (``idle.py``), ``pairs`` and ``storm``
+  (``history.py``): a scenario's servers with their clients at work: connect, broadcast or
+  idle, measure, summarise.
+- ``recovery``: the recovering client worker (``history.py``'s storm): positions, offsets
+  checked, sockets cut, rejoins with ``since``.
 - ``tables``: each scenario's Markdown tables (one module per scenario); ``plot``: ``serve.py``'s
   delivery-time plot.
 - ``cli``: the flags several scenarios share (client workers, ``--deadline``, ``--snapshot``,

@@ -1,6 +1,7 @@
-"""One server under test with N clients of its own, as ``serve.py`` measures it: connect
-(paced or at full speed), single broadcasts and bursts of ``BURST``, a warm-up that sizes the
-measured rounds, the idle CPU, the summary of the rounds (medians, the delivery-time CDF).
+"""One server under test with N clients of its own, as ``serve.py`` (and ``history.py``)
+measures it: connect (paced or at full speed), single broadcasts and bursts of ``BURST``, a
+warm-up that sizes the measured rounds, the idle CPU, the summary of the rounds (medians, the
+delivery-time CDF); and ``side_by_side``, several servers at one N through alternating rounds.
 
 The server is a ``targets.Target``; its clients are ``workers.Workers``.
 """
@@ -22,7 +23,7 @@ from harness.stats import gc_delta, handshake_ms, latency_summary, median
 from harness.targets import Spec, Target, envelope_bytes
 from harness.workers import Workers, connect_counts, handshake_times, split, wait_delivery
 
-__all__ = ["BURST", "Deployment", "measure_idle"]
+__all__ = ["BURST", "Deployment", "measure_idle", "side_by_side"]
 
 BURST = 10
 """Messages in one burst: one request, sent back to back in one event-loop iteration."""
@@ -312,3 +313,66 @@ def measure_idle(deployments: Sequence[Deployment], seconds: float) -> None:
     elapsed = time.monotonic() - started
     for d, cpu0 in zip(deployments, before, strict=True):
         d.idle_ns_per_s.append((d.target.cpu_ns() - cpu0) / elapsed)
+
+
+def side_by_side(
+    args: argparse.Namespace, specs: Sequence[Spec], n: int, size_index: int, keep_cdf: bool
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every server at N: up side by side, connected (group by group), warmed up, their idle
+    CPU over one window, then ``--rounds`` rounds in alternating order.  A server that fails
+    is dropped (a problem), the others go on.  Returns the summaries and the problems."""
+    deployments: list[Deployment] = []
+    problems: list[str] = []
+    try:
+        for index, spec in enumerate(specs):
+            deployments.append(Deployment(args, spec, n, size_index, index))
+        ready: list[Deployment] = []
+        for d in deployments:
+            try:
+                d.target.wait_ready()
+                ready.append(d)
+            except (RuntimeError, TimeoutError) as exc:
+                problems.append(f"{d.spec.name} at N={n}: {exc}")
+                log(problems[-1])
+        # Servers without keepalive pings connect one at a time, at full speed; those with
+        # pings together, paced evenly over --connect-spread seconds.
+        groups = [[d] for d in ready if not d.spec.paced]
+        paced = [d for d in ready if d.spec.paced]
+        if paced:
+            groups.append(paced)
+        for group in groups:
+            for d in group:
+                d.start_connect()
+            for d in group:
+                d.finish_connect()
+            time.sleep(1.0)
+            for d in group:
+                d.after_connect()
+        live = [d for d in ready if d.connected]
+
+        def failed(d: Deployment, exc: Exception) -> None:
+            problems.append(f"{d.spec.name} at N={n}: {exc!r}; dropped (see {d.target.log_path})")
+            log(problems[-1])
+            live.remove(d)
+            d.stop()
+
+        for d in list(live):
+            try:
+                d.warm_up()
+            except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+                failed(d, exc)
+        measure_idle(live, args.idle_seconds)
+        for round_index in range(args.rounds):
+            order = list(live) if round_index % 2 == 0 else live[::-1]
+            for d in order:
+                try:
+                    d.record(
+                        round_index,
+                        d.run_round(d.singles, d.bursts_in_round(round_index), keep_cdf),
+                    )
+                except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+                    failed(d, exc)
+        return [d.summary() for d in live], problems
+    finally:
+        for d in deployments:
+            d.stop()

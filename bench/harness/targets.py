@@ -72,6 +72,8 @@ class Spec:
     module: str = ""
     """``python -m`` module, or ``uvicorn`` app (``module:app``) of a peer."""
     uvicorn: bool = False
+    flags: tuple[str, ...] = ()
+    """Extra ``roomcast serve`` flags (e.g. ``--history-size 0``)."""
 
 
 SPECS: dict[str, Spec] = {
@@ -227,6 +229,7 @@ class Target:
                 command = [sys.executable, "-m", "roomcast.cli", *serve]
             else:
                 command = [str(VENV_BIN / "roomcast"), *serve]
+            command += spec.flags
         elif spec.uvicorn:
             env["BENCH_CONTROL_PORT"] = str(port + 1)
             command = [
@@ -295,19 +298,22 @@ class Target:
             time.sleep(poll)
         return False
 
-    def publish(self, batch: list[str], timeout: float) -> None:
-        """Broadcast ``batch`` (back to back, in order) to every client."""
+    def publish(self, batch: list[str], timeout: float) -> bytes:
+        """Broadcast ``batch`` (back to back, in order) to every client; returns the answer's
+        body (``roomcast serve``: with the position of the last message, in a room with
+        history)."""
         if self.spec.kind == "roomcast":
             if len(batch) == 1:
                 request: dict[str, Any] = {"room": ROOM, "data": batch[0]}
             else:
                 request = {"room": ROOM, "batch": batch}
-            self._request("POST", "/api/publish", json.dumps(request).encode(), timeout)
-        elif self.spec.kind == "socketify":
+            return self._request("POST", "/api/publish", json.dumps(request).encode(), timeout)
+        if self.spec.kind == "socketify":
             query = urllib.parse.quote(json.dumps(batch))
-            self._request("GET", f"/bench/publish?batch={query}", timeout=timeout)
-        else:
-            self._request("POST", "/bench/publish", json.dumps({"batch": batch}).encode(), timeout)
+            return self._request("GET", f"/bench/publish?batch={query}", timeout=timeout)
+        return self._request(
+            "POST", "/bench/publish", json.dumps({"batch": batch}).encode(), timeout
+        )
 
     def gc_stats(self) -> dict[str, Any] | None:
         """Cyclic-GC passes and seconds per generation, where the server reports them."""

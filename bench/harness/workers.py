@@ -13,13 +13,13 @@ import multiprocessing
 import multiprocessing.process
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
 import psutil
 
-from harness.clients import WorkerConfig, run_worker
+from harness.clients import run_worker
 from harness.processes import cpu_ns_of
 
 __all__ = [
@@ -43,15 +43,18 @@ def split(connections: int, per_worker: int, minimum: int) -> list[int]:
 
 
 class Workers:
-    """Client worker processes (forked), steered over pipes."""
+    """Client worker processes (forked), steered over pipes: ``run(config, pipe)`` in each
+    (``clients.run_worker`` by default; ``recovery.run_worker`` for recovering clients)."""
 
-    def __init__(self, configs: Sequence[WorkerConfig]) -> None:
+    def __init__(
+        self, configs: Sequence[Any], run: Callable[[Any, Pipe], None] = run_worker
+    ) -> None:
         context = multiprocessing.get_context("fork")
         self.pipes: list[Pipe] = []
         self.procs: list[multiprocessing.process.BaseProcess] = []
         for config in configs:
             ours, theirs = context.Pipe()
-            proc = context.Process(target=run_worker, args=(config, theirs), daemon=True)
+            proc = context.Process(target=run, args=(config, theirs), daemon=True)
             proc.start()
             theirs.close()
             self.pipes.append(ours)
