@@ -5,6 +5,7 @@ acks in the room's order.  (The same engine over Redis: tests/integration/test_h
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -184,5 +185,46 @@ async def test_history_reads_come_back_positioned() -> None:
     assert [json.loads(p)["offset"] for p in page.payloads] == [3, 4]
     since = await two.read_history("r", Position(page.position.epoch, 1), 10)
     assert since.recovered and [json.loads(p)["data"] for p in since.payloads] == [2, 3, 4]
+    await one.stop()
+    await two.stop()
+
+
+class CountingBroker(MemoryBroker):
+    """A memory broker that counts history reads."""
+
+    reads = 0
+
+    async def read_history(
+        self, room: str, since: Position | None, limit: int, limits: HistoryLimits
+    ) -> Any:
+        CountingBroker.reads += 1
+        return await super().read_history(room, since, limit, limits)
+
+
+async def test_a_storm_of_rejoins_with_since_shares_its_reads() -> None:
+    """Clients coming back at once, each with its own position, are served by one read (the
+    one that covers the oldest position), each getting exactly what it missed."""
+    bus = MemoryBus()
+    one = Hub(MemoryBroker(bus), history=RULE)
+    two = Hub(CountingBroker(bus), history=RULE)
+    for hub in (one, two):
+        await hub.start()
+    ann = member(one, "ann")
+    for n in range(1, 11):
+        one.publish("r", message(n), sender=ann.connection)
+    await settle()
+    epoch = (await two.read_history("r", None, 1)).position.epoch
+    CountingBroker.reads = 0
+    crowd = [Inbox(f"u{n}") for n in range(30)]
+    answers: dict[int, Joined] = {}
+    for n, inbox in enumerate(crowd):
+        two.attach(inbox.connection)
+        since = Position(epoch, n % 5 + 2)  # positions 2..6
+        two.join_at(inbox.connection, "r", since, functools.partial(answers.__setitem__, n))
+    await settle()
+    assert len(answers) == 30 and CountingBroker.reads == 1
+    for n, inbox in enumerate(crowd):
+        assert answers[n].recovered and answers[n].replayed == 10 - (n % 5 + 2)
+        assert inbox.offsets() == list(range(n % 5 + 3, 11))
     await one.stop()
     await two.stop()

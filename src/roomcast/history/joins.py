@@ -10,13 +10,14 @@ of the room is under way ride on it: a storm of joins costs one read.
 from __future__ import annotations
 
 import abc
+import asyncio
 
 from roomcast.brokers.base import BrokerStats
 from roomcast.connection import Connection
 from roomcast.frame import Frame
 from roomcast.history.contract import Joined, JoinReply, Members, drained, within
 from roomcast.history.positions import HistoryLimits, Page, Position
-from roomcast.history.streams import CatchUp, Stream, positioned_frame, unpacked
+from roomcast.history.streams import CatchUp, SharedRead, Stream, positioned_frame, unpacked
 from roomcast.tasks import TaskSet
 
 __all__ = ["Joins"]
@@ -71,25 +72,42 @@ class Joins(abc.ABC):
         if since is None and reading:
             catch.rides = True  # one read of where the room is serves a storm of joins
             return
+        stream.readers += 1
         self._tasks.spawn(self._catch_up(room, stream, catch, limits), name="roomcast-catch-up")
 
     async def _catch_up(
         self, room: str, stream: Stream, catch: CatchUp, limits: HistoryLimits
     ) -> None:
-        arrivals = stream.arrivals
-        page = await self._read(room, catch.since, limits)
+        read = next((read for read in stream.reads if read.covers(catch.since)), None)
+        if read is None:
+            done: asyncio.Future[Page | None] = asyncio.get_running_loop().create_future()
+            read = SharedRead(catch.since, stream.arrivals, done)
+            stream.reads.append(read)
+            self._tasks.spawn(self._read_for_joins(room, stream, read, limits))
+        page = await asyncio.shield(read.done)
         try:
             if stream.catching.get(catch.connection) is catch:  # (not left or gone meanwhile)
-                newest = stream.arrivals == arrivals and not stream.held
-                self._caught_up(room, stream, catch, limits, page, newest)
+                newest = stream.arrivals == read.arrivals and not stream.held
+                self._caught_up(room, stream, catch, limits, page, newest, read)
         finally:
             self._let_riders_in(room, stream)
 
+    async def _read_for_joins(
+        self, room: str, stream: Stream, read: SharedRead, limits: HistoryLimits
+    ) -> None:
+        page = None
+        try:
+            page = await self._read(room, read.since, limits)
+        finally:  # (cancelled: the joins waiting for it go on without the history)
+            stream.reads.remove(read)
+            if not read.done.done():
+                read.done.set_result(page)
+
     def _let_riders_in(self, room: str, stream: Stream) -> None:
         """The joins that waited for a read of the room join where the room now is."""
+        if stream.readers > 0 or not stream.catching:
+            return  # (another read is still under way: they wait for it)
         riders = [catch for catch in stream.catching.values() if catch.rides]
-        if not riders or any(not catch.rides for catch in stream.catching.values()):
-            return  # (none, or another read is still under way: they wait for it)
         for catch in riders:
             catch.position, catch.recovered = self.position(room), False
             self._graduate(room, stream, catch)
@@ -102,6 +120,7 @@ class Joins(abc.ABC):
         limits: HistoryLimits,
         page: Page | None,
         newest: bool = False,
+        read: SharedRead | None = None,
     ) -> None:
         if page is None:
             # The history cannot be read (the broker is down): join without it, and say so.
@@ -113,8 +132,11 @@ class Joins(abc.ABC):
         if catch.since is not None and page.recovered:
             if not catch.rereading:
                 catch.recovered = True
-            replay = [positioned_frame(envelope) for _, envelope in unpacked(page, self._stats)]
-            reached = page.last
+            if read is None:
+                replay = [positioned_frame(env) for _, env in unpacked(page, self._stats)]
+            else:  # (a read shared with other joins: its frames from this one's since on)
+                replay = read.frames(page, self._stats)[catch.since.offset + 1 - page.first :]
+            reached = max(page.last, catch.since.offset)
         else:
             catch.recovered = False
             reached = top
@@ -175,6 +197,8 @@ class Joins(abc.ABC):
         connection = catch.connection
         if stream.catching.pop(connection, None) is not None:
             self._members.release(room)
+            if not catch.rides:
+                stream.readers -= 1
             if not stream.catching:
                 stream.recent = None
         self._forget_join(connection, room)
@@ -186,6 +210,8 @@ class Joins(abc.ABC):
     def _abandon(self, room: str, stream: Stream, catch: CatchUp) -> None:
         if stream.catching.pop(catch.connection, None) is not None:
             self._members.release(room)
+            if not catch.rides:
+                stream.readers -= 1
             if not stream.catching:
                 stream.recent = None
         self._forget_join(catch.connection, room)

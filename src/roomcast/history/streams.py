@@ -56,6 +56,8 @@ class Stream:
         "held",
         "last",
         "overdue",
+        "readers",
+        "reads",
         "recent",
         "repairing",
         "timer",
@@ -76,6 +78,11 @@ class Stream:
         self.timer: asyncio.TimerHandle | None = None
         self.overdue = 0
         """Checks since ``expected`` was due."""
+        self.reads: list[SharedRead] = []
+        """History reads for joins under way: a join whose ``since`` one of them covers
+        waits for it instead of reading again (a reconnect storm costs a read or two)."""
+        self.readers = 0
+        """Joins in ``catching`` that read (the others ride on their reads)."""
         """Messages that came from the broker: a read during which none came is the newest
         word on the room (its epoch wins over the stream's)."""
 
@@ -92,6 +99,32 @@ class Stream:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+class SharedRead:
+    """One history read that several joins of a room wait for."""
+
+    __slots__ = ("_frames", "arrivals", "done", "since")
+
+    def __init__(self, since: Position | None, arrivals: int, done: asyncio.Future[Page | None]):
+        self.since = since
+        self.arrivals = arrivals
+        """The stream's arrivals when the read started."""
+        self.done = done
+        self._frames: list[Frame] | None = None
+
+    def covers(self, since: Position | None) -> bool:
+        """Whether this read holds everything after ``since`` that a join needs."""
+        mine = self.since
+        if since is None or mine is None:
+            return False
+        return mine.epoch == since.epoch and mine.offset <= since.offset
+
+    def frames(self, page: Page, stats: BrokerStats) -> list[Frame]:
+        """The page's messages as positioned frames, made once for every join."""
+        if self._frames is None:
+            self._frames = [positioned_frame(envelope) for _, envelope in unpacked(page, stats)]
+        return self._frames
 
 
 class Ack:
