@@ -34,10 +34,6 @@ class MemoryBus:
         self.history = MemoryHistory(lambda room: None)
         """The rooms' histories (publishers pass each room's limits)."""
 
-    def subscribers(self, channel: str) -> int:
-        """How many brokers are subscribed to ``channel`` (the interest check of tests)."""
-        return len(self._subscribers.get(channel, ()))
-
     def channels(self) -> list[str]:
         """Every channel with a subscriber, like Redis' ``PUBSUB CHANNELS``."""
         return list(self._subscribers)
