@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import shlex
 import sys
 import time
@@ -72,7 +73,11 @@ def targets_check(results: list[dict[str, Any]]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", default="1000,5000,15000", help="comma-separated N")
-    parser.add_argument("--servers", default=",".join(SPECS), help="comma-separated names")
+    # roomcast-ref (an older checkout) only when BENCH_ROOMCAST_REF names one.
+    servers = [
+        name for name in SPECS if name != "roomcast-ref" or os.environ.get("BENCH_ROOMCAST_REF")
+    ]
+    parser.add_argument("--servers", default=",".join(servers), help="comma-separated names")
     parser.add_argument("--messages", type=int, default=20, help="single broadcasts per round")
     parser.add_argument("--min-messages", type=int, default=4, help="fewest singles per round")
     parser.add_argument("--bursts", type=int, default=5, help=f"bursts of {BURST} per round")
