@@ -1,4 +1,4 @@
-"""The seed's "Basic Connection Manager" example as a runnable FastAPI app.
+"""The "Basic Connection Manager" example of the FastAPI guide as a runnable FastAPI app.
 
 Run it with ``.venv/bin/uvicorn --app-dir examples chat:app`` (see the README), then connect to
 ``ws://127.0.0.1:8000/ws/lobby?user_id=alice``: every text message is relayed to the other
