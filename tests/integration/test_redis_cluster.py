@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.crc import key_slot
 
 from roomcast import DistributedWebSocketManager
+from roomcast.history import HistoryLimits, Position
 from tests.integration.test_distributed import make_app, nothing_more
 from tests.redis_support import RedisServer, redis_cluster
 from tests.support import connect, eventually, recv, running_server
@@ -106,3 +108,33 @@ async def test_churn_on_a_shard_does_not_look_like_a_moved_slot(cluster: list[Re
         assert managers[1].ready and managers[1].broker_stats.reconnects == 0
         await managers[0].broadcast_to_room("churn", "still subscribed")
         assert await recv(client) == "still subscribed"
+
+
+async def test_rooms_with_history_on_every_shard(cluster: list[RedisServer]) -> None:
+    """On a cluster, a room's history keys live in the slot of its channel: the script that
+    stores and publishes (SPUBLISH) runs on the room's shard, for rooms on every shard, and
+    the history reads back from there."""
+    rooms = rooms_on_every_shard(cluster)
+    limits = HistoryLimits(size=10, ttl=60)
+    managers = [DistributedWebSocketManager(cluster[0].url, history=limits) for _ in range(2)]
+    async with contextlib.AsyncExitStack() as stack:
+        urls = [await stack.enter_async_context(running_server(make_app(m))) for m in managers]
+        for manager in managers:
+            await manager.start()
+            stack.push_async_callback(manager.stop)
+        members = {
+            port: await connect(f"{urls[1]}/ws/{room}?user_id=u{port}")
+            for port, room in rooms.items()
+        }
+        await eventually(lambda: managers[1].active_connections == 3 and managers[1].broker.settled)
+        for port, room in rooms.items():
+            for n in (1, 2):
+                await managers[0].broadcast_to_room(room, {"n": n})
+            got = [json.loads(await recv(members[port])) for _ in (1, 2)]
+            assert [(m["n"], m["offset"]) for m in got] == [(1, 1), (2, 2)]
+            page = await managers[0].room_history(room, Position(got[0]["epoch"], 0))
+            assert page.recovered and [json.loads(p)["n"] for p in page.payloads] == [1, 2]
+        for node in cluster:  # each shard holds the histories of its own rooms
+            keys = node.cli("--scan", "--pattern", "*ws:history:*").split()
+            assert keys and all(rooms[node.port] in key for key in keys), keys
+        await nothing_more(*members.values())
