@@ -18,7 +18,7 @@ manager = AuthConnectionManager(
         refresh_interval=float(os.environ.get("ROOMCAST_TEST_REFRESH", "0.3")),
     )
 )
-authenticator = JWTAuthenticator(os.environ["ROOMCAST_TEST_JWT_SECRET"])
+authenticator = JWTAuthenticator(os.environ["ROOMCAST_TEST_JWT_SECRET"], leeway=0)
 
 
 @asynccontextmanager

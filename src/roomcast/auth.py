@@ -40,6 +40,7 @@ __all__ = [
     "JWTAuthenticator",
     "authenticate",
     "exp_seconds",
+    "identity_of",
     "query_value",
     "token_from_request",
 ]
@@ -105,8 +106,9 @@ class Identity:
         object.__setattr__(self, "expires_at", float(expires))
 
 
-Authenticator = Callable[[str], "Identity | Awaitable[Identity]"]
-"""token -> Identity (sync or async); raises AuthenticationError to refuse."""
+Authenticator = Callable[[str], "Identity | str | Mapping[str, Any] | Awaitable[Any] | None"]
+"""token -> who it is (sync or async): an ``Identity``, a user id, or the token's claims (a
+mapping with ``sub``, and ``exp`` if it expires); None or ``AuthenticationError`` refuses."""
 
 
 async def authenticate(authenticator: Authenticator, token: str | None) -> Identity:
@@ -120,9 +122,33 @@ async def authenticate(authenticator: Authenticator, token: str | None) -> Ident
     outcome = authenticator(token)
     if inspect.isawaitable(outcome):
         outcome = await outcome
-    if not isinstance(outcome, Identity):
-        raise TypeError(f"authenticator returned {type(outcome).__name__}, not Identity")
-    return outcome
+    return identity_of(outcome)
+
+
+def identity_of(outcome: object) -> Identity:
+    """What an authenticator returned, as an ``Identity``.
+
+    Raises:
+        AuthenticationError: None (the authenticator refused the token).
+        TypeError: anything else that names no user (an empty id, claims without ``sub``).
+    """
+    if isinstance(outcome, Identity):
+        return outcome
+    if outcome is None:
+        raise AuthenticationError("the token was refused")
+    if isinstance(outcome, str) and outcome:
+        return Identity(outcome)
+    if isinstance(outcome, Mapping):
+        subject = outcome.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise TypeError("authenticator returned claims without a string 'sub'")
+        expires = outcome.get("exp")
+        expires_at = None if expires is None else exp_seconds(expires)
+        return Identity(subject, MappingProxyType(dict(outcome)), expires_at)
+    raise TypeError(
+        f"authenticator returned {type(outcome).__name__}: return an Identity, a user id or "
+        "the claims (with 'sub'), or None to refuse"
+    )
 
 
 def token_from_request(
@@ -256,6 +282,11 @@ class JWTAuthenticator:
         self._leeway = leeway
         self._user_claim = user_claim
         self._required = sorted({"exp", user_claim, *required_claims})
+
+    @property
+    def leeway(self) -> float:
+        """Seconds of clock skew tolerated; a connection's expiry is moved by as much."""
+        return self._leeway
 
     def __call__(self, token: str) -> Identity:
         """Verify ``token``; the identity it proves.

@@ -27,7 +27,8 @@ from tests.redis_support import RedisServer
 from tests.support import connect, eventually, recv, running_server, seconds
 
 SECRET = "auth-manager-secret-auth-manager-secret"
-authenticator = JWTAuthenticator(SECRET, audience="chat")
+# (leeway 0: the expiry tests expect a token to expire at its exp, not a leeway later)
+authenticator = JWTAuthenticator(SECRET, audience="chat", leeway=0)
 
 
 def token(user: str = "alice", **claims: Any) -> str:

@@ -508,8 +508,50 @@ async def test_jwt_on_the_upgrade_refuses_before_anything_is_registered(
             await client.close()
 
     async with running(authenticator=JWTAuthenticator(JWT_SECRET), token_in_query=False) as server:
-        with pytest.raises(InvalidStatus):
+        with pytest.raises(InvalidStatus) as refused:
             await connect(url(server, f"/ws/r?token={jwt_token()}"))
+        # It says what happened (query tokens are off), not that a token is missing.
+        body = refused.value.response.body or b""
+        assert refused.value.response.status_code == 401
+        assert b"query string are disabled" in body and b"Authorization: Bearer" in body
+
+
+async def test_a_custom_authenticator_may_return_a_user_id_or_claims_or_none() -> None:
+    """The common ways to write one: the user id, the claims (``sub``), None to refuse."""
+
+    def authenticator(token: str) -> object:
+        return {"ann": "ann", "bob": {"sub": "bob", "exp": 4e9}}.get(token)
+
+    async with running(authenticator=authenticator) as server:
+        ann = await connect(url(server, "/ws/r?token=ann"))
+        bob = await connect(url(server, "/ws/r?token=bob"))
+        await eventually(lambda: server.hub.active_connections == 2)
+        assert {c.user_id for c in server.hub.get_room_members("r")} == {"ann", "bob"}
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url(server, "/ws/r?token=eve"))
+        assert refused.value.response.status_code == 401
+        for client in (ann, bob):
+            await client.close()
+
+
+async def test_the_leeway_that_admits_a_token_also_delays_its_expiry() -> None:
+    """A token expired 5 s ago is within a 30 s leeway: admitted, and not warned or closed at
+    once (the skew tolerated at connect is tolerated at expiry too)."""
+    import time
+
+    from roomcast import JWTAuthenticator
+
+    expired = int(time.time()) - 5
+    async with running(
+        authenticator=JWTAuthenticator(JWT_SECRET, leeway=30), token_grace=seconds(0.2)
+    ) as server:
+        client = await connect(url(server, f"/ws/r?token={jwt_token(sub='ann', exp=expired)}"))
+        await eventually(lambda: server.hub.active_connections == 1)
+        assert (await call(client, type="ping"))["type"] == "pong"
+        with pytest.raises(TimeoutError):  # no 4001 warning, no close
+            await recv(client, timeout_units=1)
+        assert server.counters.token_expiries == 0
+        await client.close()
 
 
 async def test_token_expiry_warns_then_closes_unless_a_fresh_token_arrives() -> None:

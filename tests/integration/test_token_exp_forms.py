@@ -91,7 +91,8 @@ async def test_a_numeric_string_exp_expires_on_a_live_serve_process() -> None:
     # Timeline (exp in whole seconds): now+3 the connect and refresh tokens expire, the
     # clients are warned; one grace later they are closed; the far-ahead one stays.
     soon = int(time.time()) + 3
-    async with serving("--token-grace", str(seconds(1))) as port:
+    # (--jwt-leeway 0: expiry comes at exp itself; the leeway would move it by as much.)
+    async with serving("--token-grace", str(seconds(1)), "--jwt-leeway", "0") as port:
         base = f"ws://127.0.0.1:{port}/ws/r"
         at_connect = await connect(f"{base}?token={token('ann', str(soon))}")
         refreshed = await connect(f"{base}?token={token('bob', int(time.time()) + 60)}")

@@ -159,7 +159,9 @@ def test_token_sources_in_order_of_preference() -> None:
 
 
 async def test_authenticate_runs_sync_and_async_authenticators() -> None:
-    """Both kinds work; no token is refused without calling it; a wrong return is a bug."""
+    """Both kinds work; no token is refused without calling it; an authenticator may say who
+    it is as an Identity, a user id or the claims, and refuse with None; anything else that
+    names nobody is a bug."""
 
     async def async_authenticator(token: str) -> Identity:
         return Identity(user_id=token.upper())
@@ -168,8 +170,14 @@ async def test_authenticate_runs_sync_and_async_authenticators() -> None:
     assert (await authenticate(JWTAuthenticator(SECRET), hs(claims()))).user_id == "alice"
     with pytest.raises(AuthenticationError, match="required"):
         await authenticate(async_authenticator, None)
-    with pytest.raises(TypeError):
-        await authenticate(lambda token: "alice", "t")  # type: ignore[arg-type,return-value]
+    assert await authenticate(lambda token: "alice", "t") == Identity("alice")
+    claimed = await authenticate(lambda token: {"sub": "bob", "exp": 2e9, "role": "x"}, "t")
+    assert (claimed.user_id, claimed.expires_at, claimed.claims["role"]) == ("bob", 2e9, "x")
+    with pytest.raises(AuthenticationError, match="refused"):
+        await authenticate(lambda token: None, "t")
+    for nobody in ("", {"name": "no sub"}, 42):
+        with pytest.raises(TypeError):
+            await authenticate(lambda token, nobody=nobody: nobody, "t")  # type: ignore[misc]
 
 
 def test_an_unusable_key_refuses_instead_of_crashing(rsa_key: rsa.RSAPrivateKey) -> None:

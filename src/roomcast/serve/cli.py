@@ -110,6 +110,7 @@ def _authenticator(args: argparse.Namespace) -> Authenticator | None:
         algorithms=algorithms,
         audience=args.jwt_audience,
         issuer=args.jwt_issuer,
+        leeway=args.jwt_leeway,
     )
 
 

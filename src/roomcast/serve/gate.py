@@ -9,12 +9,19 @@ about the client is registered until it is admitted.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from urllib.parse import unquote
 
 from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
 
-from roomcast.auth import AuthenticationError, Identity, query_value, token_from_request
+from roomcast.auth import (
+    AuthenticationError,
+    Identity,
+    identity_of,
+    query_value,
+    token_from_request,
+)
 from roomcast.errors import InvalidIdentifier
 from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
@@ -112,6 +119,11 @@ class Gate:
             headers, query, allow_query=self._config.token_in_query
         )
         if not token:
+            if not self._config.token_in_query and query_value(query, "token"):
+                raise AuthenticationError(
+                    "tokens in the query string are disabled on this server: send it as "
+                    "'Authorization: Bearer TOKEN' or the subprotocols 'bearer, TOKEN'"
+                )
             raise AuthenticationError("a token is required")
         return self.verify(token), protocol
 
@@ -124,16 +136,21 @@ class Gate:
         authenticator = self._config.authenticator
         assert authenticator is not None
         try:
-            identity = authenticator(token)
+            outcome = authenticator(token)
+            if inspect.isawaitable(outcome):
+                close = getattr(outcome, "close", None)
+                if close is not None:
+                    close()  # (never awaited: no "coroutine was never awaited" warning)
+                raise AuthenticationError(
+                    "server misconfigured: the authenticator must be sync", 500
+                )
+            return identity_of(outcome)
         except AuthenticationError:
             raise
         except Exception as exc:  # a bug in a custom authenticator: the client is not to blame
             logger.error("the authenticator failed: %r", exc)
             why = "server misconfigured: the authenticator failed"
             raise AuthenticationError(why, 500) from exc
-        if not isinstance(identity, Identity):
-            raise AuthenticationError("server misconfigured: the authenticator must be sync", 500)
-        return identity
 
     def refuse(self, status: int, body: bytes) -> WSUpgradeResponseWithListener:
         """An HTTP refusal, counted and logged."""

@@ -131,6 +131,13 @@ COMMAND_LINE: tuple[Option, ...] = (
     ),
     Option("jwt_audience", "the 'aud' tokens must carry", str, group="authentication"),
     Option("jwt_issuer", "the 'iss' tokens must carry", str, group="authentication"),
+    Option(
+        "jwt_leeway",
+        "seconds of clock skew tolerated on exp/nbf/iat, at connect, refresh and expiry",
+        float,
+        30.0,
+        group="authentication",
+    ),
 )
 """Options of the command line that are not ``ServerConfig`` fields."""
 

@@ -308,6 +308,10 @@ class Server:
     # ------------------------------------------------------------------ token expiry
 
     def _arm_expiry(self, connection_id: str, expires_at: float | None) -> None:
+        # The clock skew tolerated at connect and refresh is tolerated at expiry too.
+        leeway = getattr(self.config.authenticator, "leeway", 0.0)
+        if expires_at is not None and isinstance(leeway, int | float):
+            expires_at += leeway
         self._expiry.set(connection_id, expires_at)
         self._expiry_changed.set()
 
