@@ -9,9 +9,12 @@ import functools
 import json
 from typing import Any
 
+import pytest
+
 from roomcast.brokers.memory import MemoryBroker, MemoryBus
 from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame, encode
+from roomcast.history import joins
 from roomcast.history.contract import Joined
 from roomcast.history.positions import HistoryLimits, Position, history_for_all
 from roomcast.hub import Hub
@@ -226,5 +229,29 @@ async def test_a_storm_of_rejoins_with_since_shares_its_reads() -> None:
     for n, inbox in enumerate(crowd):
         assert answers[n].recovered and answers[n].replayed == 10 - (n % 5 + 2)
         assert inbox.offsets() == list(range(n % 5 + 3, 11))
+    await one.stop()
+    await two.stop()
+
+
+async def test_joins_waiting_for_history_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond the process's bound, a join that would wait for a history read is refused
+    (the client retries); once the waiting ones are in, joins are taken again."""
+    monkeypatch.setattr(joins, "MAX_WAITING_JOINS", 2)
+    _, (one, two) = await hubs()
+    ann = member(one, "ann")
+    one.publish("r", message(1), sender=ann.connection)
+    await settle()
+    answers: list[Joined] = []
+    crowd = [Inbox(f"u{n}") for n in range(4)]
+    for inbox in crowd[:3]:
+        two.attach(inbox.connection)
+        two.join_at(inbox.connection, "r", Position("", 0), answers.append)
+    assert [a.failure for a in answers] == ["too many joins waiting for history; retry"]
+    await settle()
+    assert [a.failure for a in answers[1:]] == [None, None]
+    two.attach(crowd[3].connection)
+    two.join_at(crowd[3].connection, "r", Position("", 0), answers.append)
+    await settle()
+    assert answers[-1].failure is None and answers[-1].recovered
     await one.stop()
     await two.stop()

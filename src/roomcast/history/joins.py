@@ -20,7 +20,11 @@ from roomcast.history.positions import HistoryLimits, Page, Position
 from roomcast.history.streams import CatchUp, SharedRead, Stream, positioned_frame, unpacked
 from roomcast.tasks import TaskSet
 
-__all__ = ["Joins"]
+__all__ = ["MAX_WAITING_JOINS", "Joins"]
+
+MAX_WAITING_JOINS = 10_000
+"""Joins that may wait for a history read at once, in the whole process; more are refused
+(1013, "retry"): each holds a task, and a client's rooms alone do not bound them."""
 
 
 class Joins(abc.ABC):
@@ -31,6 +35,8 @@ class Joins(abc.ABC):
     _members: Members
     _tasks: TaskSet
     _stats: BrokerStats
+    _waiting_joins: int
+    """Joins in every room's ``catching``: bounded by ``MAX_WAITING_JOINS``."""
 
     @abc.abstractmethod
     async def _read(
@@ -53,10 +59,13 @@ class Joins(abc.ABC):
         since: Position | None,
         reply: JoinReply,
     ) -> None:
-        joins = self._joining.setdefault(connection, {})
-        if room in joins:
+        if room in self._joining.get(connection, ()):
             reply(Joined(None, False, failure="a join of this room is already under way"))
             return
+        if self._waiting_joins >= MAX_WAITING_JOINS:  # (each one holds a task and a read)
+            reply(Joined(None, False, failure="too many joins waiting for history; retry"))
+            return
+        joins = self._joining.setdefault(connection, {})
         stream = self._streams.get(room)
         if stream is None:
             stream = self._streams[room] = Stream()
@@ -68,6 +77,7 @@ class Joins(abc.ABC):
             return
         reading = bool(stream.catching)
         joins[room] = stream.catching[connection] = catch
+        self._waiting_joins += 1
         self._members.hold(room)
         if since is None and reading:
             catch.rides = True  # one read of where the room is serves a storm of joins
@@ -196,6 +206,7 @@ class Joins(abc.ABC):
     def _graduate(self, room: str, stream: Stream, catch: CatchUp) -> None:
         connection = catch.connection
         if stream.catching.pop(connection, None) is not None:
+            self._waiting_joins -= 1
             self._members.release(room)
             if not catch.rides:
                 stream.readers -= 1
@@ -209,6 +220,7 @@ class Joins(abc.ABC):
 
     def _abandon(self, room: str, stream: Stream, catch: CatchUp) -> None:
         if stream.catching.pop(catch.connection, None) is not None:
+            self._waiting_joins -= 1
             self._members.release(room)
             if not catch.rides:
                 stream.readers -= 1

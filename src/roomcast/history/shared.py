@@ -70,6 +70,7 @@ class SharedHistory(Joins):
         self._streams: dict[str, Stream] = {}
         self._acks: dict[tuple[int, int], Ack] = {}
         self._joining: dict[Connection, dict[str, CatchUp]] = {}
+        self._waiting_joins = 0
         self._tasks = TaskSet()
         self._reads = asyncio.Semaphore(_READS)
         broker.on_resubscribed(self._check_all)
