@@ -226,3 +226,36 @@ async def test_the_history_command_reads_without_joining() -> None:
     assert "r" not in bob.connection.rooms
     (error,) = say(carry, bob, type="history", room="$stats")
     assert error["type"] == "error"
+
+
+async def test_messages_behind_a_join_that_waits_for_history_follow_it_in_order() -> None:
+    """Over a broker a join of a room with history waits for a read; what the client sent
+    after it (a publish to that room, a ping) is carried out after the join's ack, in order,
+    instead of being refused ("not in room")."""
+    from roomcast.brokers.memory import MemoryBroker, MemoryBus
+
+    config = ServerConfig()
+    hub = Hub(MemoryBroker(MemoryBus()), history=history_for_all(HistoryLimits(5, 300)))
+    await hub.start()
+    events = EventLog(logging.getLogger("test.session"))
+    carry = Session(
+        config,
+        hub,
+        ServerCounters(),
+        events,
+        lambda: None,
+        None,
+        lambda *_: None,
+        asyncio.ensure_future,
+    )
+    ann = client(hub, "ann")
+    since = {"epoch": "", "offset": 0}
+    assert say(carry, ann, type="join", room="r", since=since, event_id="j") == []  # (reads)
+    assert say(carry, ann, type="publish", room="r", data=1, event_id="p") == []  # (waits)
+    assert say(carry, ann, type="ping", event_id="q") == []
+    for _ in range(30):
+        await asyncio.sleep(0)
+    replies = [(m["type"], m.get("ack_event_id") or m.get("ping_event_id")) for m in ann.take()]
+    # The join's ack, then the publish (acknowledged once stored, after the ping's pong).
+    assert replies == [("ack", "j"), ("pong", "q"), ("ack", "p")]
+    await hub.stop()
