@@ -19,6 +19,7 @@ from roomcast import CloseCode
 from roomcast.serve.cli import _worker_command, build_parser, config_from
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.options import COMMAND_LINE, Option, options
+from tests.serve_process import start_serve, stop_serve
 from tests.support import connect, recv, seconds
 
 
@@ -420,3 +421,24 @@ def test_zero_means_off_exactly_where_the_help_says_so(opt: Option) -> None:
     else:
         with pytest.raises(SystemExit):
             parse(["serve", opt.flag, "0"])
+
+
+WRONG_KEY = {
+    "error": "missing or wrong API key: send the key roomcast serve was given (--api-key or "
+    "ROOMCAST_API_KEY) in the X-API-Key header",
+    "header": "X-API-Key",
+}
+
+
+async def test_a_request_without_the_key_is_told_which_header_carries_it() -> None:
+    """A publish or history read without the key, or with a wrong one, gets 401 and a body
+    naming the X-API-Key header."""
+    server, _, http = await start_serve()
+    try:
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer k"}):
+            publish = await http.post("/api/publish", json={"data": 1}, headers=headers)
+            history = await http.get("/api/history?room=r", headers=headers)
+            for response in (publish, history):
+                assert (response.status_code, response.json()) == (401, WRONG_KEY)
+    finally:
+        await stop_serve(server, http)
