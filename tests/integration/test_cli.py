@@ -12,6 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -19,7 +20,7 @@ from roomcast import CloseCode
 from roomcast.serve.cli import _worker_command, build_parser, config_from
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.options import COMMAND_LINE, Option, options
-from tests.serve_process import start_serve, stop_serve
+from tests.serve_process import RawClient, start_serve, stop_serve
 from tests.support import connect, recv, seconds
 
 
@@ -440,5 +441,49 @@ async def test_a_request_without_the_key_is_told_which_header_carries_it() -> No
             history = await http.get("/api/history?room=r", headers=headers)
             for response in (publish, history):
                 assert (response.status_code, response.json()) == (401, WRONG_KEY)
+    finally:
+        await stop_serve(server, http)
+
+
+async def raw_answer(port: int, *parts: bytes) -> bytes:
+    """What the server writes back, to its end of stream, when sent ``parts`` one by one (a
+    pause between them, so that each likely arrives in a read of its own)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        async with asyncio.timeout(seconds(5)):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_post_to_the_websocket_port_says_where_the_publish_api_is() -> None:
+    """POST (PUT, DELETE) on the WebSocket port: 405 with a JSON body naming the API port,
+    whether the method comes in pieces or the body after the head; GETs, upgrades and
+    requests that are not HTTP are answered as before."""
+    server, port, http = await start_serve()
+    api_port = http.base_url.port
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as ws_port:
+            response = await ws_port.post(
+                "/api/publish", json={"data": 1}, headers={"X-API-Key": "k"}
+            )
+            assert (response.status_code, response.headers["allow"]) == (405, "GET")
+            assert response.json() == {
+                "error": "this port takes WebSocket upgrades and GETs, not POST; POST "
+                f"/api/publish is served on the API port, {api_port} (--api-port)",
+                "api_port": api_port,
+            }
+            assert (await ws_port.get("/healthz")).status_code == 200
+            assert "not DELETE" in (await ws_port.delete("/x")).json()["error"]
+        head = b"PUT /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n"
+        answer = await raw_answer(port, head[:2], head[2:], b'{"data":1')
+        assert answer.startswith(b"HTTP/1.1 405 ") and b"not PUT" in answer
+        assert (await raw_answer(port, b"NOT HTTP AT ALL\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        client = await RawClient.connect(port, "/ws/r?user_id=a")
+        client.abort()
     finally:
         await stop_serve(server, http)

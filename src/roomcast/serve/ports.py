@@ -29,6 +29,7 @@ from roomcast.serve.http_api import (
 from roomcast.serve.listener import Acceptor, listening_sockets, server_protocols
 from roomcast.serve.metrics import Sample, ServerCounters
 from roomcast.serve.options import OptionError
+from roomcast.serve.pages import misdirected
 
 __all__ = ["Ports"]
 
@@ -101,6 +102,9 @@ class Ports:
                 handshake_timeout=config.handshake_timeout,
                 max_frame_size=config.max_message_size,
                 logger=logging.LoggerAdapter(logging.getLogger("roomcast.picows")),
+                with_body=lambda method: misdirected(
+                    method, self.api_port if self.has_api else None
+                ),
             ),
             self.budget.sockets,
             self._accept_failed,
