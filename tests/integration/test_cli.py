@@ -487,3 +487,67 @@ async def test_a_post_to_the_websocket_port_says_where_the_publish_api_is() -> N
         client.abort()
     finally:
         await stop_serve(server, http)
+
+
+def serve_help(env: dict[str, str]) -> dict[str, str]:
+    """``roomcast serve --help`` as a real process, each option's flag -> its help (wrapped
+    lines joined), with ``env`` as the only ROOMCAST_* variables."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "roomcast.serve.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**base, "COLUMNS": "100", **env},
+    )
+    entries: dict[str, str] = {}
+    flag = ""
+    for line in result.stdout.split("\noptions:\n", 1)[1].splitlines():
+        if line.startswith("  -"):  # "  --port PORT   help..." or "  --redis-url REDIS_URL"
+            words, _, help_text = line.strip().partition("  ")
+            flag = words.split()[0].rstrip(",")
+            flag = "--help" if flag == "-h" else flag
+            entries[flag] = help_text.strip()
+        elif line.startswith("    ") and flag:
+            entries[flag] = f"{entries[flag]} {line.strip()}".strip()
+        else:
+            flag = ""
+    return entries
+
+
+def test_help_lists_every_option_with_help_and_one_true_default() -> None:
+    """serve --help: every option has help; a default is shown once, as the value in force
+    (never "None", never beside a default written in words)."""
+    entries = serve_help({})
+    declared = {opt.flag for opt in options(ServerConfig)}
+    assert set(entries) == declared | {"--help", "--no-presence"}
+    for flag, help_text in entries.items():
+        assert help_text, f"{flag} has no help"
+        assert "None" not in help_text and help_text.count("default") <= 1, help_text
+    for opt in options(ServerConfig):
+        if opt.default is not None and opt.kind not in ("switch", "off-switch", "either"):
+            assert entries[opt.flag].endswith(f"(default: {opt.default})"), opt.flag
+    assert entries["--api-port"].endswith("off unless given (-1: off)")
+
+
+def test_help_shows_the_defaults_the_variables_set() -> None:
+    """With ROOMCAST_* variables set, --help shows the value they give, naming the variable,
+    and never a secret's value."""
+    entries = serve_help(
+        {
+            "ROOMCAST_PORT": "9000",
+            "ROOMCAST_ECHO": "1",
+            "ROOMCAST_API_KEY": "sekrit",
+            "ROOMCAST_ALLOWED_ORIGINS": "https://b.example,https://a.example",
+        }
+    )
+    assert entries["--port"].endswith("(default: 9000, from ROOMCAST_PORT)")
+    assert entries["--echo"].endswith("(now on, from ROOMCAST_ECHO)")
+    assert entries["--api-key"].endswith("(set by ROOMCAST_API_KEY)")
+    assert entries["--allowed-origins"].endswith(
+        "(default: https://a.example,https://b.example, from ROOMCAST_ALLOWED_ORIGINS)"
+    )
+    assert "sekrit" not in " ".join(entries.values())
+    for flag, help_text in entries.items():
+        assert help_text.count("default") <= 1, flag

@@ -48,8 +48,8 @@ class ServerConfig:
     )
     api_port: int | None = option(
         None,
-        "port of the HTTP API (POST /api/publish, /healthz, /readyz, /metrics); off if not "
-        "given (-1: off)",
+        "port of the HTTP API (POST /api/publish, /healthz, /readyz, /metrics); needs "
+        "--api-key; off unless given (-1: off)",
         kind="port-or-off",
     )
     api_max_connections: int = option(
@@ -111,7 +111,7 @@ class ServerConfig:
     allowed_origins: frozenset[str] | None = option(
         None,
         "comma-separated Origins browsers may connect from (others: HTTP 403); clients that "
-        "send no Origin are accepted; default: any",
+        "send no Origin are accepted; without it: any",
         kind="origins",
         group=_AUTH,
     )

@@ -131,7 +131,7 @@ COMMAND_LINE: tuple[Option, ...] = (
     Option("jwt_jwks", "JWKS JSON file", str, group="authentication"),
     Option(
         "jwt_algorithms",
-        "comma-separated allow-list (default: HS256 with a secret, RS256 otherwise)",
+        "comma-separated allow-list; without it: HS256 with a secret, RS256 otherwise",
         str,
         group="authentication",
     ),
@@ -175,8 +175,8 @@ def add_options(
             target = groups.get(opt.group) or parser.add_argument_group(opt.group)
             groups[opt.group] = target
         default = _from_environment(opt, environ)
-        shown = _shown_default(opt)
-        help_text = f"{opt.help} (default: {shown})" if shown else opt.help
+        shown = _shown_default(opt, default, opt.variable in environ)
+        help_text = f"{opt.help} ({shown})" if shown else opt.help
         if opt.kind == "switch" or opt.kind == "off-switch":
             target.add_argument(
                 opt.flag, dest=opt.dest, action="store_true", default=default, help=help_text
@@ -314,10 +314,25 @@ def _port_or_off(text: str) -> int | None:
 _port.__name__ = _port_or_off.__name__ = "port"  # argparse: "invalid port value: '70000'"
 
 
-def _shown_default(opt: Option) -> str:
+def _shown_default(opt: Option, default: Any, from_variable: bool) -> str:
+    """What ``--help`` says of the value in force without the flag: the declared default, or
+    the variable's value (a secret's is not shown); nothing where there is nothing to show
+    (an option off unless given, whose help says so in words)."""
+    if from_variable:
+        if opt.secret:
+            return f"set by {opt.variable}"
+        if opt.kind in ("switch", "off-switch", "either"):
+            if default is None:  # ("either", set but empty: decided by other settings)
+                return ""
+            return f"now {'on' if default else 'off'}, from {opt.variable}"
+        if opt.kind == "origins":
+            value = ",".join(sorted(default)) if default else "any"
+        else:
+            value = "off" if default is None else str(default)
+        return f"default: {value}, from {opt.variable}"
     if opt.default is None or opt.kind in ("switch", "off-switch", "either"):
         return ""
-    return str(opt.default)
+    return f"default: {opt.default}"
 
 
 def _from_environment(opt: Option, environ: Mapping[str, str]) -> Any:
