@@ -12,6 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -19,6 +20,7 @@ from roomcast import CloseCode
 from roomcast.serve.cli import _worker_command, build_parser, config_from
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.options import COMMAND_LINE, Option, options
+from tests.serve_process import RawClient, start_serve, stop_serve
 from tests.support import connect, recv, seconds
 
 
@@ -89,7 +91,9 @@ def test_presence_defaults_to_the_hub_kind_unless_asked(monkeypatch: pytest.Monk
     ("variable", "value", "says"),
     [
         ("ROOMCAST_ECHO", "maybe", "expected 1/true/yes/on or 0/false/no/off"),
-        ("ROOMCAST_MAX_ROOMS", "lots", "invalid literal for int()"),
+        ("ROOMCAST_MAX_ROOMS", "lots", "expected a whole number"),
+        ("ROOMCAST_MAX_ROOMS", "1.5", "expected a whole number"),
+        ("ROOMCAST_RATE_LIMIT", "fast", "expected a number"),
         ("ROOMCAST_LOG_LEVEL", "loud", "expected one of debug, info, warning, error"),
     ],
 )
@@ -175,6 +179,142 @@ async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
             await process.wait()
 
 
+def serve_refusal(*flags: str, env: dict[str, str] | None = None) -> str:
+    """The one line ``roomcast serve FLAGS`` writes on stderr when it refuses to start
+    (exit status 2, nothing else: no traceback, no usage block); a later ``--port`` wins over
+    the free one given first."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "roomcast.serve.cli", "serve", "--port", "0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, "ROOMCAST_API_KEY": "k", **(env or {})},
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    return line
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--max-connections", "0"], "argument --max-connections: must be 1 or more, not 0"),
+        (["--rate-burst", "-1"], "argument --rate-burst: must be 1 or more, not -1"),
+        (["--history-size", "-1"], "argument --history-size: must be 0 (off) or more, not -1"),
+        (["--send-buffer-limit", "0"], "argument --send-buffer-limit: must be 1 or more, not 0"),
+        (["--close-timeout", "0"], "argument --close-timeout: must be more than 0, not 0"),
+        (["--rate-limit", "-5"], "argument --rate-limit: must be 0 (off) or more, not -5"),
+        (["--workers", "0"], "argument --workers: must be 1 or more, not 0"),
+        (
+            ["--redis-url", "localhost:6379"],
+            "argument --redis-url: a Redis URL starts with redis:// (rediss:// for TLS, "
+            "unix:// for a socket), e.g. redis://localhost:6379",
+        ),
+    ],
+)
+def test_a_number_or_url_out_of_bounds_stops_with_one_line(flags: list[str], line: str) -> None:
+    """A limit that is negative (or 0 where 0 does not mean off) and a Redis URL without a
+    scheme are refused before serving, in one line that names the flag and what it takes."""
+    assert serve_refusal(*flags) == f"roomcast: error: {line}"
+
+
+def test_a_limit_in_a_variable_is_checked_too() -> None:
+    """ROOMCAST_MAX_CONNECTIONS=0 is refused like --max-connections 0, naming the variable."""
+    assert serve_refusal(env={"ROOMCAST_MAX_CONNECTIONS": "0"}) == (
+        "roomcast: error: ROOMCAST_MAX_CONNECTIONS='0' is not a valid --max-connections "
+        "(must be 1 or more, not 0)"
+    )
+
+
+def test_a_redis_url_in_a_variable_is_not_repeated() -> None:
+    """A ROOMCAST_REDIS_URL without a scheme is refused without echoing it (it may hold a
+    password)."""
+    line = serve_refusal(env={"ROOMCAST_REDIS_URL": "user:hunter2@localhost:6379"})
+    assert line.startswith("roomcast: error: ROOMCAST_REDIS_URL is not a valid --redis-url (")
+    assert "hunter2" not in line
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--rate-limit", "0"],
+        ["--history-size", "0"],
+        ["--ping-interval", "0"],
+        ["--stats-interval", "0"],
+        ["--max-connections-per-user", "0"],
+    ],
+)
+def test_zero_stays_valid_where_it_means_off(flags: list[str]) -> None:
+    """0 is accepted where the option's help says what 0 turns off."""
+    build_parser({}).parse_args(["serve", *flags])
+
+
+def test_the_api_port_cannot_be_the_websocket_port() -> None:
+    """--api-port equal to --port is refused, with a free neighbour to use instead."""
+    port = free_port()
+    assert serve_refusal("--port", str(port), "--api-port", str(port)) == (
+        f"roomcast: error: --api-port {port} is also --port: give the API a port of its own, "
+        f"e.g. --api-port {port + 1}"
+    )
+
+
+def test_an_api_port_without_a_key_is_refused() -> None:
+    """--api-port without a key would answer every publish 401: refused at start-up, saying
+    which variable to set."""
+    line = serve_refusal("--api-port", "0", env={"ROOMCAST_API_KEY": ""})
+    assert line == (
+        "roomcast: error: --api-port needs a key: set ROOMCAST_API_KEY (or --api-key), which "
+        "publishers then send in the X-API-Key header"
+    )
+
+
+@pytest.mark.parametrize("flag", ["--port", "--api-port"])
+def test_a_port_in_use_stops_with_one_line(flag: str) -> None:
+    """A port another process holds: exit 2 and one line naming the flag, no traceback."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        others = ["--api-port", "0"] if flag == "--port" else ["--port", "0"]
+        line = serve_refusal(flag, str(port), *others)
+    assert line == (
+        f"roomcast: error: {flag} {port}: 127.0.0.1:{port} is already in use by another "
+        f"process; stop it or choose another {flag}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (
+            ["--jwt-secret", "s" * 32, "--jwt-algorithms", "RS256"],
+            "--jwt-secret is an HMAC key, which --jwt-algorithms RS256 cannot use: give "
+            "--jwt-public-key or --jwt-jwks for it, or --jwt-algorithms HS256",
+        ),
+        (
+            ["--jwt-public-key", "/dev/null", "--jwt-algorithms", "HS256"],
+            "--jwt-public-key is for public-key algorithms, not --jwt-algorithms HS256: give "
+            "--jwt-algorithms RS256 (or ES256, ...), or --jwt-secret for HMAC",
+        ),
+        (
+            ["--jwt-jwks", "JWKS", "--jwt-algorithms", "HS512"],
+            "--jwt-jwks is for public-key algorithms, not --jwt-algorithms HS512: give "
+            "--jwt-algorithms RS256 (or ES256, ...), or --jwt-secret for HMAC",
+        ),
+    ],
+)
+def test_a_key_of_the_wrong_kind_stops_with_one_line(
+    tmp_path: Any, flags: list[str], line: str
+) -> None:
+    """An HMAC secret with public-key algorithms, or a public key with HMAC ones, would refuse
+    every token: refused at start-up instead."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    flags = [str(jwks) if word == "JWKS" else word for word in flags]
+    assert serve_refusal(*flags) == f"roomcast: error: {line}"
+
+
 def test_bad_authentication_options_stop_at_start(capsys: pytest.CaptureFixture[str]) -> None:
     """An unsafe algorithm list or a missing key file is refused before serving (exit 2)."""
     from roomcast.serve.cli import main
@@ -202,6 +342,8 @@ def _sample(opt: Option) -> tuple[list[str], str, Any]:
             "https://a.example,https://b.example",
             (frozenset({"https://a.example", "https://b.example"})),
         )
+    if opt.kind == "redis-url":
+        return [flag, "redis://sample:1"], "redis://sample:1", "redis://sample:1"
     if opt.kind in ("port", "port-or-off"):
         return [flag, "9999"], "9999", 9999
     if opt.kind is int:
@@ -264,3 +406,148 @@ def test_choices_in_variables_are_case_insensitive() -> None:
     """ROOMCAST_LOG_LEVEL=DEBUG is debug, as --log-level would not take it but a person would
     write it."""
     assert build_parser({"ROOMCAST_LOG_LEVEL": "DEBUG"}).parse_args(["serve"]).log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [opt for opt in options(ServerConfig) if opt.kind in (int, float)],
+    ids=lambda opt: opt.name,
+)
+def test_zero_means_off_exactly_where_the_help_says_so(opt: Option) -> None:
+    """A number option takes 0 if and only if its help says what 0 turns off."""
+    assert opt.off_at_zero == ("0: " in opt.help)
+    parse = build_parser({}).parse_args
+    if opt.off_at_zero:
+        parse(["serve", opt.flag, "0"])
+    else:
+        with pytest.raises(SystemExit):
+            parse(["serve", opt.flag, "0"])
+
+
+WRONG_KEY = {
+    "error": "missing or wrong API key: send the key roomcast serve was given (--api-key or "
+    "ROOMCAST_API_KEY) in the X-API-Key header",
+    "header": "X-API-Key",
+}
+
+
+async def test_a_request_without_the_key_is_told_which_header_carries_it() -> None:
+    """A publish or history read without the key, or with a wrong one, gets 401 and a body
+    naming the X-API-Key header."""
+    server, _, http = await start_serve()
+    try:
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer k"}):
+            publish = await http.post("/api/publish", json={"data": 1}, headers=headers)
+            history = await http.get("/api/history?room=r", headers=headers)
+            for response in (publish, history):
+                assert (response.status_code, response.json()) == (401, WRONG_KEY)
+    finally:
+        await stop_serve(server, http)
+
+
+async def raw_answer(port: int, *parts: bytes) -> bytes:
+    """What the server writes back, to its end of stream, when sent ``parts`` one by one (a
+    pause between them, so that each likely arrives in a read of its own)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        async with asyncio.timeout(seconds(5)):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_post_to_the_websocket_port_says_where_the_publish_api_is() -> None:
+    """POST (PUT, DELETE) on the WebSocket port: 405 with a JSON body naming the API port,
+    whether the method comes in pieces or the body after the head; GETs, upgrades and
+    requests that are not HTTP are answered as before."""
+    server, port, http = await start_serve()
+    api_port = http.base_url.port
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as ws_port:
+            response = await ws_port.post(
+                "/api/publish", json={"data": 1}, headers={"X-API-Key": "k"}
+            )
+            assert (response.status_code, response.headers["allow"]) == (405, "GET")
+            assert response.json() == {
+                "error": "this port takes WebSocket upgrades and GETs, not POST; POST "
+                f"/api/publish is served on the API port, {api_port} (--api-port)",
+                "api_port": api_port,
+            }
+            assert (await ws_port.get("/healthz")).status_code == 200
+            assert "not DELETE" in (await ws_port.delete("/x")).json()["error"]
+        head = b"PUT /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n"
+        answer = await raw_answer(port, head[:2], head[2:], b'{"data":1')
+        assert answer.startswith(b"HTTP/1.1 405 ") and b"not PUT" in answer
+        assert (await raw_answer(port, b"NOT HTTP AT ALL\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        client = await RawClient.connect(port, "/ws/r?user_id=a")
+        client.abort()
+    finally:
+        await stop_serve(server, http)
+
+
+def serve_help(env: dict[str, str]) -> dict[str, str]:
+    """``roomcast serve --help`` as a real process, each option's flag -> its help (wrapped
+    lines joined), with ``env`` as the only ROOMCAST_* variables."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "roomcast.serve.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**base, "COLUMNS": "100", **env},
+    )
+    entries: dict[str, str] = {}
+    flag = ""
+    for line in result.stdout.split("\noptions:\n", 1)[1].splitlines():
+        if line.startswith("  -"):  # "  --port PORT   help..." or "  --redis-url REDIS_URL"
+            words, _, help_text = line.strip().partition("  ")
+            flag = words.split()[0].rstrip(",")
+            flag = "--help" if flag == "-h" else flag
+            entries[flag] = help_text.strip()
+        elif line.startswith("    ") and flag:
+            entries[flag] = f"{entries[flag]} {line.strip()}".strip()
+        else:
+            flag = ""
+    return entries
+
+
+def test_help_lists_every_option_with_help_and_one_true_default() -> None:
+    """serve --help: every option has help; a default is shown once, as the value in force
+    (never "None", never beside a default written in words)."""
+    entries = serve_help({})
+    declared = {opt.flag for opt in options(ServerConfig)}
+    assert set(entries) == declared | {"--help", "--no-presence"}
+    for flag, help_text in entries.items():
+        assert help_text, f"{flag} has no help"
+        assert "None" not in help_text and help_text.count("default") <= 1, help_text
+    for opt in options(ServerConfig):
+        if opt.default is not None and opt.kind not in ("switch", "off-switch", "either"):
+            assert entries[opt.flag].endswith(f"(default: {opt.default})"), opt.flag
+    assert entries["--api-port"].endswith("off unless given (-1: off)")
+
+
+def test_help_shows_the_defaults_the_variables_set() -> None:
+    """With ROOMCAST_* variables set, --help shows the value they give, naming the variable,
+    and never a secret's value."""
+    entries = serve_help(
+        {
+            "ROOMCAST_PORT": "9000",
+            "ROOMCAST_ECHO": "1",
+            "ROOMCAST_API_KEY": "sekrit",
+            "ROOMCAST_ALLOWED_ORIGINS": "https://b.example,https://a.example",
+        }
+    )
+    assert entries["--port"].endswith("(default: 9000, from ROOMCAST_PORT)")
+    assert entries["--echo"].endswith("(now on, from ROOMCAST_ECHO)")
+    assert entries["--api-key"].endswith("(set by ROOMCAST_API_KEY)")
+    assert entries["--allowed-origins"].endswith(
+        "(default: https://a.example,https://b.example, from ROOMCAST_ALLOWED_ORIGINS)"
+    )
+    assert "sekrit" not in " ".join(entries.values())
+    for flag, help_text in entries.items():
+        assert help_text.count("default") <= 1, flag

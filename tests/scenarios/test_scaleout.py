@@ -312,3 +312,31 @@ async def test_library_paths_across_three_fastapi_processes(own_redis: RedisServ
         await nothing_more(a, b, c, d)
     finally:
         await asyncio.gather(*(app.stop() for app in apps))
+
+
+async def test_a_publish_naming_no_room_or_user_reaches_everyone(own_redis: RedisServer) -> None:
+    """POST /api/publish with only ``data`` reaches every connection of the hub, on every
+    process, in any room or none; naming both a room and a user is a 400."""
+    async with instances(own_redis, 2) as (p0, p1):
+        ann = await p0.client("lobby", "ann")
+        bob = await p1.client("games", "bob")
+        cid = await connect(f"ws://127.0.0.1:{p1.port}/ws?user_id=cid")
+        await subscribed(own_redis, {"ws:broadcast", "ws:user:ann", "ws:user:bob", "ws:user:cid"})
+
+        response = await p0.publish({"data": "to everyone"})
+        assert (response.status_code, response.json()) == (200, {"delivered": 1})
+        for client in (ann, bob, cid):
+            message = json.loads(await recv(client))
+            assert (message["type"], message["data"]) == ("message", "to everyone")
+
+        response = await p1.publish({"batch": [1, 2]})
+        assert (response.status_code, response.json()) == (200, {"delivered": 4})
+        for client in (ann, bob, cid):
+            assert [json.loads(await recv(client))["data"] for _ in range(2)] == [1, 2]
+
+        response = await p0.publish({"room": "lobby", "user_id": "ann", "data": "which?"})
+        assert response.status_code == 400
+        assert response.json() == {
+            "error": "give 'room' or 'user_id', not both (neither: every connection)"
+        }
+        await nothing_more(ann, bob, cid)

@@ -18,11 +18,11 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from roomcast import __version__
 from roomcast.auth import Authenticator
-from roomcast.serve.config import ServerConfig
+from roomcast.serve.config import ServerConfig, refuse_contradictions
 from roomcast.serve.options import OptionError, add_options, config_values, to_argv
 
 __all__ = ["main"]
@@ -43,13 +43,21 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line on stderr (exit status 2), like every
+    other refusal of ``roomcast serve``: the option and what to do, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"roomcast: error: {message}\n")
+
+
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The argument parser, its defaults read from ``environ`` (``os.environ``).
 
     Raises:
         OptionError: a ``ROOMCAST_*`` variable does not parse (the message names it).
     """
-    parser = argparse.ArgumentParser(prog="roomcast", description="roomcast WebSocket hub")
+    parser = _Parser(prog="roomcast", description="roomcast WebSocket hub")
     parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -89,7 +97,14 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 
 
 def _authenticator(args: argparse.Namespace) -> Authenticator | None:
-    """A JWTAuthenticator from the --jwt-* options, or None if none names a key."""
+    """A JWTAuthenticator from the --jwt-* options, or None if none names a key.
+
+    Raises:
+        OptionError: the key does not fit the algorithms (an HMAC secret with RS256, a public
+            key with HS256).
+        ValueError: ``JWTAuthenticator`` refuses the algorithm list.
+        OSError: a key file cannot be read.
+    """
     from pathlib import Path
 
     from roomcast.auth import JWTAuthenticator
@@ -104,6 +119,7 @@ def _authenticator(args: argparse.Namespace) -> Authenticator | None:
         return None
     default = "HS256" if args.jwt_secret else "RS256"
     algorithms = [a.strip() for a in (args.jwt_algorithms or default).split(",") if a.strip()]
+    _refuse_mismatched_key(args, algorithms)
     return JWTAuthenticator(
         keys or None,
         jwks=jwks,
@@ -112,6 +128,27 @@ def _authenticator(args: argparse.Namespace) -> Authenticator | None:
         issuer=args.jwt_issuer,
         leeway=args.jwt_leeway,
     )
+
+
+_HMAC = frozenset({"HS256", "HS384", "HS512"})
+
+
+def _refuse_mismatched_key(args: argparse.Namespace, algorithms: list[str]) -> None:
+    """A key of one kind with algorithms of the other would refuse every token: say so now.
+    (A list mixing both kinds is ``JWTAuthenticator``'s to refuse.)"""
+    hmac = {a.upper() in _HMAC for a in algorithms}
+    listed = ",".join(algorithms)
+    if args.jwt_secret and hmac == {False}:
+        raise OptionError(
+            f"--jwt-secret is an HMAC key, which --jwt-algorithms {listed} cannot use: give "
+            "--jwt-public-key or --jwt-jwks for it, or --jwt-algorithms HS256"
+        )
+    if (args.jwt_public_key or args.jwt_jwks) and hmac == {True}:
+        flag = "--jwt-public-key" if args.jwt_public_key else "--jwt-jwks"
+        raise OptionError(
+            f"{flag} is for public-key algorithms, not --jwt-algorithms {listed}: give "
+            "--jwt-algorithms RS256 (or ES256, ...), or --jwt-secret for HMAC"
+        )
 
 
 def _configure_logging(level: str, style: str) -> None:
@@ -150,7 +187,12 @@ async def _serve(args: argparse.Namespace) -> None:
     except ValueError as exc:  # the open-file limit leaves no room for clients
         print(f"roomcast: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    await server.start()
+    try:
+        await server.start()
+    except OptionError as exc:  # a port is taken
+        print(f"roomcast: error: {exc}", file=sys.stderr)
+        await server.stop()
+        raise SystemExit(2) from None
     # Everything allocated so far lives as long as the process: keep the cyclic GC from
     # walking it again and again.
     gc.collect()
@@ -170,14 +212,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"roomcast: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
     if args.workers > 1 and args.redis_url is None:
         parser.error(
             "--workers > 1 needs --redis-url: without Redis each worker would be a hub of its own"
         )
     try:
-        _authenticator(args)  # fail now, with a message, on a bad key or algorithm list
+        # Fail now, with one line, on a bad key or algorithm list or contradicting options.
+        refuse_contradictions(config_from(args))
+    except OptionError as exc:
+        print(f"roomcast: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         parser.error(f"authentication options: {exc}")
     _configure_logging(args.log_level, args.log_format)

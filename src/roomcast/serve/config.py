@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 from roomcast.auth import Authenticator
-from roomcast.serve.options import option
+from roomcast.serve.options import OptionError, option
 
-__all__ = ["ServerConfig"]
+__all__ = ["ServerConfig", "refuse_contradictions"]
 
 _AUTH = "authentication"
 
@@ -48,8 +48,8 @@ class ServerConfig:
     )
     api_port: int | None = option(
         None,
-        "port of the HTTP API (POST /api/publish, /healthz, /readyz, /metrics); off if not "
-        "given (-1: off)",
+        "port of the HTTP API (POST /api/publish, /healthz, /readyz, /metrics); needs "
+        "--api-key; off unless given (-1: off)",
         kind="port-or-off",
     )
     api_max_connections: int = option(
@@ -65,7 +65,8 @@ class ServerConfig:
     )
     api_key: str | None = option(
         None,
-        "key POST /api/publish requires in X-API-Key (without one, every publish gets 401); "
+        "key POST /api/publish requires in X-API-Key (--api-port refuses to start without "
+        "one); "
         "prefer the ROOMCAST_API_KEY variable, which other users cannot see in the process list",
         kind=str,
         secret=True,
@@ -75,7 +76,7 @@ class ServerConfig:
         "Redis shared by every instance of the hub (redis://[user:password@]host:port/db, "
         "rediss:// for TLS); without it the hub is in memory, in this process only. A URL "
         "with a password belongs in ROOMCAST_REDIS_URL",
-        kind=str,
+        kind="redis-url",
         secret=True,
     )
     channel_prefix: str = option(
@@ -92,13 +93,14 @@ class ServerConfig:
         100.0,
         "messages per second a client may send on average (pings, pongs and continuation "
         "frames count); over it: error 1008, and 50 refusals in a row close it (0: no limit)",
+        off_at_zero=True,
     )
     rate_burst: int = option(200, "messages a client may send at once before the rate applies")
     max_rooms_per_connection: int = option(
         100, "rooms one connection may be in (a join beyond: error 1008)"
     )
     max_connections_per_user: int = option(
-        0, "connections per user id in this process (more: HTTP 403; 0: no cap)"
+        0, "connections per user id in this process (more: HTTP 403; 0: no cap)", off_at_zero=True
     )
     echo: bool = option(
         False,
@@ -109,7 +111,7 @@ class ServerConfig:
     allowed_origins: frozenset[str] | None = option(
         None,
         "comma-separated Origins browsers may connect from (others: HTTP 403); clients that "
-        "send no Origin are accepted; default: any",
+        "send no Origin are accepted; without it: any",
         kind="origins",
         group=_AUTH,
     )
@@ -126,7 +128,7 @@ class ServerConfig:
         group=_AUTH,
     )
     ping_interval: float = option(
-        20.0, "seconds between protocol pings to each client (0: no heartbeat)"
+        20.0, "seconds between protocol pings to each client (0: no heartbeat)", off_at_zero=True
     )
     pong_timeout: float = option(
         20.0, "a client silent for ping-interval + pong-timeout seconds is disconnected"
@@ -139,7 +141,9 @@ class ServerConfig:
         kind="either",
     )
     stats_interval: float = option(
-        1.0, "seconds between this instance's figures in the $stats room (0: none)"
+        1.0,
+        "seconds between this instance's figures in the $stats room (0: none)",
+        off_at_zero=True,
     )
     demo: bool = option(
         True, "do not serve the demo page at / (/client.js is always served)", kind="off-switch"
@@ -154,6 +158,7 @@ class ServerConfig:
         100,
         "messages each room keeps for clients that reconnect and for history reads (0: no "
         "history; messages then carry no offset)",
+        off_at_zero=True,
     )
     history_ttl: float = option(
         300.0,
@@ -165,3 +170,22 @@ class ServerConfig:
         "bytes of history this process keeps without --redis-url (the rooms published to "
         "least recently lose theirs first); with Redis, history lives in Redis",
     )
+
+
+def refuse_contradictions(config: ServerConfig) -> None:
+    """Refuse settings that each parse but cannot work together.
+
+    Raises:
+        OptionError: what to change, on one line.
+    """
+    port, api_port = config.port, config.api_port
+    if api_port is not None and api_port == port != 0:
+        raise OptionError(
+            f"--api-port {api_port} is also --port: give the API a port of its own, e.g. "
+            f"--api-port {port + 1 if port < 65535 else port - 1}"
+        )
+    if api_port is not None and not config.api_key:
+        raise OptionError(
+            "--api-port needs a key: set ROOMCAST_API_KEY (or --api-key), which publishers "
+            "then send in the X-API-Key header"
+        )

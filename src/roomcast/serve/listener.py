@@ -17,7 +17,9 @@ counted, logged within the log budget, and retried after a short pause.
 ``server_protocols`` makes picows' server protocol for these sockets.  The protocol of every
 accepted socket must call ``released(protocol)`` when its connection is
 lost (a second call is harmless); a socket that fails before its protocol is connected is
-released here.
+released here.  picows answers any method but GET with a bare 400 before roomcast sees the
+request, so ``FirstRequest`` stands in front of it until the method is known, to answer a POST
+(PUT, PATCH, DELETE) itself; from a GET on, picows reads the socket alone.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 from picows import WSAutoPingStrategy
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
-__all__ = ["Acceptor", "listening_sockets", "server_protocols"]
+__all__ = ["Acceptor", "FirstRequest", "listening_sockets", "server_protocols"]
 
 logger = logging.getLogger("roomcast.listener")
 
@@ -208,6 +210,75 @@ def _given(protocol: asyncio.BaseProtocol) -> asyncio.BaseProtocol:
     return protocol
 
 
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+_LONGEST_METHOD = 8  # bytes enough to see "DELETE " (and any method picows knows)
+
+
+class FirstRequest(asyncio.BufferedProtocol):
+    """In front of picows' protocol until a connection's first bytes show its method.
+
+    The bytes go to picows' own buffer all along.  A GET (or anything but a method that
+    carries a body) hands the transport back to picows, which carries on as if it had read
+    them itself; a POST, PUT, PATCH or DELETE gets ``answer(method)`` (a whole HTTP response),
+    then the write side is shut and whatever else the client sends is read and dropped, so that
+    it reads the answer before the close (picows' handshake timeout ends it if the client does
+    not).
+
+    Args:
+        inner: picows' protocol, already connected to ``transport``.
+        transport: The connection's transport.
+        answer: The response to a request with a body, by method.
+    """
+
+    __slots__ = ("_answer", "_buffer", "_inner", "_refused", "_seen", "_transport")
+
+    def __init__(
+        self,
+        inner: asyncio.BufferedProtocol,
+        transport: asyncio.Transport,
+        answer: Callable[[bytes], bytes],
+    ) -> None:
+        self._inner = inner
+        self._transport = transport
+        self._answer = answer
+        self._buffer = memoryview(b"")
+        self._seen = b""
+        self._refused = False
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._refused:
+            return memoryview(bytearray(4096))
+        self._buffer = memoryview(self._inner.get_buffer(sizehint))
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._refused:
+            return
+        self._seen = (self._seen + bytes(self._buffer[:nbytes]))[:_LONGEST_METHOD]
+        method, space, _ = self._seen.partition(b" ")
+        if method in _BODY_METHODS and space:
+            self._refused = True
+            self._transport.write(self._answer(method))
+            if self._transport.can_write_eof():
+                self._transport.write_eof()
+            return
+        if space or len(self._seen) >= _LONGEST_METHOD:  # picows' business from here
+            self._transport.set_protocol(self._inner)
+        self._inner.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+
 def server_protocols(
     route: Callable[[Any], Any],
     released: Callable[[Any], None],
@@ -215,6 +286,7 @@ def server_protocols(
     handshake_timeout: float,
     max_frame_size: int,
     logger: logging.LoggerAdapter[logging.Logger],
+    with_body: Callable[[bytes], bytes],
 ) -> Callable[[], Any]:
     """A factory of picows' server protocol for sockets accepted by ``roomcast.serve.listener``.
 
@@ -223,11 +295,16 @@ def server_protocols(
     are those ``ws_create_server`` passes, in picows' order (pinned to picows 2.3.x in
     ``pyproject.toml``): ``route`` answers each upgrade request, pings are answered by
     ``NativeTransport`` (rate limited), and the read buffer starts at its minimum.
-    ``released`` hears every lost connection, upgraded or not.
+    ``released`` hears every lost connection, upgraded or not.  ``with_body`` answers a
+    request whose method carries a body (see ``FirstRequest``).
     """
 
     class CountedProtocol(WSProtocol):  # type: ignore[misc]
         __slots__ = ()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            transport.set_protocol(FirstRequest(self, transport, with_body))
 
         def connection_lost(self, exc: Exception | None) -> None:
             try:

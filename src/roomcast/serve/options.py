@@ -6,7 +6,8 @@ the JWT key material), an ``Option`` in ``COMMAND_LINE``.  From that one declara
 flag (``--max-rooms``), its ``ROOMCAST_*`` variable (``ROOMCAST_MAX_ROOMS``), the value a
 ``--workers`` supervisor passes to its workers (secrets go by environment, never argv), and the
 ``ServerConfig`` the server runs with.  A variable that does not parse is an error that names
-the variable.
+the variable.  Numbers are checked here too: never negative, and 0 only for an option declared
+``off_at_zero`` (whose help then says what 0 turns off).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 class OptionError(ValueError):
-    """A ``ROOMCAST_*`` variable whose value does not fit its option."""
+    """A setting ``roomcast serve`` cannot start with (a ``ROOMCAST_*`` variable that does not
+    parse, options that contradict each other, a port already taken); the message names the
+    option and says what to do, on one line."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,12 +48,13 @@ class Option:
         kind: ``int``, ``float``, ``str``, ``"switch"`` (a flag that turns it on),
             ``"off-switch"`` (``--no-NAME`` turns a default-on setting off), ``"either"``
             (``--NAME``/``--no-NAME``, unset: decided by other settings), ``"origins"`` (a
-            comma-separated list), ``"port"`` (0 to 65535) or ``"port-or-off"`` (a port, or
-            none).
+            comma-separated list), ``"port"`` (0 to 65535), ``"port-or-off"`` (a port, or
+            none) or ``"redis-url"`` (``redis://``, ``rediss://`` or ``unix://``).
         default: The value without flag or variable.
         secret: Passed to workers in the environment, never on their command line.
         choices: The only values allowed, if any.
         group: The ``--help`` section, if not the main one.
+        off_at_zero: For a number: 0 turns the feature off (else only positive numbers).
     """
 
     name: str
@@ -60,6 +64,7 @@ class Option:
     secret: bool = False
     choices: tuple[str, ...] = ()
     group: str | None = None
+    off_at_zero: bool = False
 
     @property
     def flag(self) -> str:
@@ -83,12 +88,13 @@ def option(
     kind: Any = None,
     secret: bool = False,
     group: str | None = None,
+    off_at_zero: bool = False,
 ) -> Any:
     """A ``ServerConfig`` field that is also a command-line option (see ``Option``); the kind
     defaults to the default's type."""
     return dataclasses.field(
         default=default,
-        metadata={"option": (help, kind or type(default), secret, group)},
+        metadata={"option": (help, kind or type(default), secret, group, off_at_zero)},
     )
 
 
@@ -125,7 +131,7 @@ COMMAND_LINE: tuple[Option, ...] = (
     Option("jwt_jwks", "JWKS JSON file", str, group="authentication"),
     Option(
         "jwt_algorithms",
-        "comma-separated allow-list (default: HS256 with a secret, RS256 otherwise)",
+        "comma-separated allow-list; without it: HS256 with a secret, RS256 otherwise",
         str,
         group="authentication",
     ),
@@ -133,10 +139,11 @@ COMMAND_LINE: tuple[Option, ...] = (
     Option("jwt_issuer", "the 'iss' tokens must carry", str, group="authentication"),
     Option(
         "jwt_leeway",
-        "seconds of clock skew tolerated on exp/nbf/iat, at connect, refresh and expiry",
+        "seconds of clock skew tolerated on exp/nbf/iat, at connect, refresh and expiry (0: none)",
         float,
         30.0,
         group="authentication",
+        off_at_zero=True,
     ),
 )
 """Options of the command line that are not ``ServerConfig`` fields."""
@@ -148,8 +155,16 @@ def options(config_class: type) -> Iterator[Option]:
     for field in dataclasses.fields(config_class):
         meta = field.metadata.get("option")
         if meta is not None:
-            help_text, kind, secret, group = meta
-            yield Option(field.name, help_text, kind, field.default, secret, group=group)
+            help_text, kind, secret, group, off_at_zero = meta
+            yield Option(
+                field.name,
+                help_text,
+                kind,
+                field.default,
+                secret,
+                group=group,
+                off_at_zero=off_at_zero,
+            )
     yield from COMMAND_LINE
 
 
@@ -168,8 +183,8 @@ def add_options(
             target = groups.get(opt.group) or parser.add_argument_group(opt.group)
             groups[opt.group] = target
         default = _from_environment(opt, environ)
-        shown = _shown_default(opt)
-        help_text = f"{opt.help} (default: {shown})" if shown else opt.help
+        shown = _shown_default(opt, default, opt.variable in environ)
+        help_text = f"{opt.help} ({shown})" if shown else opt.help
         if opt.kind == "switch" or opt.kind == "off-switch":
             target.add_argument(
                 opt.flag, dest=opt.dest, action="store_true", default=default, help=help_text
@@ -237,6 +252,10 @@ def to_argv(
 
 
 def _parser(opt: Option) -> Any:
+    if opt.kind in (int, float):
+        return _number(opt.kind, opt.off_at_zero)
+    if opt.kind == "redis-url":
+        return _redis_url
     if opt.kind == "origins":
         return _origins
     if opt.kind == "port-or-off":
@@ -244,6 +263,44 @@ def _parser(opt: Option) -> Any:
     if opt.kind == "port":
         return _port
     return opt.kind
+
+
+def _number(kind: type[int] | type[float], off_at_zero: bool) -> Any:
+    """The parser of a number option: a ``ValueError`` for text that is not a number (argparse:
+    "invalid int value"), an ``ArgumentTypeError`` saying what is allowed for one out of
+    range."""
+
+    def number(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(
+                "expected a whole number" if kind is int else "expected a number"
+            ) from None
+        if value < 0 or (value == 0 and not off_at_zero):
+            allowed = (
+                "0 (off) or more" if off_at_zero else "1 or more" if kind is int else "more than 0"
+            )
+            raise argparse.ArgumentTypeError(f"must be {allowed}, not {text.strip()}")
+        return value
+
+    number.__name__ = kind.__name__  # argparse: "invalid int value: 'x'"
+    return number
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(text: str) -> str:
+    """A Redis URL, refused at start-up without a scheme (``localhost:6379``), which redis-py
+    would refuse only on first use.  The message does not repeat the URL: it may hold a
+    password."""
+    if not text.lower().startswith(_REDIS_SCHEMES):
+        raise argparse.ArgumentTypeError(
+            "a Redis URL starts with redis:// (rediss:// for TLS, unix:// for a socket), "
+            "e.g. redis://localhost:6379"
+        )
+    return text
 
 
 def _origins(text: str) -> frozenset[str] | None:
@@ -265,10 +322,25 @@ def _port_or_off(text: str) -> int | None:
 _port.__name__ = _port_or_off.__name__ = "port"  # argparse: "invalid port value: '70000'"
 
 
-def _shown_default(opt: Option) -> str:
+def _shown_default(opt: Option, default: Any, from_variable: bool) -> str:
+    """What ``--help`` says of the value in force without the flag: the declared default, or
+    the variable's value (a secret's is not shown); nothing where there is nothing to show
+    (an option off unless given, whose help says so in words)."""
+    if from_variable:
+        if opt.secret:
+            return f"set by {opt.variable}"
+        if opt.kind in ("switch", "off-switch", "either"):
+            if default is None:  # ("either", set but empty: decided by other settings)
+                return ""
+            return f"now {'on' if default else 'off'}, from {opt.variable}"
+        if opt.kind == "origins":
+            value = ",".join(sorted(default)) if default else "any"
+        else:
+            value = "off" if default is None else str(default)
+        return f"default: {value}, from {opt.variable}"
     if opt.default is None or opt.kind in ("switch", "off-switch", "either"):
         return ""
-    return str(opt.default)
+    return f"default: {opt.default}"
 
 
 def _from_environment(opt: Option, environ: Mapping[str, str]) -> Any:
@@ -284,8 +356,9 @@ def _from_environment(opt: Option, environ: Mapping[str, str]) -> Any:
                 return None
             return word in _TRUE
         value = _parser(opt)(raw.lower() if opt.choices else raw)
-    except ValueError as exc:
-        raise OptionError(f"{opt.variable}={raw!r} is not a valid {opt.flag} ({exc})") from None
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        shown = opt.variable if opt.secret else f"{opt.variable}={raw!r}"  # (a password?)
+        raise OptionError(f"{shown} is not a valid {opt.flag} ({exc})") from None
     if opt.choices and value not in opt.choices:
         raise OptionError(f"{opt.variable}={raw!r}: expected one of {', '.join(opt.choices)}")
     return value

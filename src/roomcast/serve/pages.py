@@ -1,12 +1,15 @@
 """The GET routes of both ports: health, readiness, metrics, the JavaScript client, the demo.
 
 picows serves these from its upgrade callback (a request that is not an upgrade gets the
-answer built here); the API port serves the same through ``http_api``.  Pages are read once at
-start-up; the demo page gets a Content-Security-Policy that allows only this server.
+answer built here); the API port serves the same through ``http_api``.  A POST (PUT, PATCH,
+DELETE) to the WebSocket port gets 405 and where the publish API is (``misdirected``).  Pages
+are read once at start-up; the demo page gets a Content-Security-Policy that allows only this
+server.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from importlib import resources
 
@@ -16,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from roomcast.hub import Hub
 from roomcast.serve.metrics import render
 
-__all__ = ["GET_PATHS", "TEXT", "Pages", "respond"]
+__all__ = ["GET_PATHS", "TEXT", "Pages", "misdirected", "respond"]
 
 TEXT = "text/plain; charset=utf-8"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -87,6 +90,29 @@ _PAGE_POLICY = (
     "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 """The demo page loads nothing from elsewhere (no CDN) and talks only to this server."""
+
+
+def misdirected(method: bytes, api_port: int | None) -> bytes:
+    """The whole HTTP response to a request with a body on the WebSocket port: 405, and a
+    JSON body saying where the publish API is (or how to turn it on)."""
+    verb = method.decode("ascii", "replace")
+    where = (
+        f"POST /api/publish is served on the API port, {api_port} (--api-port)"
+        if api_port is not None
+        else "the publish API is off: start roomcast serve with --api-port PORT and "
+        "ROOMCAST_API_KEY, then POST /api/publish there"
+    )
+    answer: dict[str, object] = {
+        "error": f"this port takes WebSocket upgrades and GETs, not {verb}; {where}"
+    }
+    if api_port is not None:
+        answer["api_port"] = api_port
+    body = json.dumps(answer).encode() + b"\n"
+    return (
+        b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
 
 def respond(status: int, body: bytes, content_type: str = TEXT) -> WSUpgradeResponseWithListener:

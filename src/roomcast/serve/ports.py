@@ -8,10 +8,12 @@ served.  Accept failures for want of descriptors are counted and logged within t
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import resource
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from roomcast.limits import DescriptorBudget
@@ -26,6 +28,8 @@ from roomcast.serve.http_api import (
 )
 from roomcast.serve.listener import Acceptor, listening_sockets, server_protocols
 from roomcast.serve.metrics import Sample, ServerCounters
+from roomcast.serve.options import OptionError
+from roomcast.serve.pages import misdirected
 
 __all__ = ["Ports"]
 
@@ -82,11 +86,13 @@ class Ports:
         """Listen: upgrades and GETs go to ``route``, API requests to ``api``; on ``sock`` if
         given (already bound and listening)."""
         config = self._config
-        sockets = (
-            [sock]
-            if sock is not None
-            else listening_sockets(config.host, config.port, self._backlog(), config.reuse_port)
-        )
+        if sock is not None:
+            sockets = [sock]
+        else:
+            with _taken("--port", config.host, config.port):
+                sockets = listening_sockets(
+                    config.host, config.port, self._backlog(), config.reuse_port
+                )
         self._port = int(sockets[0].getsockname()[1])
         self._acceptor = Acceptor(
             sockets,
@@ -96,22 +102,30 @@ class Ports:
                 handshake_timeout=config.handshake_timeout,
                 max_frame_size=config.max_message_size,
                 logger=logging.LoggerAdapter(logging.getLogger("roomcast.picows")),
+                with_body=lambda method: misdirected(
+                    method, self.api_port if self.has_api else None
+                ),
             ),
             self.budget.sockets,
             self._accept_failed,
         )
         if config.api_port is not None:
-            self._api = await serve_api(
-                api,
-                config.host,
-                config.api_port,
-                config.reuse_port,
-                header_timeout=config.api_header_timeout,
-                body_timeout=config.api_body_timeout,
-                max_connections=config.api_max_connections,
-                stats=self.api_stats,
-                on_accept_error=self._accept_failed,
-            )
+            try:
+                with _taken("--api-port", config.host, config.api_port):
+                    self._api = await serve_api(
+                        api,
+                        config.host,
+                        config.api_port,
+                        config.reuse_port,
+                        header_timeout=config.api_header_timeout,
+                        body_timeout=config.api_body_timeout,
+                        max_connections=config.api_max_connections,
+                        stats=self.api_stats,
+                        on_accept_error=self._accept_failed,
+                    )
+            except OptionError:
+                self._acceptor.close()
+                raise
 
     def stop_accepting(self) -> None:
         """Close the WebSocket port's listening sockets (accepted ones live on)."""
@@ -215,3 +229,18 @@ class Ports:
             0.1,
             resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         )
+
+
+@contextlib.contextmanager
+def _taken(flag: str, host: str, port: int) -> Iterator[None]:
+    """Turn "address already in use" into an ``OptionError`` that names ``flag`` and the way
+    out."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise OptionError(
+            f"{flag} {port}: {host}:{port} is already in use by another process; stop it or "
+            f"choose another {flag}"
+        ) from None

@@ -1,8 +1,9 @@
 """``POST /api/publish`` and ``GET /api/history``: how a backend sends to rooms and users, and
 reads a room's history, over HTTP.
 
-Served on ``--api-port`` (the WebSocket port answers only GETs).  A request carries one message
-(``data``) or up to ``MAX_BATCH`` (``batch``), for a room or a user, and needs the key in
+Served on ``--api-port`` (the WebSocket port answers a POST with 405 and where to go).  A
+request carries one message (``data``) or up to ``MAX_BATCH`` (``batch``), for a room, a user or
+(neither named) every connection of the hub, and needs the key in
 ``X-API-Key`` (compared in constant time).  Everything is encoded before anything is sent: a
 bad item fails the whole request; and whatever one request carries must fit in half a
 client's send buffer, or every recipient would be closed as a slow consumer.
@@ -36,6 +37,12 @@ _STORE_TIMEOUT = 10.0
 MAX_BATCH = 1000
 """Most messages one ``POST /api/publish`` may carry in ``batch``."""
 
+_WRONG_KEY = {
+    "error": "missing or wrong API key: send the key roomcast serve was given (--api-key or "
+    "ROOMCAST_API_KEY) in the X-API-Key header",
+    "header": "X-API-Key",
+}
+
 
 def key_matches(expected: str | None, given: str | None) -> bool:
     """Constant-time comparison; no key configured means nobody matches."""
@@ -66,7 +73,7 @@ class PublishApi:
             if request.method != "GET":
                 return ApiResponse.json(405, {"error": "use GET"})
             if not key_matches(self._api_key, request.headers.get("x-api-key")):
-                return ApiResponse.json(401, {"error": "missing or wrong X-API-Key"})
+                return ApiResponse.json(401, _WRONG_KEY)
             return self._history(request.query)
         if request.path != "/api/publish":
             if request.method != "GET":
@@ -78,7 +85,7 @@ class PublishApi:
         if request.method != "POST":
             return ApiResponse.json(405, {"error": "use POST"})
         if not key_matches(self._api_key, request.headers.get("x-api-key")):
-            return ApiResponse.json(401, {"error": "missing or wrong X-API-Key"})
+            return ApiResponse.json(401, _WRONG_KEY)
         return self._publish(request.body)
 
     async def _publish_stored(self, room: str, frames: list[Frame]) -> ApiResponse:
@@ -119,8 +126,10 @@ class PublishApi:
         if not isinstance(payloads, list) or not payloads or len(payloads) > MAX_BATCH:
             return ApiResponse.json(400, {"error": f"'batch' must list 1 to {MAX_BATCH} items"})
         room, user_id = request.get("room"), request.get("user_id")
-        if (room is None) == (user_id is None):
-            return ApiResponse.json(400, {"error": "give exactly one of 'room' and 'user_id'"})
+        if room is not None and user_id is not None:
+            return ApiResponse.json(
+                400, {"error": "give 'room' or 'user_id', not both (neither: every connection)"}
+            )
         try:
             # Encode everything before sending anything: a bad item fails the whole batch.
             if room is not None:
@@ -129,7 +138,7 @@ class PublishApi:
                     raise InvalidIdentifier(f"room {preview(room)} is reserved")
                 frames = [encode(RoomMessage(room=room, data=data)) for data in payloads]
             else:
-                user = self._hub.check_id("user_id", user_id)
+                user = "" if user_id is None else self._hub.check_id("user_id", user_id)
                 frames = [encode(WSMessage(data=data)) for data in payloads]
         except (InvalidIdentifier, InvalidMessage) as exc:
             return ApiResponse.json(400, {"error": str(exc)})
@@ -148,8 +157,10 @@ class PublishApi:
             return self._publish_stored(room, frames)
         if room is not None:
             delivered = sum(self._hub.deliver(Target.ROOM, room, f) for f in frames)
-        else:
+        elif user_id is not None:
             delivered = sum(self._hub.deliver(Target.USER, user, f) for f in frames)
+        else:  # everyone, on every instance
+            delivered = sum(self._hub.deliver(Target.BROADCAST, "", f) for f in frames)
         return ApiResponse.json(200, {"delivered": delivered})
 
     def _history(self, query: str) -> Answer:

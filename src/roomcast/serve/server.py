@@ -9,7 +9,8 @@ events each ``NativeTransport`` reports (opened, a message, a pong, gone).
 
 Paths: ``/ws`` and ``/ws/{room}`` upgrade (``?user_id=`` names the user until authentication
 arrives; ``/ws/{room}`` joins that room at once); ``/healthz``, ``/readyz``, ``/metrics``,
-``/`` (the demo) and ``/client.js`` are GETs; anything else is 404.  Room ids starting with
+``/`` (the demo) and ``/client.js`` are GETs; anything else is 404.  A POST, PUT, PATCH or
+DELETE gets 405 saying where the publish API is (``listener.FirstRequest``).  Room ids starting with
 ``$`` are the server's: ``$stats`` and ``$presence:R``.
 """
 
