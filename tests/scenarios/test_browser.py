@@ -9,6 +9,7 @@ to ``artifacts/demo.png`` (``ROOMCAST_ARTIFACTS`` moves it).
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -618,3 +620,68 @@ def test_a_page_cut_off_by_the_network_recovers_what_it_missed(
         assert read("window.ann.duplicates") == 0
         assert read("window.ann.position('lobby')") == last["position"] | {"offset": 16}
         browser.execute_script("window.ann.close()")
+
+
+class OtherOrigin:
+    """A page served by Python's ``http.server`` on another port: another origin."""
+
+    def __init__(self, html: str) -> None:
+        body = html.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_a_page_on_another_origin_imports_the_client_and_connects_to_its_server(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """``/client.js`` is sent with ``Access-Control-Allow-Origin: *`` and its default URL is
+    the server it was loaded from, not the page's: no ``url`` needed on another origin."""
+    server = serve()
+    other = OtherOrigin(
+        f"""<!doctype html><title>elsewhere</title><script type="module">
+        import {{ RoomcastClient }} from "{server.base}/client.js";
+        const client = new RoomcastClient({{ userId: "ann" }});
+        window.client = client;
+        window.got = [];
+        client.on("message", (m) => window.got.push([m.sender, m.data]));
+        await client.connect();
+        await client.join("lobby");
+        document.title = "joined";
+        </script>"""
+    )
+    try:
+        page(other.url)
+        until(browser, lambda: browser.title == "joined", "the page joined through the client")
+        assert browser.execute_script("return location.origin") != server.base
+        assert browser.execute_script("return window.client.url") == (
+            f"ws://127.0.0.1:{server.port}/ws"
+        )
+        with ws_connect(f"ws://127.0.0.1:{server.port}/ws/lobby?user_id=bob") as bob:
+            bob.send(json.dumps({"type": "publish", "room": "lobby", "data": "hi there"}))
+            until(
+                browser,
+                lambda: browser.execute_script("return window.got") == [["bob", "hi there"]],
+                "bob's message on the page",
+            )
+        browser.execute_script("window.client.close()")
+    finally:
+        other.close()

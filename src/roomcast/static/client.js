@@ -90,16 +90,22 @@ function messageEvent(message) {
   };
 }
 
+// The server this module was loaded from: a page on another origin that imports
+// https://chat.example/client.js talks to wss://chat.example/ws by default. (A copy bundled into
+// an app has the app's URL here, which is the page's server again.)
+const MODULE_URL = import.meta.url;
+
 function defaultUrl() {
-  const where = globalThis.location;
-  if (!where) throw new Error("RoomcastClient: give a url outside a browser");
+  const where = MODULE_URL.startsWith("http") ? new URL(MODULE_URL) : globalThis.location;
+  if (!where?.host) throw new Error("RoomcastClient: give a url (no server to default to)");
   return `${where.protocol === "https:" ? "wss" : "ws"}://${where.host}/ws`;
 }
 
 export class RoomcastClient {
   /**
    * @param {object} [options]
-   * @param {string} [options.url] ws:// or wss:// URL of /ws (default: this page's host)
+   * @param {string} [options.url] ws:// or wss:// URL of /ws (default: the host this module
+   *   was loaded from)
    * @param {string} [options.userId] sent as ?user_id= (servers without authentication)
    * @param {string|(() => string|Promise<string>)} [options.token] a JWT, or a function that
    *   returns a fresh one (called at every (re)connect and when the server says it expired)
