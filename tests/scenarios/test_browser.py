@@ -404,7 +404,8 @@ def test_the_client_refreshes_its_token_when_the_server_asks(
     browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
 ) -> None:
     secret = "browser-test-secret-of-32-bytes!"
-    server = serve("--jwt-secret", secret, "--token-grace", "2")
+    # (No leeway: by default 30 s of it would also delay the expiry this test waits for.)
+    server = serve("--jwt-secret", secret, "--token-grace", "2", "--jwt-leeway", "0")
     page(f"{server.base}/")
     # Minted now, with the page loaded: both first tokens expire at the same second, at
     # least 3 s from now (so the clients connect well before), however slow the start was.
