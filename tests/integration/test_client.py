@@ -381,7 +381,8 @@ async def test_a_token_function_keeps_the_client_past_expiry_and_a_fixed_token_d
     """At expiry the server warns (4001); the client with a token function sends a fresh one
     and stays; the one with a fixed token is closed with 4001 after the grace, for good."""
     secret = "client-test-secret-of-32-bytes!!"
-    server = await serve("--jwt-secret", secret, "--token-grace", "2")
+    # (No leeway: by default 30 s of it would also delay the expiry this test waits for.)
+    server = await serve("--jwt-secret", secret, "--token-grace", "2", "--jwt-leeway", "0")
     expiry = int(time.time() + seconds(3))
 
     def token(user: str, expires: float) -> str:
