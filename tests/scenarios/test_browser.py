@@ -9,6 +9,7 @@ to ``artifacts/demo.png`` (``ROOMCAST_ARTIFACTS`` moves it).
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -222,8 +224,15 @@ def test_two_pages_in_one_room_see_each_others_messages_and_presence(
     bob = page(f"{server.base}/?name=bob&autoconnect=1")
     until(browser, lambda: present(browser) == ["ann", "bob"], "bob sees ann and himself")
 
+    assert "ann joined" not in messages(browser)  # (ann was there before: no notice)
     browser.switch_to.window(ann)
     until(browser, lambda: present(browser) == ["ann", "bob"], "ann sees bob arrive")
+    assert messages(browser).count("bob joined") == 1
+    assert "ann joined" not in messages(browser)  # (no notice about herself)
+    # An icon from the page itself: no request for /favicon.ico (a 404 in the console).
+    assert browser.execute_script("return document.querySelector('link[rel=icon]').href") == (
+        "data:,"
+    )
     say(browser, "hello from ann")
     until(browser, lambda: "annhello from ann" in messages(browser), "ann's own line")
 
@@ -242,6 +251,7 @@ def test_two_pages_in_one_room_see_each_others_messages_and_presence(
     browser.close()
     browser.switch_to.window(ann)
     until(browser, lambda: present(browser) == ["ann"], "ann sees bob leave")
+    until(browser, lambda: messages(browser)[-1] == "bob left", "and says so in the chat")
     assert server.metric("roomcast_connections") == 1
 
 
@@ -287,6 +297,7 @@ def test_a_page_on_a_redis_hub_without_presence_says_so_and_chats(
         bob.send(json.dumps({"type": "publish", "room": "lobby", "data": {"text": "hey"}}))
         browser.switch_to.window(ann)
         until(browser, lambda: "bobhey" in messages(browser), "bob's message from instance two")
+    assert not [line for line in messages(browser) if "presence" in line]  # the panel only
 
 
 def test_a_page_survives_a_server_restart(
@@ -297,11 +308,18 @@ def test_a_page_survives_a_server_restart(
     until(browser, lambda: state(browser) == "open", "connected")
     record_events(browser)
 
+    until(browser, lambda: present(browser) == ["ann"], "ann in her rooms")
+    stale = "return [document.getElementById('presence-list').className,"
+    stale += " document.getElementById('presence-state').innerText]"
+    assert browser.execute_script(stale) == ["presence", ""]
     server.stop()  # SIGTERM: clients are closed with 1001, then the process exits
     until(browser, lambda: state(browser) == "reconnecting", "the page notices")
+    # The member list is kept, greyed and marked as what it was before the cut.
+    assert browser.execute_script(stale) == ["presence stale", "reconnecting…"]
     until(browser, lambda: len(seen(browser)) >= 4, "a few reconnection attempts")
     server.start()
     until(browser, lambda: state(browser) == "open", "the page is back", timeout=20)
+    assert browser.execute_script(stale) == ["presence", ""]
 
     events = seen(browser)
     first = events[0]
@@ -386,7 +404,8 @@ def test_the_client_refreshes_its_token_when_the_server_asks(
     browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
 ) -> None:
     secret = "browser-test-secret-of-32-bytes!"
-    server = serve("--jwt-secret", secret, "--token-grace", "2")
+    # (No leeway: by default 30 s of it would also delay the expiry this test waits for.)
+    server = serve("--jwt-secret", secret, "--token-grace", "2", "--jwt-leeway", "0")
     page(f"{server.base}/")
     # Minted now, with the page loaded: both first tokens expire at the same second, at
     # least 3 s from now (so the clients connect well before), however slow the start was.
@@ -618,3 +637,127 @@ def test_a_page_cut_off_by_the_network_recovers_what_it_missed(
         assert read("window.ann.duplicates") == 0
         assert read("window.ann.position('lobby')") == last["position"] | {"offset": 16}
         browser.execute_script("window.ann.close()")
+
+
+class OtherOrigin:
+    """A page served by Python's ``http.server`` on another port: another origin."""
+
+    def __init__(self, html: str) -> None:
+        body = html.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_a_page_on_another_origin_imports_the_client_and_connects_to_its_server(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """``/client.js`` is sent with ``Access-Control-Allow-Origin: *`` and its default URL is
+    the server it was loaded from, not the page's: no ``url`` needed on another origin."""
+    server = serve()
+    other = OtherOrigin(
+        f"""<!doctype html><title>elsewhere</title><script type="module">
+        import {{ RoomcastClient }} from "{server.base}/client.js";
+        const client = new RoomcastClient({{ userId: "ann" }});
+        window.client = client;
+        window.got = [];
+        client.on("message", (m) => window.got.push([m.sender, m.data]));
+        await client.connect();
+        await client.join("lobby");
+        document.title = "joined";
+        </script>"""
+    )
+    try:
+        page(other.url)
+        until(browser, lambda: browser.title == "joined", "the page joined through the client")
+        assert browser.execute_script("return location.origin") != server.base
+        assert browser.execute_script("return window.client.url") == (
+            f"ws://127.0.0.1:{server.port}/ws"
+        )
+        with ws_connect(f"ws://127.0.0.1:{server.port}/ws/lobby?user_id=bob") as bob:
+            bob.send(json.dumps({"type": "publish", "room": "lobby", "data": "hi there"}))
+            until(
+                browser,
+                lambda: browser.execute_script("return window.got") == [["bob", "hi there"]],
+                "bob's message on the page",
+            )
+        browser.execute_script("window.client.close()")
+    finally:
+        other.close()
+
+
+def test_a_page_without_a_token_on_a_jwt_server_says_one_is_needed_and_stops_retrying(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """The server answers the upgrade with 401; the browser shows only 1006, so the client
+    asks with a plain GET, closes for good with kind "auth", and the page says what to do."""
+    secret = "browser-test-secret-of-32-bytes!"
+    server = serve("--jwt-secret", secret)
+    page(f"{server.base}/?name=ann&autoconnect=1")
+    until(browser, lambda: state(browser) == "closed", "the page gives up")
+    problem = browser.find_element(By.ID, "login-problem")
+    assert problem.is_displayed() and "wants a token" in problem.text
+    assert any("wants a token" in line for line in messages(browser))
+    failures = server.metric("roomcast_auth_failures_total")
+    time.sleep(seconds(2))  # (a few backoff periods: nothing may happen in them)
+    assert state(browser) == "closed"
+    assert server.metric("roomcast_auth_failures_total") == failures
+
+    token = jwt.encode({"sub": "ann", "exp": int(time.time()) + 600}, secret, "HS256")
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "connect").click()
+    until(browser, lambda: state(browser) == "open", "connected with the token")
+    until(browser, lambda: present(browser) == ["ann"], "ann is in lobby")
+    assert not problem.is_displayed()
+
+
+def test_the_dashboard_fits_1280x900_and_an_idle_page_sends_no_traffic(
+    browser: WebDriver, serve: Callable[..., ServeProcess], page: Callable[[str], str]
+) -> None:
+    """The legend is on screen without scrolling at 1280x900, and a page nobody types in
+    sends nothing once joined (no ping loop): the dashboard's messages/s in stays at 0."""
+    server = serve()
+    size = browser.get_window_size()
+    browser.set_window_size(1280, 900)
+    try:
+        page(f"{server.base}/?name=ann&autoconnect=1")
+        until(browser, lambda: texts(browser, "#legend li"), "the dashboard draws")
+        viewport = browser.execute_script("return [innerWidth, innerHeight]")
+        assert viewport[0] <= 1280 and viewport[1] <= 900, viewport
+        box = browser.execute_script(
+            "const r = document.getElementById('legend').getBoundingClientRect();"
+            "return [r.top, r.bottom, scrollY]"
+        )
+        assert box[2] == 0 and box[0] > 0 and box[1] <= viewport[1], (box, viewport)
+
+        def rate_in() -> str:
+            return texts(browser, "#legend li", "rateIn")[0]
+
+        until(browser, lambda: rate_in() == "0", "the joins are out of the rate window")
+        seen_rates = set()
+        deadline = time.monotonic() + seconds(5)
+        while time.monotonic() < deadline:  # (the old page pinged every 2 s)
+            seen_rates.add(rate_in())
+            time.sleep(0.2)
+        assert seen_rates == {"0"}
+        screenshot(browser, "demo-1280x900.png")
+    finally:
+        browser.set_window_size(size["width"], size["height"])

@@ -119,6 +119,8 @@ def respond(status: int, body: bytes, content_type: str = TEXT) -> WSUpgradeResp
     headers = {"Content-Type": content_type, "X-Content-Type-Options": "nosniff"}
     if content_type.startswith("text/html"):
         headers["Content-Security-Policy"] = _PAGE_POLICY
+    elif content_type.startswith("text/javascript"):
+        headers["Access-Control-Allow-Origin"] = "*"  # a page anywhere may import the client
     if status == 200:
         response = WSUpgradeResponse.create_ok_response(body, headers)
     else:

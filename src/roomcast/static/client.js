@@ -90,16 +90,36 @@ function messageEvent(message) {
   };
 }
 
+// The server this module was loaded from: a page on another origin that imports
+// https://chat.example/client.js talks to wss://chat.example/ws by default. (A copy bundled into
+// an app has the app's URL here, which is the page's server again.)
+const MODULE_URL = import.meta.url;
+
 function defaultUrl() {
-  const where = globalThis.location;
-  if (!where) throw new Error("RoomcastClient: give a url outside a browser");
+  const where = MODULE_URL.startsWith("http") ? new URL(MODULE_URL) : globalThis.location;
+  if (!where?.host) throw new Error("RoomcastClient: give a url (no server to default to)");
   return `${where.protocol === "https:" ? "wss" : "ws"}://${where.host}/ws`;
+}
+
+/** The HTTP status a plain GET of the WebSocket URL gets (401 when the server wants a token),
+ * or null when the browser cannot tell (the server is down, or another origin's answer). */
+async function upgradeStatus(url) {
+  if (typeof globalThis.fetch !== "function") return null;
+  const plain = new URL(url);
+  plain.protocol = plain.protocol === "wss:" ? "https:" : "http:";
+  try {
+    const answer = await globalThis.fetch(plain, { cache: "no-store", credentials: "omit" });
+    return answer.status;
+  } catch {
+    return null;
+  }
 }
 
 export class RoomcastClient {
   /**
    * @param {object} [options]
-   * @param {string} [options.url] ws:// or wss:// URL of /ws (default: this page's host)
+   * @param {string} [options.url] ws:// or wss:// URL of /ws (default: the host this module
+   *   was loaded from)
    * @param {string} [options.userId] sent as ?user_id= (servers without authentication)
    * @param {string|(() => string|Promise<string>)} [options.token] a JWT, or a function that
    *   returns a fresh one (called at every (re)connect and when the server says it expired)
@@ -251,9 +271,13 @@ export class RoomcastClient {
       return;
     }
     this._socket = socket;
-    socket.onopen = () => this._opening(socket);
+    let opened = false;
+    socket.onopen = () => {
+      opened = true;
+      this._opening(socket);
+    };
     socket.onmessage = (event) => this._received(socket, event.data);
-    socket.onclose = (event) => this._closed(socket, event.code, event.reason);
+    socket.onclose = (event) => this._closed(socket, event.code, event.reason, !opened);
     socket.onerror = () => {}; // the close event that follows says what happened
     // A handshake that never completes (a stalled proxy) counts as a failed attempt.
     this._deadline = setTimeout(() => {
@@ -309,20 +333,31 @@ export class RoomcastClient {
       this.members.delete(room);
       this.positions.delete(room);
     }
-    this._emit("error", { error: `could not rejoin ${room}: ${error.message}`, code: error.code });
+    this._emit("error", { error: `could not rejoin ${room}: ${error.message}`, code: error.code, room });
   }
 
-  _closed(socket, code, reason) {
+  _closed(socket, code, reason, refused = false) {
     if (socket !== this._socket) return;
     this._socket = null;
     this._stopHeartbeat();
     this._failPending("closed", `connection closed (${code})`);
     if (this.state === "closed") return;
+    if (refused && code === CloseCode.ABNORMAL && this._token === null) {
+      // A browser does not say why an upgrade was refused (only 1006). Without a token, a
+      // plain GET tells: 401 means this server wants one, and retrying without cannot help.
+      const generation = this._generation;
+      upgradeStatus(socket.url).then((status) => {
+        if (generation !== this._generation || this.state === "closed") return;
+        if (status === 401) this._scheduleRetry({ code, reason: "the server wants a token", status });
+        else this._scheduleRetry({ code, reason });
+      });
+      return;
+    }
     this._scheduleRetry({ code, reason });
   }
 
-  _scheduleRetry({ code, reason }) {
-    const kind = closeKind(code);
+  _scheduleRetry({ code, reason, status = null }) {
+    const kind = status === 401 ? "auth" : closeKind(code);
     const policy = this.reconnect;
     let willReconnect = policy !== null && this.attempt < policy.maxRetries;
     // An expired token is only worth retrying if we can get a fresh one.
@@ -333,7 +368,7 @@ export class RoomcastClient {
       const base = Math.min(policy.maxDelay, policy.initialDelay * policy.factor ** this.attempt);
       delay = Math.round(base * (1 - policy.jitter * Math.random()));
     }
-    this._emit("close", { code, reason, kind, willReconnect, delay });
+    this._emit("close", { code, reason, kind, willReconnect, delay, ...(status ? { status } : {}) });
     if (!willReconnect) {
       this._setState("closed");
       if (this._opened) {
@@ -451,7 +486,7 @@ export class RoomcastClient {
       // Refused: this server has no presence (e.g. roomcast serve with Redis and without
       // --presence). The room itself stays joined; stop asking after reconnects.
       if (error.reason === "refused" && this.rooms.has(room)) this.rooms.set(room, { presence: false });
-      this._emit("error", { error: `presence of ${room}: ${error.message}`, code: error.code });
+      this._emit("error", { error: `presence of ${room}: ${error.message}`, code: error.code, room });
       throw error;
     }
   }

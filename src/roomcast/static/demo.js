@@ -20,6 +20,9 @@ $("login-form").addEventListener("submit", async (event) => {
   if (!me && !token) return;
   const fromQuery = new URLSearchParams(location.search).get("rooms");
   const rooms = fromQuery ? fromQuery.split(",").filter(Boolean) : ["lobby"];
+  client?.close(); // (a second try, e.g. with the token the server asked for)
+  history.clear();
+  $("login-problem").hidden = true;
   client = new RoomcastClient(token ? { token: () => token } : { userId: me });
   window.roomcast = client; // for the browser tests and for poking at it from the console
   wire(client);
@@ -37,24 +40,44 @@ function wire(client) {
     badge.className = `status ${state}`;
     badge.dataset.state = state;
     badge.textContent = state === "open" ? `connected${me ? ` as ${me}` : ""}` : state;
+    // While disconnected, the member list is what it was: say so rather than show it as live.
+    const stale = state === "reconnecting" || state === "closed";
+    $("presence-list").classList.toggle("stale", stale);
+    $("presence-state").textContent = stale ? (state === "closed" ? "(disconnected)" : "reconnecting…") : "";
   });
   client.on("open", ({ reconnected }) => {
     if (reconnected) note(selected, "reconnected; rooms rejoined");
-    pingLoop();
+    measure(client.ping());
   });
-  client.on("close", ({ code, kind, willReconnect, delay }) => {
+  client.on("close", ({ code, kind, willReconnect, delay, status }) => {
+    if (status === 401) {
+      // The server answered the upgrade with 401: retrying without a token cannot help.
+      const text = "This server wants a token: paste a JWT into the Token field (its sub is your name) and connect again, or open the page with ?token=<JWT>&autoconnect=1.";
+      note(selected, `not connected: ${text}`);
+      $("login-problem").textContent = text;
+      $("login-problem").hidden = false;
+      $("login").hidden = false;
+      return;
+    }
     const next = willReconnect ? `; retrying in ${(delay / 1000).toFixed(1)} s` : "";
     note(selected, `disconnected (${code} ${kind})${next}`);
   });
   client.on("message", ({ room, sender, data }) => {
     add(room, { who: sender ?? "server", text: typeof data === "string" ? data : data?.text ?? JSON.stringify(data) });
   });
-  client.on("presence", ({ room }) => {
+  client.on("presence", ({ room, users, joined, left }) => {
+    // Notices for other members only, and per user: a second tab of someone already here is
+    // not an arrival, and closing one of two tabs is not a departure.
+    const count = (user) => users.find((u) => u.userId === user)?.connections ?? 0;
+    if (joined !== undefined && joined !== me && count(joined) === 1) note(room, `${joined} joined`);
+    if (left !== undefined && left !== me && count(left) === 0) note(room, `${left} left`);
     if (room === selected) drawPresence();
   });
-  client.on("error", ({ error, code }) => {
-    note(selected, `error${code ? ` ${code}` : ""}: ${error}`);
+  client.on("error", ({ error, code, room }) => {
     drawPresence();
+    // A server without presence refuses the watch: the presence panel says so, not the chat.
+    if (room !== undefined && client.rooms.get(room)?.presence === false) return;
+    note(selected, `error${code ? ` ${code}` : ""}: ${error}`);
   });
   client.on("stats", record);
 }
@@ -85,19 +108,14 @@ async function leave(room) {
   drawPresence();
 }
 
-let pinging = false;
-async function pingLoop() {
-  if (pinging) return;
-  pinging = true;
-  while (client && client.state !== "closed") {
-    try {
-      $("latency").textContent = client.state === "open" ? `${(await client.ping()).toFixed(1)} ms` : "";
-    } catch {
-      $("latency").textContent = "";
-    }
-    await new Promise((resolve) => setTimeout(resolve, 2000));
+// The round trip of one ping at each open, then of each message sent: no ping loop, whose
+// traffic the dashboard would draw as if someone were talking.
+async function measure(roundTrip) {
+  try {
+    $("latency").textContent = `${(await roundTrip).toFixed(1)} ms`;
+  } catch {
+    $("latency").textContent = "";
   }
-  pinging = false;
 }
 
 // ------------------------------------------------------------------ chat
@@ -117,7 +135,9 @@ $("send-form").addEventListener("submit", async (event) => {
   $("message-input").value = "";
   const room = selected;
   try {
+    const started = performance.now();
     await client.publish(room, { text });
+    measure(performance.now() - started);
     add(room, { who: me, text, mine: true });
   } catch (error) {
     note(room, `not sent (${error.reason}): ${error.message}`);
@@ -249,6 +269,7 @@ function drawCharts() {
     const last = samples.at(-1);
     const item = document.createElement("li");
     item.dataset.instance = id;
+    item.dataset.rateIn = last.rateIn;
     const swatch = document.createElement("i");
     swatch.style.background = color;
     item.append(swatch, `${label} · ${last.connections} conn · ${last.rateIn.toFixed(0)}/${last.rateOut.toFixed(0)} msg/s in/out`);
@@ -319,4 +340,5 @@ drawCharts();
 // ?name=ann&autoconnect=1 fills the form (and submits it): handy for demos and tests.
 const query = new URLSearchParams(location.search);
 if (query.get("name")) $("name").value = query.get("name");
-if (query.get("name") && query.get("autoconnect")) $("login-form").requestSubmit();
+if (query.get("token")) $("token").value = query.get("token");
+if ((query.get("name") || query.get("token")) && query.get("autoconnect")) $("login-form").requestSubmit();
