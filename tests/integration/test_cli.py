@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -551,3 +553,40 @@ def test_help_shows_the_defaults_the_variables_set() -> None:
     assert "sekrit" not in " ".join(entries.values())
     for flag, help_text in entries.items():
         assert help_text.count("default") <= 1, flag
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_serve_script_takes_its_address_from_roomcast_variables() -> None:
+    """``./scripts/serve`` honours ROOMCAST_HOST/ROOMCAST_PORT (HOST/PORT win when set), and
+    starts without installing anything when the venv already has what it needs."""
+    from roomcast.testing import free_port
+
+    root = _ROOT
+    port = free_port()
+    env = {**os.environ, "ROOMCAST_PORT": str(port), "ROOMCAST_HOST": "127.0.0.1"}
+    env.pop("PORT", None)
+    env.pop("HOST", None)
+    process = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
+        [str(root / "scripts" / "serve"), "--log-level", "warning"],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            for _ in range(200):
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("scripts/serve did not listen on ROOMCAST_PORT")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        if process.stderr is not None:
+            errors = process.stderr.read().decode()
+            process.stderr.close()
+            assert "pip" not in errors.lower(), errors  # (nothing was installed)
