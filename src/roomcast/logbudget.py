@@ -29,11 +29,13 @@ class EventLog:
         self._every = every
         self._counts: dict[str, int] = {}
 
-    def event(self, kind: str, message: str, *args: object) -> None:
+    def event(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+        """Log one event of ``kind`` (within the budget); a client's mistakes go at INFO, the
+        server's own troubles at WARNING."""
         count = self._counts.get(kind, 0) + 1
         self._counts[kind] = count
         if count <= self._burst or count % self._every == 0:
-            self._logger.warning("%s (%s #%d): " + message, kind, kind, count, *args)
+            self._logger.log(level, "%s (%s #%d): " + message, kind, kind, count, *args)
 
 
 class FailureTally:

@@ -614,6 +614,7 @@ async def test_limits_rate_rooms_and_connections_per_user(
     """A flooding client is told once (1008), its excess dropped, then closed with 1008 while
     a neighbour keeps being served; a join beyond the room cap and a connection beyond the
     per-user cap are refused."""
+    caplog.set_level(logging.INFO, "roomcast")  # (a client's excess is logged at INFO)
     async with running(
         rate_limit=20, rate_burst=5, max_rooms_per_connection=2, max_connections_per_user=2
     ) as server:

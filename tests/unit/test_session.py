@@ -12,6 +12,8 @@ import json
 import logging
 from typing import Any
 
+import pytest
+
 from roomcast.connection import Connection, Delivery
 from roomcast.frame import Frame
 from roomcast.history.positions import HistoryLimits, HistoryRule, history_for_all
@@ -259,3 +261,15 @@ async def test_messages_behind_a_join_that_waits_for_history_follow_it_in_order(
     # The join's ack, then the publish (acknowledged once stored, after the ping's pong).
     assert replies == [("ack", "j"), ("pong", "q"), ("ack", "p")]
     await hub.stop()
+
+
+def test_a_clients_mistakes_are_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """Bad JSON and a refused command are the client's business: INFO, not WARNING."""
+    caplog.set_level(logging.INFO, "test.session")
+    carry, hub, _ = session()
+    ann = client(hub, "ann")
+    text = "{not json"
+    carry.received(ann, text, len(text))
+    say(carry, ann, type="leave", room="nowhere")
+    kinds = {(r.levelname, r.getMessage().split(" ")[0]) for r in caplog.records}
+    assert kinds == {("INFO", "bad_message"), ("INFO", "command_refused")}

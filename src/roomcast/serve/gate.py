@@ -155,5 +155,8 @@ class Gate:
     def refuse(self, status: int, body: bytes) -> WSUpgradeResponseWithListener:
         """An HTTP refusal, counted and logged."""
         self._counters.refused_upgrades += 1
-        self._events.event("upgrade_refused", "HTTP %d: %s", status, body.decode().strip())
+        level = logging.INFO if status < 500 else logging.WARNING  # (the client's, or ours)
+        self._events.event(
+            "upgrade_refused", "HTTP %d: %s", status, body.decode().strip(), level=level
+        )
         return respond(status, body)

@@ -14,6 +14,7 @@ its own, so that no dictionary per connection is needed).
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -143,6 +144,7 @@ class Session:
                 connection.connection_id,
                 preview(connection.user_id),
                 command.error,
+                level=logging.INFO,
             )
             self._reply(connection, command)
         elif isinstance(command, PublishMessage):
@@ -173,6 +175,7 @@ class Session:
                 "closed connection %s (user %s) with 1008",
                 transport.connection.connection_id,
                 preview(transport.connection.user_id),
+                level=logging.INFO,
             )
             transport.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
         elif strikes == 1:  # say it once per episode, not per dropped message
@@ -182,6 +185,7 @@ class Session:
                 transport.connection.connection_id,
                 preview(transport.connection.user_id),
                 self._rate.rate,
+                level=logging.INFO,
             )
             self._reply(
                 transport.connection,
@@ -350,6 +354,7 @@ class Session:
             connection.connection_id,
             preview(connection.user_id),
             why,
+            level=logging.INFO,
         )
         self._reply(
             connection,
