@@ -284,6 +284,11 @@ class JWTAuthenticator:
         self._required = sorted({"exp", user_claim, *required_claims})
 
     @property
+    def algorithms(self) -> frozenset[str]:
+        """The algorithms a token may be signed with."""
+        return frozenset(self._algorithms)
+
+    @property
     def leeway(self) -> float:
         """Seconds of clock skew tolerated; a connection's expiry is moved by as much."""
         return self._leeway

@@ -22,6 +22,7 @@ from roomcast import CloseCode
 from roomcast.serve.cli import _worker_command, build_parser, config_from
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.options import COMMAND_LINE, Option, options
+from roomcast.testing import RedisServer
 from tests.serve_process import RawClient, start_serve, stop_serve
 from tests.support import connect, recv, seconds
 
@@ -145,7 +146,7 @@ async def test_sigterm_closes_clients_with_1001_and_exits_zero() -> None:
     try:
         assert process.stderr is not None
         async with asyncio.timeout(seconds(20)):
-            while b"listening" not in await process.stderr.readline():
+            while b"WebSocket clients:" not in await process.stderr.readline():
                 pass
         # 500 clients: the drain closes them in batches within the deadline.
         clients = list(
@@ -561,8 +562,6 @@ _ROOT = Path(__file__).resolve().parents[2]
 async def test_the_serve_script_takes_its_address_from_roomcast_variables() -> None:
     """``./scripts/serve`` honours ROOMCAST_HOST/ROOMCAST_PORT (HOST/PORT win when set), and
     starts without installing anything when the venv already has what it needs."""
-    from roomcast.testing import free_port
-
     root = _ROOT
     port = free_port()
     env = {**os.environ, "ROOMCAST_PORT": str(port), "ROOMCAST_HOST": "127.0.0.1"}
@@ -590,3 +589,52 @@ async def test_the_serve_script_takes_its_address_from_roomcast_variables() -> N
             errors = process.stderr.read().decode()
             process.stderr.close()
             assert "pip" not in errors.lower(), errors  # (nothing was installed)
+
+
+async def test_start_up_says_what_runs(shared_redis: RedisServer) -> None:
+    """The first lines name both addresses (with the demo page), the broker without its
+    credentials (and that the database number does not separate hubs), authentication,
+    presence, history and the settings changed from their defaults; no secret appears."""
+    port, api_port = free_port(), free_port()
+    url = shared_redis.url.replace("redis://", "redis://:hunter2@") + "/3"
+    process = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
+        [
+            sys.executable,
+            "-m",
+            "roomcast.serve.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--api-port",
+            str(api_port),
+            "--max-connections",
+            "5000",
+            "--log-level",
+            "info",
+        ],
+        env={**os.environ, "ROOMCAST_API_KEY": "k3y", "ROOMCAST_REDIS_URL": url},
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(seconds(20)):
+            while not any("settings changed" in line for line in lines):
+                raw = await asyncio.to_thread(process.stderr.readline)
+                assert raw, "roomcast serve ended: " + "".join(lines)
+                lines.append(raw.decode())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        process.stderr.close()
+    text = "".join(lines)
+    assert (
+        f"WebSocket clients: ws://127.0.0.1:{port}/ws (demo page: http://127.0.0.1:{port}/)" in text
+    )
+    assert f"HTTP API: http://127.0.0.1:{api_port} (POST /api/publish" in text
+    assert f"broker: Redis at redis://127.0.0.1:{shared_redis.port}, channel prefix 'ws'" in text
+    assert "ignores the database number" in text
+    assert "authentication: none" in text and "presence: off" in text
+    assert "history: 100 messages / 300 s per room, in Redis" in text
+    assert "settings changed from the defaults: --max-connections 5000, --api-key (set)" in text
+    assert "hunter2" not in text and "k3y" not in text

@@ -240,7 +240,7 @@ def test_a_worker_whose_supervisor_is_already_gone_does_not_start(supervisor: st
     )
     assert worker.returncode == 1
     assert f"supervisor (pid {pid}) is gone" in worker.stderr.decode()
-    assert b"listening" not in worker.stderr
+    assert b"WebSocket clients:" not in worker.stderr
 
 
 WEDGED_WORKER = """

@@ -55,7 +55,7 @@ async def serving(*options: str) -> AsyncIterator[int]:
     try:
         assert process.stderr is not None
         async with asyncio.timeout(seconds(20)):
-            while b"listening" not in await process.stderr.readline():
+            while b"WebSocket clients:" not in await process.stderr.readline():
                 if process.stderr.at_eof():
                     raise AssertionError("roomcast serve exited before listening")
         # Keep reading its log, so that a full pipe can never stall the server.

@@ -52,6 +52,7 @@ from roomcast.serve.pages import Pages, respond
 from roomcast.serve.ports import Ports
 from roomcast.serve.publish_api import PublishApi
 from roomcast.serve.session import Session
+from roomcast.serve.startup import startup_lines
 from roomcast.serve.stats import StatsFeed
 from roomcast.tasks import TaskSet
 
@@ -184,9 +185,9 @@ class Server:
         if self.config.stats_interval > 0:
             self._tasks.spawn(self.stats.run(), name="roomcast-stats")
         self._accepting = True
-        logger.info("listening on port %d", self.port)
-        if self.ports.has_api:
-            logger.info("HTTP API on port %d", self.api_port)
+        api_port = self.api_port if self.ports.has_api else None
+        for line in startup_lines(self.config, self.port, api_port):
+            logger.info("%s", line)
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 1001, and wait (bounded) until they left."""

@@ -1,0 +1,100 @@
+"""What ``roomcast serve`` says when it starts: where it listens and how it is set up.
+
+One line per fact, so that an operator reading the first lines of the log knows the
+addresses (with the demo page's URL), the broker (and that Redis pub/sub ignores the database
+number: the channel prefix is what separates hubs on one Redis), the authentication, presence,
+history, and every setting changed from its default.  Secrets are never shown; a Redis URL
+loses its credentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+from roomcast.serve.config import ServerConfig
+
+__all__ = ["startup_lines"]
+
+
+def startup_lines(config: ServerConfig, port: int, api_port: int | None) -> list[str]:
+    """The lines to log once both ports listen (``api_port``: None if the API is off)."""
+    host = config.host
+    demo = f" (demo page: http://{host}:{port}/)" if config.demo else ""
+    lines = [f"WebSocket clients: ws://{host}:{port}/ws{demo}"]
+    if api_port is None:
+        lines.append("HTTP API: off (--api-port and ROOMCAST_API_KEY to publish over HTTP)")
+    else:
+        lines.append(
+            f"HTTP API: http://{host}:{api_port} (POST /api/publish, GET /api/history; "
+            "the key goes in X-API-Key)"
+        )
+    lines.append(_broker(config))
+    lines.append(_authentication(config))
+    presence = config.presence if config.presence is not None else config.redis_url is None
+    lines.append(f"presence: {'on' if presence else 'off (--presence turns it on)'}")
+    lines.append(_history(config))
+    changed = _changed(config)
+    if changed:
+        lines.append("settings changed from the defaults: " + ", ".join(changed))
+    return lines
+
+
+def _broker(config: ServerConfig) -> str:
+    if config.redis_url is None:
+        return "broker: none, this process is the whole hub (--redis-url to share it)"
+    parts = urllib.parse.urlsplit(config.redis_url)
+    where = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    if parts.scheme == "unix":
+        where = f"unix://{parts.path}"
+    return (
+        f"broker: Redis at {where}, channel prefix {config.channel_prefix!r} (Redis pub/sub "
+        "ignores the database number: the prefix is what separates hubs on one Redis)"
+    )
+
+
+def _authentication(config: ServerConfig) -> str:
+    authenticator = config.authenticator
+    if authenticator is None:
+        return (
+            "authentication: none, clients name themselves with ?user_id= "
+            "(--jwt-secret to require tokens)"
+        )
+    algorithms = getattr(authenticator, "algorithms", None)
+    kind = f"JWT ({', '.join(sorted(algorithms))})" if algorithms else type(authenticator).__name__
+    query = "accepted" if config.token_in_query else "refused"
+    return f"authentication: {kind}; tokens in the query string: {query}"
+
+
+def _history(config: ServerConfig) -> str:
+    if config.history_size <= 0:
+        return "history: off (messages carry no position; clients cannot recover)"
+    where = (
+        "in Redis"
+        if config.redis_url is not None
+        else f"in this process, at most {config.history_max_bytes >> 20} MiB"
+    )
+    return f"history: {config.history_size} messages / {config.history_ttl:g} s per room, {where}"
+
+
+def _changed(config: ServerConfig) -> list[str]:
+    changed = []
+    for field in dataclasses.fields(config):
+        meta = field.metadata.get("option")
+        if meta is None or field.name in {"host", "port", "api_port", "redis_url"}:
+            continue
+        value = getattr(config, field.name)
+        if value == field.default:
+            continue
+        secret = meta[2]
+        shown = "(set)" if secret else _shown(value)
+        changed.append(f"--{field.name.replace('_', '-')} {shown}")
+    return changed
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, frozenset):
+        return ",".join(sorted(str(item) for item in value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
