@@ -638,3 +638,25 @@ async def test_start_up_says_what_runs(shared_redis: RedisServer) -> None:
     assert "history: 100 messages / 300 s per room, in Redis" in text
     assert "settings changed from the defaults: --max-connections 5000, --api-key (set)" in text
     assert "hunter2" not in text and "k3y" not in text
+
+
+def test_a_workers_log_lines_say_which_worker_wrote_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from roomcast.serve import cli
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    monkeypatch.setenv("ROOMCAST_WORKER_SLOT", "1")
+    try:
+        for style in ("text", "json"):
+            cli._configure_logging("info", style)
+            logging.getLogger("roomcast.server").info("hello")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    text, json_line = capsys.readouterr().err.splitlines()[-2:]
+    assert " INFO worker 1 roomcast.server: hello" in text
+    assert json.loads(json_line)["worker"] == "1"

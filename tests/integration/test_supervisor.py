@@ -71,6 +71,9 @@ async def test_workers_share_the_port_are_one_hub_and_are_restarted(own_redis: R
         # The secrets reached the workers through the environment, not their command line.
         for worker in workers_of(supervisor):
             assert own_redis.url not in " ".join(worker.cmdline())
+        # Each knows which worker it is (its log lines say "worker N").
+        slots = {worker.environ().get("ROOMCAST_WORKER_SLOT") for worker in workers_of(supervisor)}
+        assert slots == {"0", "1", "2"}
         await eventually(
             lambda: int(own_redis.cli("PUBSUB", "NUMSUB", "ws:broadcast").split()[-1]) == 3,
             timeout_units=20,

@@ -28,6 +28,10 @@ from roomcast.serve.options import OptionError, add_options, config_values, to_a
 __all__ = ["main"]
 
 
+WORKER_SLOT_VARIABLE = "ROOMCAST_WORKER_SLOT"
+"""Set by the supervisor in each worker's environment: which worker it is (0, 1, ...)."""
+
+
 class _JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors."""
 
@@ -38,6 +42,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        worker = os.environ.get(WORKER_SLOT_VARIABLE)
+        if worker is not None:
+            entry["worker"] = worker
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=True)
@@ -156,7 +163,12 @@ def _configure_logging(level: str, style: str) -> None:
     if style == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # A --workers server's lines say which worker wrote them.
+        worker = os.environ.get(WORKER_SLOT_VARIABLE)
+        label = "" if worker is None else f"worker {worker} "
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {label}%(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

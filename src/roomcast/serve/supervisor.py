@@ -109,8 +109,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         delay = self._restart_delay
         while not self._stopping.is_set():
+            env = {**self._env, "ROOMCAST_WORKER_SLOT": str(slot)}  # (its log lines say so)
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "roomcast.serve.cli", "serve", *self._args, env=self._env
+                sys.executable, "-m", "roomcast.serve.cli", "serve", *self._args, env=env
             )
             self._processes[slot] = process
             started = loop.time()
