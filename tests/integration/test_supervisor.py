@@ -315,3 +315,39 @@ def test_follow_supervisor_does_nothing_unsupervised_or_off_linux(
         follow_supervisor(1.0)
     assert "no parent-death signal" in caplog.text
     assert SUPERVISOR_PID_VARIABLE not in os.environ  # not passed on to its own children
+
+
+async def test_a_second_workers_server_on_a_held_port_is_refused(own_redis: RedisServer) -> None:
+    """SO_REUSEPORT would let a second ``--workers`` server's workers join the first one's in
+    silence (each client then sees half the hub): the second stops with one line instead."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "roomcast.serve.cli",
+        "serve",
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    env = {**os.environ, "ROOMCAST_REDIS_URL": own_redis.url}
+    first = subprocess.Popen(command, env=env)  # noqa: ASYNC220 - spawning does not block
+    try:
+        await eventually(lambda: len(workers_of(first)) == 2, timeout_units=20)
+        second = await asyncio.create_subprocess_exec(
+            *command, env=env, stderr=asyncio.subprocess.PIPE
+        )
+        _, errors = await asyncio.wait_for(second.communicate(), seconds(20))
+        assert second.returncode == 2
+        assert errors.decode().strip().splitlines() == [
+            f"roomcast: error: --port {port}: another roomcast serve --workers already serves "
+            f"127.0.0.1:{port}; stop it or choose another --port (its workers would share the "
+            "port and split the hub)"
+        ]
+        assert first.poll() is None and len(workers_of(first)) == 2  # the first one serves on
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=30)

@@ -239,8 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.log_level, args.log_format)
     _raise_open_file_limit()
     if args.workers > 1 and not args.worker:
-        from roomcast.serve.supervisor import Supervisor
+        from roomcast.serve.supervisor import Supervisor, hold_ports
 
+        ports = [args.port] + ([args.api_port] if args.api_port and args.api_port > 0 else [])
+        try:  # (the locks' descriptors stay open until the process ends)
+            hold_ports(args.host, ports)
+        except OSError:
+            print(
+                f"roomcast: error: --port {args.port}: another roomcast serve --workers already "
+                f"serves {args.host}:{'/'.join(map(str, ports))}; stop it or choose another "
+                "--port (its workers would share the port and split the hub)",
+                file=sys.stderr,
+            )
+            return 2
         worker_args, worker_env = _worker_command(args)
         supervisor = Supervisor(
             args.workers, worker_args, worker_env, shutdown_timeout=args.shutdown_timeout

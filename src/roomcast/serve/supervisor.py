@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import select
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 
-__all__ = ["Supervisor", "follow_supervisor"]
+__all__ = ["Supervisor", "follow_supervisor", "hold_ports"]
 
 logger = logging.getLogger("roomcast.supervisor")
 
@@ -44,6 +46,34 @@ _KILL_AFTER = 5.0
 """Seconds past ``shutdown_timeout`` after which a worker that is still stopping is killed."""
 _PR_SET_PDEATHSIG = 1
 """From <linux/prctl.h>."""
+
+
+def hold_ports(host: str, ports: Sequence[int]) -> list[int]:
+    """Lock ``host``'s ``ports`` for this supervisor's life (the descriptors it returns stay
+    open; the kernel lets the lock go when the process ends, however it ends).
+
+    Workers bind with SO_REUSEPORT, which would let the workers of a second supervisor on the
+    same port join the group in silence and split the hub's clients between two hubs; the lock
+    makes the second one stop instead.
+
+    Raises:
+        OSError: another ``roomcast serve --workers`` holds one of the ports (EWOULDBLOCK).
+    """
+    held: list[int] = []
+    for port in ports:
+        name = f"roomcast-serve-{host.replace('/', '_')}-{port}.lock"
+        descriptor = os.open(
+            os.path.join(tempfile.gettempdir(), name), os.O_RDWR | os.O_CREAT, 0o600
+        )
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            for other in held:
+                os.close(other)
+            raise
+        held.append(descriptor)
+    return held
 
 
 class Supervisor:
