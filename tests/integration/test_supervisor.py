@@ -351,3 +351,33 @@ async def test_a_second_workers_server_on_a_held_port_is_refused(own_redis: Redi
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=30)
+
+
+async def test_workers_that_refuse_their_settings_stop_the_supervisor(
+    own_redis: RedisServer,
+) -> None:
+    """A port some other program holds: every worker stops with one line (exit 2); the
+    supervisor does not restart them for ever, it stops with exit 2 too."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        supervisor = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "roomcast.serve.cli",
+            "serve",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            env={**os.environ, "ROOMCAST_REDIS_URL": own_redis.url},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, errors = await asyncio.wait_for(supervisor.communicate(), seconds(30))
+    assert supervisor.returncode == 2
+    text = errors.decode()
+    assert "already in use" in text and "refused to start (exit 2); stopping" in text
+    assert "Traceback" not in text

@@ -111,6 +111,8 @@ class Supervisor:
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
         self.restarts = 0
+        self._served = False  # (some worker has run for stable_after seconds)
+        self._refused = False  # (a worker refused its settings before that: exit 2)
 
     @property
     def pids(self) -> list[int]:
@@ -132,7 +134,12 @@ class Supervisor:
             for watcher in watchers:
                 watcher.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
-        return await self._stop_workers()
+        status = await self._stop_workers()
+        return 2 if self._refused else status
+
+    def _mark_served(self, process: asyncio.subprocess.Process) -> None:
+        if process.returncode is None:
+            self._served = True  # a worker ran: later exits are failures to restart from
 
     async def _keep(self, slot: int) -> None:
         """Keep one worker slot filled until the supervisor stops."""
@@ -145,9 +152,17 @@ class Supervisor:
             )
             self._processes[slot] = process
             started = loop.time()
+            loop.call_later(self._stable_after, self._mark_served, process)
             logger.info("worker %d started (pid %d)", slot, process.pid)
             status = await process.wait()
             if self._stopping.is_set():
+                return
+            if status == 2 and not self._served:
+                # A worker that refuses its settings at once (exit 2, its line above: a port
+                # in use, say) would refuse them again after every restart: stop instead.
+                logger.error("worker %d refused to start (exit 2); stopping", slot)
+                self._refused = True
+                self._stopping.set()
                 return
             self.restarts += 1
             if loop.time() - started >= self._stable_after:
