@@ -29,7 +29,7 @@ from typing import Any, cast
 import uvloop
 
 from harness.limits import bound_socket, raise_nofile
-from harness.processes import die_with_parent
+from harness.processes import answer_commands, die_with_parent
 
 __all__ = ["Recorder", "WorkerConfig", "run_worker"]
 
@@ -374,19 +374,7 @@ class _Worker:
         raise ValueError(f"unknown command {name!r}")
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self.done.is_set():
-            # A blocking recv in a thread: the pipe stays a blocking socket for large replies.
-            try:
-                command = await loop.run_in_executor(None, self.pipe.recv)
-            except EOFError:  # the driver went away
-                command = ("exit",)
-            try:
-                reply: Any = ("ok", await self.handle(command))
-            except Exception as exc:
-                reply = ("error", repr(exc))
-            self.pipe.send(reply)
-        await asyncio.sleep(0.1)  # let the aborts go out
+        await answer_commands(self.pipe, self.handle, self.done)
 
 
 def run_worker(config: WorkerConfig, pipe: Pipe) -> None:

@@ -9,14 +9,17 @@ whole group, orphans included.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
 import resource
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -167,3 +170,24 @@ class ServerProcess:
         with contextlib.suppress(subprocess.TimeoutExpired, psutil.TimeoutExpired):
             self.proc.wait(timeout=10)
         self._log.close()
+
+
+async def answer_commands(
+    pipe: Pipe, handle: Callable[[tuple[Any, ...]], Awaitable[Any]], done: asyncio.Event
+) -> None:
+    """A client worker's side of its pipe: each command from the driver is handled and
+    answered ``("ok", result)`` or ``("error", repr)``, until ``done`` is set (or the driver
+    goes away, which is an ``("exit",)``)."""
+    loop = asyncio.get_running_loop()
+    while not done.is_set():
+        # A blocking recv in a thread: the pipe stays a blocking socket for large replies.
+        try:
+            command = await loop.run_in_executor(None, pipe.recv)
+        except EOFError:  # the driver went away
+            command = ("exit",)
+        try:
+            reply: Any = ("ok", await handle(command))
+        except Exception as exc:
+            reply = ("error", repr(exc))
+        pipe.send(reply)
+    await asyncio.sleep(0.1)  # let the aborts go out

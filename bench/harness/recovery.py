@@ -30,7 +30,7 @@ from typing import Any
 import uvloop
 
 from harness.limits import bound_socket, raise_nofile
-from harness.processes import die_with_parent
+from harness.processes import answer_commands, die_with_parent
 
 __all__ = ["Member", "RecoveryConfig", "run_worker"]
 
@@ -312,18 +312,7 @@ class _Worker:
         raise ValueError(f"unknown command {name!r}")
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self.done.is_set():
-            try:
-                command = await loop.run_in_executor(None, self.pipe.recv)
-            except EOFError:  # the driver went away
-                command = ("exit",)
-            try:
-                reply: Any = ("ok", await self.handle(command))
-            except Exception as exc:
-                reply = ("error", repr(exc))
-            self.pipe.send(reply)
-        await asyncio.sleep(0.1)
+        await answer_commands(self.pipe, self.handle, self.done)
 
 
 def run_worker(config: RecoveryConfig, pipe: Pipe) -> None:
