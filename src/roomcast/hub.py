@@ -115,12 +115,13 @@ class Hub:
         await self.broker.initialize()
 
     async def stop(self) -> None:
-        """Disconnect the broker.  Local connections stay (see ``close_all``)."""
+        """Stop the history's work and disconnect the broker.  Local connections stay (see
+        ``close_all``)."""
+        if self.history is not None:
+            await self.history.close()  # (joins replaying in parts, reads, timers)
         if self.broker is None:
             return
         self._stopped = True
-        if self.history is not None:
-            await self.history.close()
         if self._listening:
             self._listening = False
             assert self._interest is not None

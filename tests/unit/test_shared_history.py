@@ -255,3 +255,23 @@ async def test_joins_waiting_for_history_are_bounded(monkeypatch: pytest.MonkeyP
     assert answers[-1].failure is None and answers[-1].recovered
     await one.stop()
     await two.stop()
+
+
+async def test_stopping_a_hub_ends_a_replay_in_parts() -> None:
+    """Without a broker, a join whose replay waits for the client to read is a task of the
+    hub's history: stop() cancels it (the join never completes)."""
+    hub = Hub(history=RULE, send_buffer_limit=4096)
+    ann = member(hub, "ann")
+    for _ in range(20):
+        hub.publish("r", encode({"type": "room_message", "room": "r", "data": "x" * 300}))
+    slow = Inbox("slow")
+    slow.buffered_bytes = 4000  # it reads nothing: the replay waits for room
+    hub.attach(slow.connection)
+    answers: list[Joined] = []
+    hub.join_at(slow.connection, "r", Position("", 0), answers.append)
+    await settle()
+    assert hub.joining(slow.connection) == 1 and answers == []
+    async with asyncio.timeout(5):
+        await hub.stop()
+    assert hub.joining(slow.connection) == 0 and answers == []
+    assert ann.offsets() == list(range(1, 21))
