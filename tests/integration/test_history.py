@@ -474,3 +474,28 @@ async def test_a_replay_larger_than_the_send_buffer_goes_out_in_parts(
         )
         await nothing_but_pong(back)
         assert await metric(server.http, "roomcast_slow_consumer_closes_total") == 0
+
+
+async def test_the_api_port_reads_a_rooms_history() -> None:
+    """GET /api/history with the key: the latest messages, or those after a position (with
+    ``recovered``); a room's page ends where its last message is; a bad query is a 400."""
+    async with servers(1) as (server,):
+        writer = await server.client("writer")
+        await join(writer, "news")
+        for n in range(3):
+            await publish(writer, "news", n)
+        headers = {"X-API-Key": "k"}
+        latest = (await server.http.get("/api/history?room=news&limit=2", headers=headers)).json()
+        assert [m["data"]["n"] for m in latest["messages"]] == [1, 2]
+        epoch = latest["position"]["epoch"]
+        assert latest["position"] == {"epoch": epoch, "offset": 3} and "recovered" not in latest
+        since = await server.http.get(
+            f"/api/history?room=news&epoch={epoch}&offset=1", headers=headers
+        )
+        page = since.json()
+        assert page["recovered"] is True
+        assert [(m["offset"], m["data"]["n"]) for m in page["messages"]] == [(2, 1), (3, 2)]
+        gone = await server.http.get("/api/history?room=news&epoch=other&offset=1", headers=headers)
+        assert gone.json()["recovered"] is False and gone.json()["messages"] == []
+        bad = await server.http.get("/api/history?room=news&limit=x", headers=headers)
+        assert bad.status_code == 400

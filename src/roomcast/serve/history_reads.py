@@ -13,13 +13,13 @@ from typing import Any
 from roomcast.connection import Connection
 from roomcast.errors import BrokerUnavailable, CloseCode
 from roomcast.frame import Frame
-from roomcast.history.positions import Position
+from roomcast.history.positions import Page, Position
 from roomcast.hub import Hub
 from roomcast.messages import dumps, preview
 from roomcast.presence.feed import RESERVED_PREFIX
 from roomcast.protocol import HistoryMessage
 
-__all__ = ["MAX_READS", "HistoryReads", "since_refusal"]
+__all__ = ["MAX_READS", "HistoryReads", "page_body", "since_refusal"]
 
 MAX_READS = 256
 """History reads in flight at once for the whole server; more are refused (1013)."""
@@ -79,19 +79,8 @@ class HistoryReads:
             return
         finally:
             self._in_flight -= 1
-        # Messages as stored, each encoded once already: spliced in, not decoded.
-        head: dict[str, Any] = {
-            "type": "history",
-            "room": command.room,
-            "ref_event_id": command.event_id,
-            "position": page.position.as_dict(),
-        }
-        if since is not None:
-            head["recovered"] = page.recovered
-        if page.payloads:
-            # The page ends at its last message (a client asks again from there).
-            head["position"] = {"epoch": page.position.epoch, "offset": page.last}
-        body = dumps(head).encode()[:-1] + b',"messages":[' + b",".join(page.payloads) + b"]}"
+        head = {"type": "history", "room": command.room, "ref_event_id": command.event_id}
+        body = page_body(head, page, since is not None)
         self._hub.deliver_to(connection, Frame.from_payload(body, False))
 
 
@@ -102,3 +91,16 @@ def since_refusal(since: object) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def page_body(head: dict[str, Any], page: Page, asked_since: bool) -> bytes:
+    """A history answer: ``head``, the page's ``position`` (where it ends: a client asks again
+    from there), ``recovered`` if it asked ``since``, and the messages as stored, each encoded
+    once already (spliced in, not decoded)."""
+    answer = dict(head)
+    answer["position"] = page.position.as_dict()
+    if asked_since:
+        answer["recovered"] = page.recovered
+    if page.payloads:
+        answer["position"] = {"epoch": page.position.epoch, "offset": page.last}
+    return dumps(answer).encode()[:-1] + b',"messages":[' + b",".join(page.payloads) + b"]}"

@@ -26,6 +26,7 @@ from roomcast.hub import Hub
 from roomcast.messages import WSMessage, preview
 from roomcast.presence.feed import RESERVED_PREFIX
 from roomcast.protocol import RoomMessage
+from roomcast.serve.history_reads import page_body
 from roomcast.serve.http_api import Answer, ApiRequest, ApiResponse
 from roomcast.serve.pages import GET_PATHS, Pages
 
@@ -189,13 +190,7 @@ class PublishApi:
             page = await self._hub.read_history(room, since, limit)
         except BrokerUnavailable as exc:
             return ApiResponse.json(503, {"error": str(exc)})
-        head: dict[str, object] = {"room": room, "position": page.position.as_dict()}
-        if since is not None:
-            head["recovered"] = page.recovered
-        if page.payloads:
-            head["position"] = {"epoch": page.position.epoch, "offset": page.last}
-        body = json.dumps(head).encode()[:-1] + b',"messages":[' + b",".join(page.payloads)
-        return ApiResponse(200, body + b"]}")
+        return ApiResponse(200, page_body({"room": room}, page, since is not None))
 
 
 def _settle(
