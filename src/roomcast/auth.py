@@ -40,6 +40,7 @@ __all__ = [
     "JWTAuthenticator",
     "authenticate",
     "exp_seconds",
+    "expiry_with_leeway",
     "identity_of",
     "query_value",
     "token_from_request",
@@ -149,6 +150,15 @@ def identity_of(outcome: object) -> Identity:
         f"authenticator returned {type(outcome).__name__}: return an Identity, a user id or "
         "the claims (with 'sub'), or None to refuse"
     )
+
+
+def expiry_with_leeway(expires_at: float | None, authenticator: object) -> float | None:
+    """When a connection's token counts as expired: its ``exp`` moved by the clock skew the
+    authenticator tolerates at connect (``JWTAuthenticator.leeway``; none for others)."""
+    leeway = getattr(authenticator, "leeway", 0.0)
+    if expires_at is None or not isinstance(leeway, int | float):
+        return expires_at
+    return expires_at + leeway
 
 
 def token_from_request(

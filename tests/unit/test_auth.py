@@ -287,3 +287,14 @@ def test_identity_holds_a_finite_float_expiry_or_none() -> None:
     for wrong_value in (float("nan"), float("inf"), -float("inf"), 1e300, 10**400):
         with pytest.raises(ValueError, match="expires_at"):
             Identity("a", expires_at=wrong_value)
+
+
+def test_a_connections_expiry_moves_by_the_authenticators_leeway() -> None:
+    """The skew tolerated at connect is tolerated at expiry: exp + leeway (none for an
+    authenticator without one, and None stays None)."""
+    from roomcast.auth import expiry_with_leeway
+
+    assert expiry_with_leeway(1000.0, JWTAuthenticator(SECRET, leeway=30)) == 1030.0
+    assert expiry_with_leeway(1000.0, JWTAuthenticator(SECRET, leeway=0)) == 1000.0
+    assert expiry_with_leeway(1000.0, lambda token: "ann") == 1000.0
+    assert expiry_with_leeway(None, JWTAuthenticator(SECRET)) is None

@@ -24,6 +24,7 @@ from roomcast.auth import (
     Authenticator,
     Identity,
     authenticate,
+    expiry_with_leeway,
     token_from_request,
 )
 from roomcast.errors import CloseCode
@@ -194,7 +195,7 @@ class AuthConnectionManager:
             raise AuthenticationError("too many connections for this user", 403)
         # Known (and joinable) from here on, once the registry has its record.
         self._identities[connection_id] = identity
-        self._arm_expiry(connection_id, _with_leeway(identity.expires_at, authenticator))
+        self._arm_expiry(connection_id, expiry_with_leeway(identity.expires_at, authenticator))
         endpoint = asyncio.current_task()
         if endpoint is not None:
             # However the endpoint ends (even without calling disconnect), the record goes.
@@ -232,7 +233,7 @@ class AuthConnectionManager:
         if identity.user_id != current.user_id:
             raise AuthenticationError("the token is for another user", 403)
         self._identities[conn_id] = identity
-        self._arm_expiry(conn_id, _with_leeway(identity.expires_at, authenticator))
+        self._arm_expiry(conn_id, expiry_with_leeway(identity.expires_at, authenticator))
         return identity
 
     def _arm_expiry(self, conn_id: str, expires_at: float | None) -> None:
@@ -348,12 +349,3 @@ async def _refuse(websocket: Any, error: AuthenticationError) -> None:
         await websocket.send_denial_response(PlainTextResponse(f"{error}\n", status_code=status))
     else:
         await websocket.close(code=CloseCode.POLICY_VIOLATION, reason=str(error)[:120])
-
-
-def _with_leeway(expires_at: float | None, authenticator: object) -> float | None:
-    """The expiry moved by the clock skew the authenticator tolerates (``JWTAuthenticator``'s
-    ``leeway``), as it was at connect."""
-    leeway = getattr(authenticator, "leeway", 0.0)
-    if expires_at is None or not isinstance(leeway, int | float):
-        return expires_at
-    return expires_at + leeway

@@ -29,6 +29,7 @@ from picows import (
     WSUpgradeResponseWithListener,
 )
 
+from roomcast.auth import expiry_with_leeway
 from roomcast.connection import Connection
 from roomcast.errors import CloseCode
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
@@ -311,10 +312,7 @@ class Server:
 
     def _arm_expiry(self, connection_id: str, expires_at: float | None) -> None:
         # The clock skew tolerated at connect and refresh is tolerated at expiry too.
-        leeway = getattr(self.config.authenticator, "leeway", 0.0)
-        if expires_at is not None and isinstance(leeway, int | float):
-            expires_at += leeway
-        self._expiry.set(connection_id, expires_at)
+        self._expiry.set(connection_id, expiry_with_leeway(expires_at, self.config.authenticator))
         self._expiry_changed.set()
 
     def _expiry_step(self, connection_id: str, step: Step) -> None:
