@@ -34,6 +34,10 @@ CORE = (
     "roomcast.brokers.base",
     "roomcast.brokers.envelope",
     "roomcast.brokers.memory",
+    "roomcast.rules",
+    "roomcast.rules.capabilities",
+    "roomcast.rules.namespaces",
+    "roomcast.rules.rooms",
 )
 COMPATIBILITY_PATHS = (
     "roomcast.server",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from roomcast.auth import Authenticator
+from roomcast.rules import Rules
 from roomcast.serve.options import OptionError, option
 
 __all__ = ["ServerConfig", "refuse_contradictions"]
@@ -89,6 +90,15 @@ class ServerConfig:
     authenticator: Authenticator | None = None
     """Verifies a token on every upgrade (must be synchronous here, e.g. JWTAuthenticator);
     the identity's user id replaces ``?user_id=``.  None: no authentication."""
+    capabilities_claim: str = option(
+        "rooms",
+        "the token claim that lists what the client may do in which rooms, e.g. "
+        '{"chat:*": ["join", "publish"]}; tokens without it get the namespace defaults',
+        group=_AUTH,
+    )
+    rules: Rules | None = None
+    """The namespaces (from ``--config``'s ``[namespaces.*]`` tables); None: every room
+    follows the default namespace (every action allowed, other users' personal rooms not)."""
     rate_limit: float = option(
         100.0,
         "messages per second a client may send on average (pings, pongs and continuation "
