@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.processes import ServerProcess
+from harness.publisher import ClientPublisher
 from harness.runs import BENCH_DIR
 
 __all__ = [
@@ -74,6 +75,9 @@ class Spec:
     uvicorn: bool = False
     flags: tuple[str, ...] = ()
     """Extra ``roomcast serve`` flags (e.g. ``--history-size 0``)."""
+    publisher_path: str = ""
+    """For ``roomcast``: publish through a WebSocket client connected at this path (with its
+    query) instead of the publish API (``harness.publisher``)."""
 
 
 SPECS: dict[str, Spec] = {
@@ -155,6 +159,9 @@ def envelope_bytes(spec: Spec, event: str = "m") -> int:
         from roomcast.frame import encode
         from roomcast.protocol import RoomMessage
 
+        if spec.publisher_path:  # (a client's message names it and its event id)
+            client = RoomMessage(room=ROOM, sender="publisher", data="", event_id="p100")
+            return encode(client).size
         return encode(RoomMessage(room=ROOM, data="")).size
     if spec.protocol == "socketio":
         return len(f'42["{event}",""]')
@@ -244,6 +251,9 @@ class Target:
             command += ["--control-port", str(port + 1)]
         command += extra_args
         self.command = command
+        self.publisher: ClientPublisher | None = None
+        if spec.publisher_path:
+            self.publisher = ClientPublisher(f"ws://127.0.0.1:{port}{spec.publisher_path}", ROOM)
         self.process = ServerProcess(command, log_path, env={**os.environ, **env}, cwd=BENCH_DIR)
 
     @property
@@ -302,6 +312,8 @@ class Target:
         """Broadcast ``batch`` (back to back, in order) to every client; returns the answer's
         body (``roomcast serve``: with the position of the last message, in a room with
         history)."""
+        if self.publisher is not None:
+            return self.publisher.publish(batch, timeout)
         if self.spec.kind == "roomcast":
             if len(batch) == 1:
                 request: dict[str, Any] = {"room": ROOM, "data": batch[0]}
@@ -349,4 +361,7 @@ class Target:
         return self.process.user_sys_s()
 
     def stop(self) -> None:
+        if self.publisher is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.publisher.close()
         self.process.stop()

@@ -1,0 +1,192 @@
+"""Permission checks: what capabilities in the token and namespaces cost a server.
+
+    .venv/bin/python bench/permissions.py
+
+One process per side, side by side at N (default 15,000), rounds alternating
+(``harness/deployment.py``, as ``serve.py`` measures it), both with JWT authentication:
+
+- ``rules-off``: tokens without the capability claim, no namespaces (every room follows the
+  default namespace);
+- ``rules-on``: tokens whose ``rooms`` claim holds 20 patterns, only the last of which grants
+  the room (``ben*``: each check walks every pattern), and a ``--config`` file with namespaces.
+
+Every client joins at the upgrade (``/ws/bench?token=...``), so the handshake CPU per
+connection includes the token's claim being parsed and the join being checked.  Messages are
+published by a WebSocket client of the server's (``harness/publisher.py``), so each one
+passes the publish check before its fan-out.  Targets: on ÷ off <= 1.05 for the handshake +
+join CPU per connection and for the fan-out CPU per delivered message.
+
+Prints Markdown tables, writes the raw figures to ``bench/results/permissions-*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from harness.cli import add_worker_flags
+from harness.deployment import side_by_side
+from harness.limits import wide_port_range
+from harness.meta import cpu_probe, run_meta
+from harness.report import (
+    fmt_ratio,
+    log,
+    problem_lines,
+    publish,
+    report_head,
+    results_path,
+    write_json,
+)
+from harness.runs import RESULTS_DIR, close_meta, prepare
+from harness.stats import ratio
+from harness.targets import PACKAGES, ROOM, SPECS, Spec
+
+SECRET = "bench-permissions-secret-of-32-bytes!"
+TARGET = 1.05
+NAMESPACES = """\
+[namespaces.default]
+allow = ["join", "publish", "presence", "history"]
+
+[namespaces.chat]
+allow = ["join"]
+max_members = 1000
+
+[namespaces.news]
+publish = false
+presence = false
+"""
+
+
+def token(user: str, claim: dict[str, list[str]] | None) -> str:
+    claims: dict[str, Any] = {"sub": user, "exp": int(time.time()) + 24 * 3600}
+    if claim is not None:
+        claims["rooms"] = claim
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def capability_claim() -> dict[str, list[str]]:
+    """20 patterns; only the last grants ``bench`` (so a check tries them all)."""
+    claim = {f"team{i}:*": ["join", "publish", "presence"] for i in range(19)}
+    claim["ben*"] = ["join", "publish"]
+    return claim
+
+
+def specs(config_path: Path) -> tuple[Spec, Spec]:
+    base = SPECS["roomcast"]
+    common = ("--jwt-secret", SECRET)
+    off = Spec(
+        "rules-off",
+        "`roomcast serve --jwt-secret`: tokens without a capability claim, no namespaces",
+        "roomcast",
+        path=f"/ws/{ROOM}?token={token('u', None)}",
+        flags=common,
+        publisher_path=f"/ws?token={token('publisher', None)}",
+    )
+    claim = capability_claim()
+    on = Spec(
+        "rules-on",
+        "the same with a 20-pattern `rooms` claim in every token and namespaces in --config",
+        "roomcast",
+        path=f"/ws/{ROOM}?token={token('u', claim)}",
+        flags=(*common, "--config", str(config_path)),
+        publisher_path=f"/ws?token={token('publisher', claim)}",
+    )
+    assert base.kind == on.kind
+    return off, on
+
+
+def ratios(results: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| N | figure | off | on | on ÷ off | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in sorted({r["connections"] for r in results}):
+        pair = {r["server"]: r for r in results if r["connections"] == n}
+        off, on = pair.get("rules-off"), pair.get("rules-on")
+        if off is None or on is None:
+            continue
+        for figure, key in (
+            ("handshake + join CPU ms/conn", "handshake_cpu_ms"),
+            ("fan-out CPU µs/delivered msg (single)", "single_us"),
+            ("fan-out CPU µs/delivered msg (bursts)", "burst_us"),
+        ):
+            value = ratio(on[key], off[key])
+            met = "yes" if value <= TARGET else "**no**"
+            lines.append(
+                f"| {n} | {figure} | {off[key]:.3f} | {on[key]:.3f} | {fmt_ratio(value)} "
+                f"| <= {TARGET} | {met} |"
+            )
+        lines.append(
+            f"| {n} | lost (off / on) | {off['lost']} | {on['lost']} | | 0 | "
+            f"{'yes' if off['lost'] == on['lost'] == 0 else '**no**'} |"
+        )
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", default="15000", help="comma-separated N")
+    parser.add_argument("--messages", type=int, default=20, help="single broadcasts per round")
+    parser.add_argument("--min-messages", type=int, default=4)
+    parser.add_argument("--bursts", type=int, default=5, help="bursts of 10 per round")
+    parser.add_argument("--budget", type=float, default=6.0, help="see serve.py")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per server")
+    parser.add_argument("--frame-size", type=int, default=180, help="frame payload bytes")
+    parser.add_argument("--interval-ms", type=float, default=100.0)
+    add_worker_flags(parser, min_workers=2)
+    parser.add_argument("--port", type=int, default=65301, help="first server port")
+    parser.add_argument("--connect-spread", type=float, default=20.0)
+    parser.add_argument("--connect-rate", type=float, default=2500.0)
+    parser.add_argument("--connect-timeout", type=float, default=180.0)
+    parser.add_argument("--phase-timeout", type=float, default=60.0)
+    parser.add_argument("--idle-seconds", type=float, default=3.0)
+    parser.add_argument("--stall", type=float, default=10.0)
+    parser.add_argument("--no-sysctl", action="store_true", help="leave the port range alone")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    nofile = prepare()
+    config_path = RESULTS_DIR / "permissions-roomcast.toml"
+    config_path.write_text(NAMESPACES)
+    pair = specs(config_path)
+    started = time.monotonic()
+    meta: dict[str, Any] = {
+        **run_meta("bench/permissions.py", nofile, PACKAGES),
+        "servers": {s.name: s.what for s in pair},
+        "args": dict(vars(args)),
+        "cpu_probe_ms_before": cpu_probe(),
+    }
+    problems: list[str] = []
+    results: list[dict[str, Any]] = []
+    with wide_port_range(not args.no_sysctl) as port_range:
+        meta["port_range"] = port_range
+        for size_index, n in enumerate(int(n) for n in args.connections.split(",") if n):
+            log(f"N={n}: rules-off, rules-on")
+            found, trouble = side_by_side(args, pair, n, size_index, keep_cdf=False)
+            results += found
+            problems += trouble
+    close_meta(meta, started, problems)
+    out = results_path("permissions")
+    write_json(out, {"meta": meta, "results": results})
+    report = [
+        *report_head("permission checks on vs off", meta),
+        *(f"- {name}: {what}" for name, what in meta["servers"].items()),
+        "",
+        *problem_lines(problems),
+        *ratios(results),
+        "",
+    ]
+    publish(report, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
