@@ -1,0 +1,1 @@
+"""Lifecycle events for a backend: schemas, signatures, outboxes and their delivery."""
