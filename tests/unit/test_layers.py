@@ -51,6 +51,7 @@ CORE = (
     "roomcast.events.signing",
     "roomcast.events.outbox",
     "roomcast.events.memory",
+    "roomcast.events.stats",
 )
 COMPATIBILITY_PATHS = (
     "roomcast.server",
