@@ -117,14 +117,16 @@ class MemoryOutbox:
                 return batch
             # Nothing to take: sleep until something is appended or released, a claim lapses,
             # or the wait is over.  Cleared after the check with no await between: no wakeup
-            # can be missed.
+            # can be missed.  A wakeup meant for another claimer only costs a second look.
+            # The deadline sets the same event by a timer, so the wait ends without cancelling
+            # anything: a cancellation of claim() is always the caller's (a stop).
             self._wakeup.clear()
             until = min([deadline, *self._claimed.values()])
+            timer = asyncio.get_running_loop().call_later(until - now, self._wakeup.set)
             try:
-                async with asyncio.timeout(max(until - now, 0.0)):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                pass
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
 
     def _take(self, count: int, now: float) -> list[tuple[str, LifecycleEvent]]:
         """Claim up to ``count`` free entries (never claimed, or their claim lapsed)."""
