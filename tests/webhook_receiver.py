@@ -17,6 +17,7 @@ from aiohttp import web
 
 from roomcast.events.schema import LifecycleEvent, decode_events
 from roomcast.events.signing import HEADER, SignatureError, verify
+from tests.support import seconds
 
 
 class Mode(enum.Enum):
@@ -81,9 +82,10 @@ class Receiver:
             await self._runner.cleanup()
             self._runner = None
 
-    async def wait_until(self, condition: Callable[[], bool], within: float = 10.0) -> None:
-        """Wait until ``condition()`` holds after some request; fail after ``within`` s."""
-        async with asyncio.timeout(within):
+    async def wait_until(self, condition: Callable[[], bool], within: float | None = None) -> None:
+        """Wait until ``condition()`` holds after some request; fail after ``within`` seconds
+        (10 time units by default)."""
+        async with asyncio.timeout(seconds(10) if within is None else within):
             while not condition():
                 self._changed.clear()
                 await self._changed.wait()

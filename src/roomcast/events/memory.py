@@ -37,7 +37,8 @@ class MemoryOutbox:
     Args:
         max_events: The bound: entries kept at most (queued and claimed together).
         reclaim_after: Seconds after which an unacknowledged claim lapses.
-        clock: Monotonic seconds (a test passes its own; the waits of ``claim`` are real time).
+        clock: Monotonic seconds.  A test may pass a fake one if its claims do not wait
+            (``wait=0``): a claim's waits are timed by the event loop, in real seconds.
     """
 
     def __init__(
