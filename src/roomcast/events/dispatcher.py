@@ -5,17 +5,16 @@ answer acknowledges it.  Anything else (another status, a timeout, a refused or 
 connection) is retried: the same body under the same delivery id, with a fresh timestamp and
 signature each time (a receiver refuses old timestamps, so a retry must not reuse one), after
 a jittered exponential backoff, for as long as it takes.  Nothing is given up on: while the
-receiver is away, events wait in the outbox, whose bound is what caps the memory (or Redis)
-they take; past it the oldest are dropped and counted there.
+receiver is away, events wait in the outbox, whose bound caps what they take; past it the
+oldest are dropped and counted there.
 
 One batch is in flight at a time: that keeps events in outbox order and makes one keep-alive
 connection enough.  Delivery is at least once (a 2xx lost on the way back means the batch is
 sent again), so receivers deduplicate by event id.
 
 Metrics are plain counters read when scraped (``samples()``, see ``roomcast.events.stats``)
-plus a latency histogram of attempts.  Failures are logged
-within a budget (``EventLog``): a receiver down for an hour is a few dozen lines, not one
-traceback per attempt.
+plus a latency histogram of attempts.  Failures are logged within a budget (``EventLog``): a
+receiver down for an hour is a few dozen lines, not one traceback per attempt.
 
 This module imports aiohttp (the ``hooks`` extra); ``import roomcast`` does not import it.
 """
