@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "roomcast"
-IO_LIBRARIES = ("redis", "picows", "starlette", "uvicorn", "fastapi", "httptools", "uvloop")
+IO_LIBRARIES = (
+    "redis",
+    "picows",
+    "starlette",
+    "uvicorn",
+    "fastapi",
+    "httptools",
+    "uvloop",
+    "aiohttp",
+)
 CORE = (
     "roomcast.errors",
     "roomcast.messages",
@@ -38,6 +47,11 @@ CORE = (
     "roomcast.rules.capabilities",
     "roomcast.rules.namespaces",
     "roomcast.rules.rooms",
+    "roomcast.events.schema",
+    "roomcast.events.signing",
+    "roomcast.events.outbox",
+    "roomcast.events.memory",
+    "roomcast.events.stats",
 )
 COMPATIBILITY_PATHS = (
     "roomcast.server",
@@ -77,7 +91,8 @@ def roomcast_imports(name: str, top_level_only: bool = False) -> set[str]:
 
 
 def test_the_core_imports_no_io_library() -> None:
-    """The pure modules can be used (and tested) without Redis, picows, Starlette or uvicorn."""
+    """The pure modules can be used (and tested) without Redis, picows, Starlette, uvicorn or
+    aiohttp."""
     for name in CORE:
         foreign = {m for m in imports(MODULES[name]) if m.split(".")[0] in IO_LIBRARIES}
         assert not foreign, f"{name} imports {sorted(foreign)}"

@@ -45,11 +45,12 @@ def test_library_levels_are_namespace_packages(tmp_path: pathlib.Path) -> None:
 
 
 def test_import_loads_no_optional_dependency() -> None:
-    """Importing roomcast (and the seed path) imports no framework, broker or JWT library."""
+    """Importing roomcast (and the seed path) imports no framework, broker, JWT or HTTP client
+    library."""
     code = (
         "import sys, library.components.realtime.websocket_manager\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
-        "{'starlette', 'fastapi', 'redis', 'jwt', 'uvicorn', 'websockets'}]\n"
+        "{'starlette', 'fastapi', 'redis', 'jwt', 'uvicorn', 'websockets', 'aiohttp'}]\n"
         "print(','.join(bad))"
     )
     result = subprocess.run(
