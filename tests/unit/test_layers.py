@@ -38,6 +38,8 @@ CORE = (
     "roomcast.rules.capabilities",
     "roomcast.rules.namespaces",
     "roomcast.rules.rooms",
+    "roomcast.hooks.decisions",
+    "roomcast.hooks.metrics",
 )
 COMPATIBILITY_PATHS = (
     "roomcast.server",
