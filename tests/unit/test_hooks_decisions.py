@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -288,3 +290,26 @@ def test_allow_policy() -> None:
     assert rules.check(who, "public:x", Action.JOIN) is None
     refusal = rules.check(who, "private:x", Action.JOIN)
     assert refusal is not None and refusal.cause is Cause.NAMESPACE_FORBIDS
+
+
+def test_the_vocabulary_loads_no_http_client() -> None:
+    """``import roomcast`` and the hooks' pure modules leave aiohttp unloaded; the client
+    loads it when first named."""
+    code = (
+        "import sys, roomcast, roomcast.hooks, roomcast.hooks.decisions, roomcast.hooks.metrics\n"
+        "print('aiohttp' in sys.modules)\n"
+        "from roomcast.hooks import HookClient\n"
+        "print('aiohttp' in sys.modules, HookClient.__module__)\n"
+        "try:\n"
+        "    roomcast.hooks.Nothing\n"
+        "except AttributeError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.splitlines() == [
+        "False",
+        "True roomcast.hooks.client",
+        "module 'roomcast.hooks' has no attribute 'Nothing'",
+    ]
