@@ -48,6 +48,7 @@ class Backend:
         self.in_flight = 0
         self.peak = 0
         self.url = ""
+        self.received = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         transport = request.transport
@@ -55,6 +56,7 @@ class Backend:
         self.peers.add(transport.get_extra_info("peername"))
         raw = await request.read()
         self.requests.append((request, raw))
+        self.received.set()
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
@@ -437,6 +439,19 @@ async def test_keep_alive_reuses_connections(backend: Backend, hooks: HookClient
             await hooks.join("u", "c", "r")
     assert len(backend.requests) == 30
     assert len(backend.peers) == 1
+
+
+async def test_stop_ends_running_and_waiting_calls(backend: Backend) -> None:
+    """Calls at the backend or waiting for a slot when the client stops are decided at once
+    (``unreachable``), not left to their timeout."""
+    backend.answer = reply({"allow": True}, delay=seconds(3))
+    client = await started(client_for(backend, timeout=seconds(5), max_in_flight=1))
+    tasks = [asyncio.ensure_future(client.join("u", f"c{i}", "r")) for i in range(2)]
+    async with asyncio.timeout(seconds(2)):
+        await backend.received.wait()
+        await client.stop()
+        decisions = await asyncio.gather(*tasks)
+    assert [d.failure for d in decisions] == [Failure.UNREACHABLE] * 2
 
 
 # -- configuration and lifecycle --------------------------------------------------------------

@@ -282,6 +282,8 @@ class HookClient:
     ) -> tuple[int, bytes]:
         """POST ``body``; the status and the answer (read in full, so that the connection
         goes back to the pool)."""
+        if session.closed:  # stop() while this call waited for a slot
+            raise aiohttp.ClientConnectionError("the hook client was stopped")
         headers = self._headers
         if self._secrets:
             headers = {**headers, SIGNATURE_HEADER: signature_header(self._secrets, body)}
