@@ -9,7 +9,8 @@ up with 500 calls, then ``--calls`` connect-hook calls are started at once, as a
 upgrade requests would start them, and every one is awaited.  Figures: wall time, calls/s,
 latency per call from its start to its decision (waiting for a slot included) p50/p99/max,
 the most calls at the backend at once (``HookStats.peak_in_flight``), the TCP connections the
-backend saw, failures by kind, and CPU per call in the driver and in the backend.
+client opened (warm-up included: more than ``max_in_flight`` when calls that timed out closed
+theirs), failures by kind, and CPU per call in the driver and in the backend.
 
 This measures the client alone; the storm through ``roomcast serve`` comes once the hooks are
 wired into the server.  Prints a Markdown table, writes the raw figures to
@@ -124,6 +125,7 @@ async def storm(base: str, calls: int, max_in_flight: int, hook_timeout: float) 
         allowed += isinstance(decision, ConnectAllowed) and decision.failure is None
 
     try:
+        opened = (await backend_stats(base))["connections"]
         await asyncio.gather(*(one(i) for i in range(500)))  # warm-up: connections, caches
         latencies.clear()
         allowed = 0
@@ -148,7 +150,7 @@ async def storm(base: str, calls: int, max_in_flight: int, hook_timeout: float) 
         "p99_ms": percentile(ordered, 0.99) * 1000,
         "max_ms": ordered[-1] * 1000,
         "peak_in_flight": stats.peak_in_flight,
-        "connections": after["connections"],
+        "connections": after["connections"] - opened,
         "allowed": allowed,
         "failures": {k.value: v for k, v in stats.failures.items() if v},
         "driver_cpu_us_per_call": cpu / calls * 1e6,
