@@ -52,6 +52,8 @@ CORE = (
     "roomcast.events.outbox",
     "roomcast.events.memory",
     "roomcast.events.stats",
+    "roomcast.hooks.decisions",
+    "roomcast.hooks.metrics",
 )
 COMPATIBILITY_PATHS = (
     "roomcast.server",
