@@ -320,6 +320,7 @@ class RedisLifecycle:
         self.stats.events += events
         if not held and self._restore_reason is None:
             self._restore_reason = "instance restored"
+            self._drained.clear()
             self._wake.set()
         for instance in dead:
             name = instance.decode() if isinstance(instance, bytes) else str(instance)
@@ -330,7 +331,7 @@ class RedisLifecycle:
     async def purge(self, instance: str) -> bool:
         """Subtract a dead instance's part from the counts, in chunks (its subjects that
         reach zero depart, as synthetic events).  False if it is alive after all, or
-        another survivor is purging it."""
+        another survivor is purging it, or it was purged already."""
         base = self.keys["base"]
         keys = [f"{base}:i:{instance}", f"{base}:purging:{instance}"]
         phase, cursor = 0, "0"

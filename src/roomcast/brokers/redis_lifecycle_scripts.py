@@ -282,13 +282,15 @@ PURGE = (
 -- ARGV[6] phase (0: start, 1-3: its members, rooms, users), ARGV[7] HSCAN cursor, ARGV[8] count.
 -- Subtracts a chunk of its subjects from the counts; those reaching 0 depart (synthetic).
 -- Returns {status, phase, cursor, departures}: status 'more', 'done', 'busy' (another
--- survivor purges it), 'alive' (it refreshed its liveness: not dead after all).
+-- survivor purges it), 'alive' (it refreshed its liveness: not dead after all), 'gone'
+-- (not listed: purged already).
 local theirs, lock, dead = KEYS[9], KEYS[10], ARGV[5]
 local phase = tonumber(ARGV[6])
 local holder = redis.call('GET', lock)
 if holder and holder ~= me then return {'busy', phase, '0', 0} end
 local expires = tonumber(redis.call('ZSCORE', alive, dead))
-if expires and expires >= now_ms then
+if not expires then return {'gone', phase, '0', 0} end
+if expires >= now_ms then
   redis.call('DEL', lock)
   return {'alive', phase, '0', 0}
 end
