@@ -162,8 +162,10 @@ class RedisStreamOutbox:
         added, length = int(stream["entries-added"]), int(stream["length"])
         read = mine.get("entries-read")
         pending = int(mine["pending"])
+        if read is None and _text(mine["last-delivered-id"]) == "0-0":
+            read = 0  # nothing read yet (Redis leaves the counter unset on a trimmed stream)
         if read is None:
-            self._backlog = pending + length
+            self._backlog = pending + int(mine.get("lag") or 0)
             return
         trimmed = added - length
         self._dropped += max(0, trimmed - int(read))
