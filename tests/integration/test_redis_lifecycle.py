@@ -358,3 +358,20 @@ def commands(server: RedisServer) -> dict[str, int]:
             name, _, rest = line.partition(":")
             out[name[8:]] = int(rest.split(",")[0].split("=")[1])
     return out
+
+
+async def test_misuse_and_odd_input(client: Any, prefix: str) -> None:
+    """A refresh slower than the TTL is refused; data that is not JSON is left out of its
+    event; a flush of a store that is not running gives up in time."""
+    with pytest.raises(ValueError, match="shorter"):
+        RedisLifecycle(client, "one", prefix=prefix, instance_ttl=1.0, refresh_interval=1.0)
+    lifecycle = RedisLifecycle(client, "one", prefix=prefix, debounce=0)
+    lifecycle.record(connect("c1", "alice", data={1, 2}))
+    assert await lifecycle.flush(0.05) is False
+    await lifecycle.start()
+    try:
+        assert await lifecycle.flush()
+        (event,) = await stream(client, lifecycle)
+    finally:
+        await lifecycle.stop()
+    assert event.kind is Kind.CONNECT and event.data is None

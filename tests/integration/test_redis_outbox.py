@@ -3,6 +3,7 @@ reclaimed, trimmed entries counted, the group recreated after Redis lost it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -67,7 +68,23 @@ async def test_a_dead_readers_entries_are_reclaimed(client: Any, prefix: str) ->
         (entry, event.id) for entry, event in taken
     ]
     await alive.ack([entry for entry, _ in again])
+    await alive.ack([])
     assert await alive.claim(10, wait=0.3) == []
+
+
+async def test_claimed_entries_trimmed_before_their_ack_are_dropped(
+    client: Any, prefix: str
+) -> None:
+    """An entry deleted while claimed and unacknowledged is reported by XAUTOCLAIM: counted
+    as dropped, not handed out."""
+    dead = RedisStreamOutbox(client, prefix=prefix, consumer="dead", reclaim_after=0.1)
+    alive = RedisStreamOutbox(client, prefix=prefix, consumer="alive", reclaim_after=0.1)
+    await publishes(client, prefix, 2)
+    taken = await dead.claim(10, wait=0.5)
+    await client.xdel(dead.stream, taken[0][0])
+    await asyncio.sleep(0.15)
+    again = await alive.claim(10, wait=0.01)
+    assert [entry for entry, _ in again] == [taken[1][0]] and alive.dropped == 1
 
 
 async def test_trimmed_entries_are_counted_as_dropped(client: Any, prefix: str) -> None:

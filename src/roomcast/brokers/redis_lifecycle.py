@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import hashlib
 import json
 import logging
@@ -48,7 +47,8 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError
 
 from roomcast.brokers.lifecycle_holdings import Holdings
-from roomcast.brokers.redis_lifecycle_scripts import APPLY, PURGE, RESTORE, TICK
+from roomcast.brokers.lifecycle_stats import LifecycleStats, Sample
+from roomcast.brokers.redis_lifecycle_scripts import APPLY, PURGE, RESTORE, TICK, lifecycle_keys
 from roomcast.events.lifecycle import Change
 from roomcast.tasks import TaskSet
 
@@ -56,44 +56,11 @@ __all__ = ["LifecycleStats", "RedisLifecycle", "Sample", "lifecycle_keys"]
 
 logger = logging.getLogger("roomcast.events.redis")
 
-Sample = tuple[str, str, str, float]
-"""``(kind, name, documentation, value)``, as ``roomcast.serve.metrics.Sample``."""
-
 _CHUNK = 500
 """Subjects per restore or purge step (each step is one script call)."""
 _STEP = 1000
 """Most due departures (or idle sequence subjects) one tick handles."""
 _RETRYABLE = (RedisError, OSError, TimeoutError)
-
-
-def lifecycle_keys(prefix: str) -> dict[str, str]:
-    """The store's shared keys (``{prefix:life}:...``, one hash slot)."""
-    base = "{" + prefix + ":life}"
-    names = ("counts", "due", "pending", "seqs", "idle", "meta", "events", "alive")
-    return {name: f"{base}:{name}" for name in names} | {"base": base}
-
-
-@dataclasses.dataclass(slots=True)
-class LifecycleStats:
-    """What a ``RedisLifecycle`` did since it started."""
-
-    recorded: int = 0
-    """Changes recorded."""
-    dropped: int = 0
-    """Changes not queued because the queue was full (counts repaired by a restore)."""
-    written: int = 0
-    """Changes written to Redis."""
-    script_calls: int = 0
-    events: int = 0
-    """Events this instance's scripts wrote to the stream."""
-    purges: int = 0
-    """Dead instances this instance purged."""
-    synthetic: int = 0
-    """Departures this instance made for dead instances' subjects."""
-    restores: int = 0
-    """Times this instance rewrote its part in Redis."""
-    errors: int = 0
-    """Script calls that failed (Redis away, a timeout)."""
 
 
 class RedisLifecycle:
@@ -142,7 +109,8 @@ class RedisLifecycle:
         self._call_timeout = call_timeout
         self._epoch = os.urandom(4).hex()
         self._holdings = Holdings()
-        self._queue: collections.deque[tuple[Change, str]] = collections.deque()
+        self._queue: collections.deque[tuple[Change, str, str]] = collections.deque()
+        """Changes to write: the change, its op code (``Holdings.record``), its data's JSON."""
         self._in_flight: tuple[int, int] | None = None  # (batch number, changes)
         self._batches = 0
         self._applied = 0  # the last batch Redis applied
@@ -186,6 +154,12 @@ class RedisLifecycle:
         code = self._holdings.record(change)
         if code is None:
             return
+        data = ""
+        if change.data is not None and code in "cp":
+            try:
+                data = json.dumps(change.data, separators=(",", ":"), ensure_ascii=False)
+            except (TypeError, ValueError) as exc:  # the event goes without it
+                logger.warning("lifecycle: %s data is not JSON: %s", change.op.value, exc)
         if len(self._queue) >= self._queue_limit:
             self.stats.dropped += 1
             if code != "p":
@@ -193,7 +167,7 @@ class RedisLifecycle:
                 self._drained.clear()
                 self._wake.set()
             return
-        self._queue.append((change, code))
+        self._queue.append((change, code, data))
         self._drained.clear()
         self._wake.set()
 
@@ -212,11 +186,7 @@ class RedisLifecycle:
 
     def samples(self) -> list[Sample]:
         """The stats as metric samples (``roomcast.serve.metrics.Sample``)."""
-        stats = self.stats
-        out: list[Sample] = [("gauge", "roomcast_lifecycle_queued", "Changes waiting", self.queued)]
-        for name, doc in _COUNTERS:
-            out.append(("counter", f"roomcast_lifecycle_{name}", doc, getattr(stats, name)))
-        return out
+        return self.stats.samples(self.queued)
 
     # ---------------------------------------------------------------- the writer
 
@@ -239,6 +209,11 @@ class RedisLifecycle:
                 self.stats.errors += 1
                 logger.warning("lifecycle write failed (%d in a row): %s", failures, exc)
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+            except Exception:  # a bug or an unexpected reply: log, and do not spin
+                failures += 1
+                self.stats.errors += 1
+                logger.exception("lifecycle write failed")
+                await asyncio.sleep(2.0)
 
     async def _write_batch(self) -> None:
         """Apply the oldest queued changes in one script call.  A batch keeps its number
@@ -249,7 +224,7 @@ class RedisLifecycle:
         number, size = self._in_flight
         args: list[Any] = [number]
         for index in range(size):
-            change, code = self._queue[index]
+            change, code, data = self._queue[index]
             args += [
                 code,
                 change.connection,
@@ -257,7 +232,7 @@ class RedisLifecycle:
                 change.room or "",
                 change.reason or "",
                 "" if change.code is None else change.code,
-                "" if change.data is None else json.dumps(change.data, separators=(",", ":")),
+                data,
             ]
         status, events = await self._call(APPLY, self._mine, args)
         if status == -1:  # this instance's part is gone: rewrite it, then send the batch again
@@ -273,7 +248,8 @@ class RedisLifecycle:
     async def _restore(self, reason: str) -> None:
         """Make this instance's part in Redis what its memory says (before the queue)."""
         self._restore_reason = reason
-        await self._rewrite(self._holdings.target(self._queue), reason, "held")
+        queued = ((change, code) for change, code, _ in self._queue)
+        await self._rewrite(self._holdings.target(queued), reason, "held")
         self._restore_reason = None
         self.stats.restores += 1
         logger.info("lifecycle: rewrote this instance's part in Redis (%s)", reason)
@@ -308,6 +284,9 @@ class RedisLifecycle:
             except _RETRYABLE as exc:
                 self.stats.errors += 1
                 logger.warning("lifecycle tick failed: %s", exc)
+            except Exception:  # a bug or an unexpected reply: keep ticking
+                self.stats.errors += 1
+                logger.exception("lifecycle tick failed")
             await asyncio.sleep(0 if more else self._refresh_interval)
 
     async def tick(self) -> bool:
@@ -372,14 +351,3 @@ _SHARED = ("counts", "due", "pending", "seqs", "idle", "meta", "events", "alive"
 _SHAS = {
     script: hashlib.sha1(script.encode()).hexdigest() for script in (APPLY, TICK, PURGE, RESTORE)
 }
-_COUNTERS = (
-    ("recorded", "Lifecycle changes recorded"),
-    ("dropped", "Lifecycle changes dropped (queue full)"),
-    ("written", "Lifecycle changes written to Redis"),
-    ("script_calls", "Lifecycle script calls"),
-    ("events", "Lifecycle events written by this instance"),
-    ("purges", "Dead instances purged by this instance"),
-    ("synthetic", "Departures made for dead instances"),
-    ("restores", "Rewrites of this instance's lifecycle state"),
-    ("errors", "Lifecycle script calls that failed"),
-)

@@ -25,7 +25,15 @@ last departure of a subject cost a script any work.
 
 from __future__ import annotations
 
-__all__ = ["APPLY", "PRELUDE", "PURGE", "RESTORE", "TICK"]
+__all__ = ["APPLY", "PRELUDE", "PURGE", "RESTORE", "TICK", "lifecycle_keys"]
+
+
+def lifecycle_keys(prefix: str) -> dict[str, str]:
+    """The store's shared keys (``{prefix:life}:...``, one hash slot)."""
+    base = "{" + prefix + ":life}"
+    names = ("counts", "due", "pending", "seqs", "idle", "meta", "events", "alive")
+    return {name: f"{base}:{name}" for name in names} | {"base": base}
+
 
 PRELUDE = r"""
 local counts, due, pend, seqs, idle, meta, stream, alive =
@@ -302,15 +310,15 @@ end
 local patterns = {'member:*', 'room:*', 'user:*'}
 local found = redis.call('HSCAN', theirs, ARGV[7], 'MATCH', patterns[phase], 'COUNT', ARGV[8])
 local cursor, items = found[1], found[2]
-local fields = {}
 for i = 1, #items, 2 do
   local subject = items[i]
-  fields[#fields + 1] = subject
-  local c = redis.call('HINCRBY', counts, subject, -1)
-  if c <= 0 then redis.call('HDEL', counts, subject) end
-  if c == 0 then subject_gone(subject, dead, 'instance lost') end
+  -- HSCAN may return a field twice: only the call that deletes it subtracts it.
+  if redis.call('HDEL', theirs, subject) == 1 then
+    local c = redis.call('HINCRBY', counts, subject, -1)
+    if c <= 0 then redis.call('HDEL', counts, subject) end
+    if c == 0 then subject_gone(subject, dead, 'instance lost') end
+  end
 end
-if #fields > 0 then redis.call('HDEL', theirs, unpack(fields)) end
 save_meta()
 if cursor == '0' then phase = phase + 1 end
 if phase > 3 then

@@ -35,7 +35,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from roomcast.brokers.redis_lifecycle import lifecycle_keys
+from roomcast.brokers.redis_lifecycle_scripts import lifecycle_keys
 from roomcast.events.schema import LifecycleEvent
 
 __all__ = ["RedisStreamOutbox"]
