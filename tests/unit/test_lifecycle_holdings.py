@@ -51,6 +51,7 @@ def test_the_target_is_what_redis_had_before_the_queue() -> None:
 
 
 def test_a_join_without_a_room_is_refused() -> None:
+    """A join or leave names its room: a missing one is a bug of the caller."""
     with pytest.raises(ValueError, match="needs a room"):
         Holdings().record(Change(Op.JOIN, "c1", "alice"))
 
@@ -58,5 +59,5 @@ def test_a_join_without_a_room_is_refused() -> None:
 def test_stats_as_samples() -> None:
     """Every counter is a sample, plus the queue as a gauge."""
     samples = LifecycleStats(recorded=3).samples(queued=2)
-    assert samples[0] == ("gauge", "roomcast_lifecycle_queued", "Changes waiting", 2)
-    assert ("counter", "roomcast_lifecycle_recorded", "Lifecycle changes recorded", 3) in samples
+    assert samples[0] == ("gauge", "roomcast_lifecycle_queued", "Changes waiting", 2.0)
+    assert ("counter", "roomcast_lifecycle_recorded", "Lifecycle changes recorded", 3.0) in samples
