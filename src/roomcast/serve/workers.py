@@ -213,21 +213,23 @@ def _parse(payload: bytes, now: float) -> _Snapshot | None:
 
 
 def _family(item: Any) -> _Family:
-    """One family of a snapshot, its metric and label names checked as ``Metric`` will.
+    """One family of a snapshot, its names checked against Prometheus' classic syntax.
 
     Raises:
         ValueError, TypeError: it is not one.
     """
     name, kind, documentation, samples = item
-    Metric(name, documentation, kind)  # (raises ValueError for a bad name or type)
+    if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+        raise ValueError("not a metric name")
+    if not isinstance(documentation, str):
+        raise TypeError("not a family")
+    kind = Metric(name, documentation, kind).type  # (ValueError for a type it does not know)
     checked: list[_Sample] = []
     for sample_name, labels, value in samples:
         if not isinstance(sample_name, str) or not _METRIC_NAME.fullmatch(sample_name):
             raise ValueError("not a sample name")
         checked.append((sample_name, _labels(labels), float(value)))
-    if not isinstance(documentation, str):
-        raise TypeError("not a family")
-    return str(name), str(kind), documentation, checked
+    return name, kind, documentation, checked
 
 
 def _labels(labels: Any) -> dict[str, str]:
