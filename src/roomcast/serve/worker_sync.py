@@ -56,7 +56,8 @@ async def exchange_snapshots(
                     pipeline.set(mine, snapshot(), px=int(ttl * 1000))
                     if keys:
                         pipeline.mget(keys)
-                    values = (await pipeline.execute())[1] if keys else []
+                    results = await pipeline.execute()
+                    values = results[1] if keys else []
             except Exception as exc:  # Redis away or slow: the others' snapshots age
                 view.sync_failures += 1
                 failures.add(f"{type(exc).__name__}: {exc}")
