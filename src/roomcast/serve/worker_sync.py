@@ -4,10 +4,10 @@ snapshot and reads the others', about once a second.
 Each worker's snapshot is one key, ``{prefix}:workers:{group}:{slot}`` (the group in braces, a
 hash tag, so a group's keys share a node), written with a short expiry: a worker that stops
 writing (frozen, killed, cut off from Redis) is missing from the others' answers within
-``ttl`` seconds, and a stopped server leaves nothing behind.  One round is one round trip (a
-pipeline of SET and MGET), bounded by a timeout; a round that fails is counted and logged
-within the log budget, and the worker serves on: its cached view of the others simply ages
-until ``/readyz`` says they are not reporting.
+``ttl`` seconds, and a stopped server leaves nothing behind.  One round is a SET and an MGET
+(not pipelined: redis-py's cluster client refuses MGET in a pipeline), bounded by a timeout; a
+round that fails is counted and logged within the log budget, and the worker serves on: its
+cached view of the others simply ages until ``/readyz`` says they are not reporting.
 """
 
 from __future__ import annotations
@@ -52,12 +52,8 @@ async def exchange_snapshots(
             try:
                 async with asyncio.timeout(ttl):
                     client = client or await _connect(redis_url, ttl)
-                    pipeline = client.pipeline(transaction=False)
-                    pipeline.set(mine, snapshot(), px=int(ttl * 1000))
-                    if keys:
-                        pipeline.mget(keys)
-                    results = await pipeline.execute()
-                    values = results[1] if keys else []
+                    await client.set(mine, snapshot(), px=int(ttl * 1000))
+                    values = await client.mget(keys) if keys else []
             except Exception as exc:  # Redis away or slow: the others' snapshots age
                 view.sync_failures += 1
                 failures.add(f"{type(exc).__name__}: {exc}")
