@@ -166,10 +166,10 @@ class Server:
         return self.ports.api_port
 
     def _metrics(self) -> list[Sample]:
-        """The ports' and presence's samples for ``/metrics``."""
-        presence: list[Sample] = []
+        """The ports', presence's and the worker exchange's samples for ``/metrics``."""
+        samples: list[Sample] = []
         if self.presence is not None:
-            presence.append(
+            samples.append(
                 (
                     "counter",
                     "roomcast_presence_snapshots_coalesced",
@@ -179,7 +179,7 @@ class Server:
                 )
             )
         if self.workers is not None:
-            presence.append(
+            samples.append(
                 (
                     "counter",
                     "roomcast_worker_sync_failures",
@@ -187,7 +187,7 @@ class Server:
                     self.workers.sync_failures,
                 )
             )
-        return [*presence, *self.ports.metrics()]
+        return [*samples, *self.ports.metrics()]
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen and accept clients, on ``sock`` if given (already bound and listening)."""

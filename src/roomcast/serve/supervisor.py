@@ -4,6 +4,9 @@ Each worker is an ordinary ``roomcast serve`` process (a fresh interpreter, not 
 event loop or socket state is inherited) that binds the port with SO_REUSEPORT; the kernel
 spreads new connections over the workers' separate accept queues.  Workers are instances of
 one distributed hub through Redis, so it makes no difference to a client which one it got.
+Nor to a scrape: each worker is told its slot, the worker count and an id of this
+supervisor's group (environment variables), and with them answers ``/metrics`` and
+``/readyz`` for all the workers (``roomcast.serve.workers``).
 
 The supervisor only watches: a worker that exits while the supervisor is not stopping is
 logged and started again (after a pause that grows if it keeps dying, so a worker that cannot
@@ -156,7 +159,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         delay = self._restart_delay
         while not self._stopping.is_set():
-            env = {**self._env, WORKER_SLOT_VARIABLE: str(slot)}
+            env = {**self._env, WORKER_SLOT_VARIABLE: str(slot)}  # (and its log lines say so)
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "roomcast.serve.cli", "serve", *self._args, env=env
             )
