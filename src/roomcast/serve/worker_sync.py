@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from roomcast.logbudget import FailureTally
-from roomcast.serve.workers import WorkerView
+from roomcast.serve.workers import SNAPSHOT_LIFETIME, WorkerView
 
 __all__ = ["exchange_snapshots", "snapshot_key"]
 
@@ -37,7 +37,7 @@ async def exchange_snapshots(
     snapshot: Callable[[], bytes],
     *,
     interval: float = 1.0,
-    ttl: float = 5.0,
+    ttl: float = SNAPSHOT_LIFETIME,
 ) -> None:
     """Write ``snapshot()`` for this worker and read the others' into ``view``, every
     ``interval`` seconds, until cancelled."""

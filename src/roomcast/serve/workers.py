@@ -33,7 +33,12 @@ from roomcast.serve.supervisor import (
     WORKER_SLOT_VARIABLE,
 )
 
-__all__ = ["MAX_SNAPSHOT_BYTES", "WorkerIdentity", "WorkerView"]
+__all__ = ["MAX_SNAPSHOT_BYTES", "SNAPSHOT_LIFETIME", "WorkerIdentity", "WorkerView"]
+
+SNAPSHOT_LIFETIME = 5.0
+"""Seconds a worker's snapshot counts, in Redis (its key's expiry) and in the others' caches:
+long enough to ride out a busy second or two, short enough that a stuck worker soon makes
+``/readyz`` fail."""
 
 MAX_SNAPSHOT_BYTES = 256 * 1024
 """A snapshot larger than this is ignored (ours are a few kilobytes): a bound on what one
@@ -100,7 +105,7 @@ class WorkerView:
     def __init__(
         self,
         identity: WorkerIdentity,
-        stale_after: float = 5.0,
+        stale_after: float = SNAPSHOT_LIFETIME,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.identity = identity
