@@ -19,9 +19,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from roomcast import CloseCode
-from roomcast.serve.cli import _worker_command, build_parser, config_from
+from roomcast.serve.cli import _worker_command, build_parser, config_from, main
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.options import COMMAND_LINE, Option, options
+from roomcast.serve.workers import WorkerIdentity
 from roomcast.testing import RedisServer
 from tests.serve_process import RawClient, start_serve, stop_serve
 from tests.support import connect, recv, seconds
@@ -384,9 +385,29 @@ def test_every_config_option_round_trips_through_flags_variables_and_workers(
 
 def test_every_server_config_field_is_an_option_or_said_not_to_be() -> None:
     """No ServerConfig field can be forgotten by the command line: each is an option, except
-    the two it builds itself."""
+    the three it builds itself."""
     fields = {field.name for field in dataclasses.fields(ServerConfig)}
-    assert fields - {opt.name for opt in CONFIG_OPTIONS} == {"authenticator", "reuse_port"}
+    assert fields - {opt.name for opt in CONFIG_OPTIONS} == {
+        "authenticator",
+        "reuse_port",
+        "worker",
+    }
+
+
+def test_a_worker_takes_its_identity_from_the_supervisors_variables(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker knows which of how many it is (for /metrics and /readyz); variables that do
+    not say so stop it with one line, exit 2."""
+    monkeypatch.setenv("ROOMCAST_WORKER_SLOT", "1")
+    monkeypatch.setenv("ROOMCAST_WORKER_COUNT", "2")
+    monkeypatch.setenv("ROOMCAST_WORKER_GROUP", "7-ab")
+    args = build_parser().parse_args(["serve", "--worker"])
+    assert config_from(args).worker == WorkerIdentity(1, 2, "7-ab")
+    assert config_from(build_parser().parse_args(["serve"])).worker is None
+    monkeypatch.setenv("ROOMCAST_WORKER_SLOT", "2")
+    assert main(["serve", "--worker"]) == 2
+    assert "leave them unset" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--port", "65601"], ["--api-port", "70000"], ["--port", "x"]])

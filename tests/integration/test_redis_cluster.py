@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Iterator
 
+import prometheus_client
 import pytest
 from redis.crc import key_slot
 
@@ -138,3 +140,23 @@ async def test_rooms_with_history_on_every_shard(cluster: list[RedisServer]) -> 
             keys = node.cli("--scan", "--pattern", "*ws:history:*").split()
             assert keys and all(rooms[node.port] in key for key in keys), keys
         await nothing_more(*members.values())
+
+
+async def test_worker_snapshots_on_a_cluster(cluster: list[RedisServer]) -> None:
+    """Workers of ``--workers`` on a Redis Cluster see each other: their keys share a slot
+    (a hash tag), and the exchange follows the slot to its node whichever node the URL
+    names."""
+    from roomcast.serve.worker_sync import exchange_snapshots
+    from roomcast.serve.workers import WorkerIdentity, WorkerView
+    from roomcast.tasks import TaskSet
+
+    views = [WorkerView(WorkerIdentity(slot, 2, "c"), stale_after=1.0) for slot in range(2)]
+    tasks = TaskSet()
+    for view, node in zip(views, cluster, strict=False):  # (each through another node)
+        own = functools.partial(view.snapshot, prometheus_client.CollectorRegistry(), None)
+        tasks.spawn(exchange_snapshots(view, node.url, "ws", own, interval=0.05, ttl=1.0))
+    try:
+        await eventually(lambda: all(view.unready() is None for view in views))
+        assert all(view.sync_failures == 0 for view in views)
+    finally:
+        await tasks.cancel_all()

@@ -24,12 +24,10 @@ from roomcast import __version__
 from roomcast.auth import Authenticator
 from roomcast.serve.config import ServerConfig, refuse_contradictions
 from roomcast.serve.options import OptionError, add_options, config_values, to_argv
+from roomcast.serve.supervisor import WORKER_SLOT_VARIABLE
+from roomcast.serve.workers import WorkerIdentity
 
 __all__ = ["main"]
-
-
-WORKER_SLOT_VARIABLE = "ROOMCAST_WORKER_SLOT"
-"""Set by the supervisor in each worker's environment: which worker it is (0, 1, ...)."""
 
 
 class _JsonFormatter(logging.Formatter):
@@ -100,6 +98,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         **config_values(args, ServerConfig),
         reuse_port=args.worker,
         authenticator=_authenticator(args),
+        worker=WorkerIdentity.from_environment(os.environ) if args.worker else None,
     )
 
 

@@ -8,6 +8,7 @@ import dataclasses
 from roomcast.auth import Authenticator
 from roomcast.rules import Rules
 from roomcast.serve.options import OptionError, option
+from roomcast.serve.workers import WorkerIdentity
 
 __all__ = ["ServerConfig", "refuse_contradictions"]
 
@@ -16,9 +17,9 @@ _AUTH = "authentication"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Settings of ``roomcast serve``.  Two are not options: ``authenticator`` (the command
-    line builds a ``JWTAuthenticator`` from the ``--jwt-*`` options) and ``reuse_port`` (set
-    for ``--workers``)."""
+    """Settings of ``roomcast serve``.  Three are not options: ``authenticator`` (the command
+    line builds a ``JWTAuthenticator`` from the ``--jwt-*`` options), ``reuse_port`` and ``worker``
+    (set for ``--workers``)."""
 
     host: str = option("127.0.0.1", "address to bind (the API port too)")
     port: int = option(
@@ -87,6 +88,9 @@ class ServerConfig:
     )
     reuse_port: bool = False
     """Bind with SO_REUSEPORT, so several processes share the ports (``--workers``)."""
+    worker: WorkerIdentity | None = None
+    """Set in each worker of ``--workers``: with ``redis_url``, ``/metrics`` and ``/readyz``
+    then answer for every worker (``roomcast.serve.workers``)."""
     authenticator: Authenticator | None = None
     """Verifies a token on every upgrade (must be synchronous here, e.g. JWTAuthenticator);
     the identity's user id replaces ``?user_id=``.  None: no authentication."""

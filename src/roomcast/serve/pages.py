@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from roomcast.hub import Hub
 from roomcast.serve.metrics import render
+from roomcast.serve.workers import WorkerView
 
 __all__ = ["GET_PATHS", "TEXT", "Pages", "misdirected", "respond"]
 
@@ -35,6 +36,8 @@ class Pages:
         metrics: Rendered for ``/metrics``.
         demo: Serve the demo page at ``/`` (``/client.js`` is always served).
         accepting: False while the server drains (``/readyz`` answers 503).
+        workers: The other workers of ``--workers``, if any: then ``/metrics`` and
+            ``/readyz`` answer for all of them, whichever worker a request reached.
     """
 
     def __init__(
@@ -43,23 +46,36 @@ class Pages:
         metrics: CollectorRegistry,
         demo: bool,
         accepting: Callable[[], bool],
+        workers: WorkerView | None = None,
     ) -> None:
         self._hub = hub
         self._metrics = metrics
         self._accepting = accepting
+        self._workers = workers
         self._static = _load_static(demo)
+
+    def unready(self) -> str | None:
+        """Why this process is not ready (None: it is), whatever the other workers say."""
+        if not self._accepting():
+            return "draining"
+        if not self._hub.ready:
+            return "broker unavailable"
+        return None
 
     def get(self, path: str) -> tuple[int, bytes, str]:
         """Status, body and content type of ``GET path``."""
         if path == "/healthz":
             return 200, b"ok\n", TEXT
         if path == "/readyz":
-            if not self._accepting():
-                return 503, b"draining\n", TEXT
-            if not self._hub.ready:
-                return 503, b"broker unavailable\n", TEXT
+            why = self.unready()
+            if why is None and self._workers is not None:
+                why = self._workers.unready()
+            if why is not None:
+                return 503, why.encode() + b"\n", TEXT
             return 200, b"ready\n", TEXT
         if path == "/metrics":
+            if self._workers is not None:
+                return 200, self._workers.render(self._metrics), _PROMETHEUS
             return 200, render(self._metrics), _PROMETHEUS
         static = self._static.get(path)
         if static is not None:

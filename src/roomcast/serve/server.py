@@ -55,6 +55,8 @@ from roomcast.serve.publish_api import PublishApi
 from roomcast.serve.session import Session
 from roomcast.serve.startup import startup_lines
 from roomcast.serve.stats import StatsFeed
+from roomcast.serve.worker_sync import exchange_snapshots
+from roomcast.serve.workers import WorkerView
 from roomcast.tasks import TaskSet
 
 __all__ = ["Server", "ServerConfig"]  # (ServerConfig from roomcast.serve.config)
@@ -80,8 +82,15 @@ class Server:
         self.counters = ServerCounters()
         self.events = EventLog(logger)
         self.ports = Ports(config, self.counters, self.events)
-        metrics = metrics_registry(self.hub, self.counters, self._buffered_bytes, self._metrics)
-        self.pages = Pages(self.hub, metrics, config.demo, lambda: self._accepting)
+        self.metrics = metrics_registry(
+            self.hub, self.counters, self._buffered_bytes, self._metrics
+        )
+        self.workers: WorkerView | None = None  # (one of --workers: answers for them all)
+        if config.worker is not None and config.redis_url is not None:
+            self.workers = WorkerView(config.worker)
+        self.pages = Pages(
+            self.hub, self.metrics, config.demo, lambda: self._accepting, self.workers
+        )
         self.gate = Gate(config, self.hub, self.counters, self.events)
         self.scheduler = FlushScheduler()
         self._expiry = ExpiryClock(config.token_grace)
@@ -157,10 +166,10 @@ class Server:
         return self.ports.api_port
 
     def _metrics(self) -> list[Sample]:
-        """The ports' and presence's samples for ``/metrics``."""
-        presence: list[Sample] = []
+        """The ports', presence's and the worker exchange's samples for ``/metrics``."""
+        samples: list[Sample] = []
         if self.presence is not None:
-            presence.append(
+            samples.append(
                 (
                     "counter",
                     "roomcast_presence_snapshots_coalesced",
@@ -169,7 +178,16 @@ class Server:
                     self.presence.coalesced,
                 )
             )
-        return [*presence, *self.ports.metrics()]
+        if self.workers is not None:
+            samples.append(
+                (
+                    "counter",
+                    "roomcast_worker_sync_failures",
+                    "Exchanges of worker figures with Redis that failed (--workers).",
+                    self.workers.sync_failures,
+                )
+            )
+        return [*samples, *self.ports.metrics()]
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen and accept clients, on ``sock`` if given (already bound and listening)."""
@@ -185,6 +203,17 @@ class Server:
             )
         if self.config.stats_interval > 0:
             self._tasks.spawn(self.stats.run(), name="roomcast-stats")
+        if self.workers is not None and self.config.redis_url is not None:
+            own = self.workers.snapshot
+            self._tasks.spawn(
+                exchange_snapshots(
+                    self.workers,
+                    self.config.redis_url,
+                    self.config.channel_prefix,
+                    lambda: own(self.metrics, self.pages.unready()),
+                ),
+                name="roomcast-worker-sync",
+            )
         self._accepting = True
         api_port = self.api_port if self.ports.has_api else None
         for line in startup_lines(self.config, self.port, api_port):

@@ -4,6 +4,9 @@ Each worker is an ordinary ``roomcast serve`` process (a fresh interpreter, not 
 event loop or socket state is inherited) that binds the port with SO_REUSEPORT; the kernel
 spreads new connections over the workers' separate accept queues.  Workers are instances of
 one distributed hub through Redis, so it makes no difference to a client which one it got.
+Nor to a scrape: each worker is told its slot, the worker count and an id of this
+supervisor's group (environment variables), and with them answers ``/metrics`` and
+``/readyz`` for all the workers (``roomcast.serve.workers``).
 
 The supervisor only watches: a worker that exits while the supervisor is not stopping is
 logged and started again (after a pause that grows if it keeps dying, so a worker that cannot
@@ -26,6 +29,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import select
 import signal
 import sys
@@ -42,6 +46,13 @@ _WORKER_FLAG = "--worker"
 """Internal flag: this process is one of a supervisor's workers (binds with SO_REUSEPORT)."""
 SUPERVISOR_PID_VARIABLE = "ROOMCAST_SUPERVISOR_PID"
 """Set in each worker's environment: the pid its parent must have, or the supervisor is gone."""
+WORKER_SLOT_VARIABLE = "ROOMCAST_WORKER_SLOT"
+"""Set in each worker's environment: which worker it is (0, 1, ...)."""
+WORKER_COUNT_VARIABLE = "ROOMCAST_WORKER_COUNT"
+"""Set in each worker's environment: how many workers the supervisor keeps."""
+WORKER_GROUP_VARIABLE = "ROOMCAST_WORKER_GROUP"
+"""Set in each worker's environment: an id new for each supervisor, naming the workers'
+snapshots in Redis (``roomcast.serve.workers``)."""
 _KILL_AFTER = 5.0
 """Seconds past ``shutdown_timeout`` after which a worker that is still stopping is killed."""
 _PR_SET_PDEATHSIG = 1
@@ -124,6 +135,8 @@ class Supervisor:
         # Workers are spawned from this (the loop's) thread: the parent-death signal follows
         # the thread that forked, so spawning from another thread would fire it early.
         self._env[SUPERVISOR_PID_VARIABLE] = str(os.getpid())
+        self._env[WORKER_COUNT_VARIABLE] = str(self._count)
+        self._env[WORKER_GROUP_VARIABLE] = f"{os.getpid()}-{secrets.token_hex(4)}"
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
@@ -146,7 +159,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         delay = self._restart_delay
         while not self._stopping.is_set():
-            env = {**self._env, "ROOMCAST_WORKER_SLOT": str(slot)}  # (its log lines say so)
+            env = {**self._env, WORKER_SLOT_VARIABLE: str(slot)}  # (and its log lines say so)
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "roomcast.serve.cli", "serve", *self._args, env=env
             )
