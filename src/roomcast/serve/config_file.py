@@ -95,7 +95,7 @@ def parse_config(text: str, path: str, config_class: type) -> ConfigFile:
         if key in NOT_IN_A_FILE:
             raise OptionError(f"{where}: {key}: not in a file (give --{key} or ROOMCAST_CONFIG)")
         if opt is None:
-            raise OptionError(f"{where}: {_unknown(key, known)}")
+            raise OptionError(f"{where}: {_unknown(key, value, known)}")
         try:
             values[key] = _value(opt, value)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
@@ -127,9 +127,15 @@ def worker_namespaces(environ: Mapping[str, str]) -> tuple[Namespaces | None, An
         raise OptionError(f"{WORKER_NAMESPACES_VARIABLE}: {exc}") from None
 
 
-def _unknown(key: str, known: Mapping[str, Option]) -> str:
-    """An unknown key's message, with the option it was probably meant to be."""
-    close = difflib.get_close_matches(key.replace("-", "_"), list(known), n=1)
+def _unknown(key: str, value: Any, known: Mapping[str, Option]) -> str:
+    """An unknown key's message, with the option it was probably meant to be (``no_demo =
+    true``, after the flag ``--no-demo``, is ``demo = false``)."""
+    name = key.replace("-", "_")
+    negated = known.get(name.removeprefix("no_")) if name.startswith("no_") else None
+    if negated is not None and negated.kind in ("off-switch", "either"):
+        meant = f"{negated.name} = {'false' if value is True else 'true'}"
+        return f"unknown option {key!r}: did you mean {meant!r}?"
+    close = difflib.get_close_matches(name, list(known), n=1)
     if close:
         return f"unknown option {key!r}: did you mean {close[0]!r}?"
     return f"unknown option {key!r} (the options are those of roomcast serve --help, _ for -)"
