@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -13,14 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from roomcast.serve.cli import _worker_command, config_from, parse_arguments
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.config_file import WORKER_NAMESPACES_VARIABLE
 from roomcast.serve.options import COMMAND_LINE, Option, options
-from tests.redis_support import free_port
-from tests.support import seconds
+from tests.redis_support import RedisServer, free_port
+from tests.support import eventually, seconds
 
 CLEAN = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
 
@@ -181,6 +183,16 @@ def test_a_missing_file_stops_start_up_with_one_line(tmp_path: Path) -> None:
         assert result.returncode == 2
         assert result.stderr.splitlines() == [line]
     assert roomcast("--version", env={"ROOMCAST_CONFIG": str(missing)}).returncode == 0
+    assert roomcast("genconfig", env={"ROOMCAST_CONFIG": str(missing)}).returncode == 0
+
+
+def test_config_without_a_file_name_is_the_parsers_one_line() -> None:
+    """--config with nothing after it: argparse's own line, exit status 2."""
+    result = roomcast("serve", "--config")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "roomcast: error: argument --config: expected one argument"
+    ]
 
 
 def test_help_shows_the_files_values(tmp_path: Path) -> None:
@@ -245,3 +257,33 @@ async def test_a_started_server_takes_its_port_by_precedence(tmp_path: Path) -> 
             env={"ROOMCAST_PORT": str(ports[1] + 1)},
         ),
     )
+
+
+async def test_workers_started_from_a_file_serve_with_its_namespaces(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    """``workers = 2`` and the port in the file: both workers serve that port, each given
+    the namespaces in its environment and no --config on its command line."""
+    port = free_port()
+    path = written(tmp_path, f"port = {port}\nworkers = 2\n[namespaces.chat]\nmax_members = 5\n")
+    supervisor = subprocess.Popen(  # noqa: ASYNC220 - spawning does not block
+        [sys.executable, "-m", "roomcast.serve.cli", "serve", "--config", path],
+        env={**CLEAN, "ROOMCAST_REDIS_URL": shared_redis.url, "ROOMCAST_LOG_LEVEL": "error"},
+    )
+    try:
+        await eventually(lambda: len(psutil.Process(supervisor.pid).children()) == 2, 20)
+        async with httpx.AsyncClient(timeout=2) as http, asyncio.timeout(seconds(20)):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+        for worker in psutil.Process(supervisor.pid).children():
+            assert "--config" not in " ".join(worker.cmdline())
+            assert json.loads(worker.environ()[WORKER_NAMESPACES_VARIABLE]) == {
+                "chat": {"max_members": 5}
+            }
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(supervisor.wait, 30)
+    assert supervisor.returncode == 0
