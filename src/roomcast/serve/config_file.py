@@ -31,7 +31,16 @@ from typing import Any
 from roomcast.rules import Namespaces, RulesError
 from roomcast.serve.options import Option, OptionError, options, parse_text
 
-__all__ = ["NAMESPACES", "WORKER_NAMESPACES_VARIABLE", "ConfigFile", "line_of", "read_config_file"]
+__all__ = [
+    "NAMESPACES",
+    "NOT_IN_A_FILE",
+    "WORKER_NAMESPACES_VARIABLE",
+    "ConfigFile",
+    "line_of",
+    "parse_config",
+    "read_config_file",
+    "worker_namespaces",
+]
 
 NAMESPACES = "namespaces"
 """The file's table of namespaces (``[namespaces.chat]``)."""
@@ -91,9 +100,9 @@ def parse_config(text: str, path: str, config_class: type) -> ConfigFile:
         if key == NAMESPACES:
             continue
         where = _where(path, text, (key,))
-        opt = known.get(key)
         if key in NOT_IN_A_FILE:
             raise OptionError(f"{where}: {key}: not in a file (give --{key} or ROOMCAST_CONFIG)")
+        opt = known.get(key)
         if opt is None:
             raise OptionError(f"{where}: {_unknown(key, value, known)}")
         try:
