@@ -1,7 +1,8 @@
-"""Command line: ``roomcast serve``.
+"""Command line: ``roomcast serve`` and ``roomcast genconfig``.
 
 Every flag also reads a ``ROOMCAST_<FLAG>`` environment variable (``--max-message-size`` from
-``ROOMCAST_MAX_MESSAGE_SIZE``); a flag given on the command line wins.  The options are
+``ROOMCAST_MAX_MESSAGE_SIZE``), and a ``--config`` file's key (``max_message_size``); a
+variable wins over the file, a flag given on the command line over both.  The options are
 declared once, in ``roomcast.serve.config`` and ``roomcast.serve.options``.
 """
 
@@ -22,7 +23,14 @@ from typing import Any, NoReturn
 
 from roomcast import __version__
 from roomcast.auth import Authenticator
+from roomcast.rules import Rules
 from roomcast.serve.config import ServerConfig, refuse_contradictions
+from roomcast.serve.config_file import (
+    WORKER_NAMESPACES_VARIABLE,
+    ConfigFile,
+    read_config_file,
+    worker_namespaces,
+)
 from roomcast.serve.options import OptionError, add_options, config_values, to_argv
 from roomcast.serve.supervisor import WORKER_SLOT_VARIABLE
 from roomcast.serve.workers import WorkerIdentity
@@ -56,8 +64,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"roomcast: error: {message}\n")
 
 
-def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """The argument parser, its defaults read from ``environ`` (``os.environ``).
+def build_parser(
+    environ: Mapping[str, str] | None = None, file: ConfigFile | None = None
+) -> argparse.ArgumentParser:
+    """The argument parser, its defaults read from ``environ`` (``os.environ``) over those
+    of ``file``.
 
     Raises:
         OptionError: a ``ROOMCAST_*`` variable does not parse (the message names it).
@@ -73,32 +84,90 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
             "ROOM at once), with ?user_id=NAME, and speak the JSON protocol described in the "
             "docs. GET /healthz and /readyz report liveness and readiness. Every option "
             "can also be set with an environment variable ROOMCAST_<OPTION>, e.g. "
-            "ROOMCAST_PORT=9000; a flag wins over its variable. With --jwt-secret, "
+            "ROOMCAST_PORT=9000, and in a --config file; a flag wins over its variable, "
+            "which wins over the file. With --jwt-secret, "
             "--jwt-public-key or --jwt-jwks, every upgrade must present a JWT "
             "(Authorization: Bearer, the subprotocols 'bearer, TOKEN', or ?token=); its "
             "'sub' claim is the user id and ?user_id= is ignored."
         ),
     )
-    add_options(serve, ServerConfig, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    if file is None:
+        add_options(serve, ServerConfig, environ)
+    else:
+        add_options(serve, ServerConfig, environ, file.values, file.path)
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    serve.set_defaults(namespaces=None, namespace_tables=None)
+    genconfig = commands.add_parser(
+        "genconfig",
+        help="write a commented config file",
+        description=(
+            "Write a TOML file for roomcast serve --config: every option, commented out at its "
+            "default with its help, and an example of namespaces."
+        ),
+    )
+    genconfig.add_argument("path", nargs="?", default="-", help="where (default: - for stdout)")
+    genconfig.add_argument("--force", action="store_true", help="overwrite an existing file")
     return parser
+
+
+def parse_arguments(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """The command line over the variables of ``environ`` (``os.environ``) over the
+    ``--config`` (or ``ROOMCAST_CONFIG``) file; ``namespaces`` and ``namespace_tables`` are the
+    file's, or for a worker its supervisor's.
+
+    Raises:
+        OptionError: a variable does not parse, or the file cannot be used (one line).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    environ = os.environ if environ is None else environ
+    # The file's values are the parser's defaults, so it is read before the real parse (which
+    # may be --help, which should show them); the command line is glanced at for it.
+    glance = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    glance.add_argument("command", nargs="?")
+    glance.add_argument("--config", default=environ.get("ROOMCAST_CONFIG"))
+    glance.add_argument("--worker", action="store_true")
+    try:
+        seen, _ = glance.parse_known_args(argv)
+    except argparse.ArgumentError:  # (``--config`` without a value: the parse says so)
+        seen = argparse.Namespace(command=None)
+    file = None
+    if seen.command == "serve" and seen.config and not seen.worker:
+        file = read_config_file(seen.config, ServerConfig)
+    args = build_parser(environ, file).parse_args(argv)
+    if args.command != "serve":
+        return args
+    if args.worker:  # (the supervisor read the file; its options came in argv and environ)
+        args.namespaces, args.namespace_tables = worker_namespaces(environ)
+    elif file is not None:
+        args.namespaces, args.namespace_tables = file.namespaces, file.tables
+    return args
 
 
 def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The arguments and environment of one worker: the supervisor's own settings, with the
     secrets (API key, Redis URL with its password, JWT secret) in the environment, not the
-    process list."""
-    argv, secrets = to_argv(args, ServerConfig, skip=frozenset({"workers"}))
-    return argv, {**os.environ, **secrets}
+    process list; the file's namespaces as JSON (``config_file.WORKER_NAMESPACES_VARIABLE``):
+    a worker does not read the file, which may have changed since."""
+    argv, secrets = to_argv(args, ServerConfig, skip=frozenset({"workers", "config"}))
+    env = {**os.environ, **secrets}
+    env.pop(WORKER_NAMESPACES_VARIABLE, None)
+    if args.namespace_tables is not None:
+        env[WORKER_NAMESPACES_VARIABLE] = json.dumps(args.namespace_tables)
+    return argv, env
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
     """The server's settings from parsed arguments."""
+    namespaces = args.namespaces
     return ServerConfig(
         **config_values(args, ServerConfig),
         reuse_port=args.worker,
         authenticator=_authenticator(args),
         worker=WorkerIdentity.from_environment(os.environ) if args.worker else None,
+        rules=None if namespaces is None else Rules(namespaces, claim=args.capabilities_claim),
     )
 
 
@@ -218,11 +287,15 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``roomcast`` command."""
     try:
-        parser = build_parser()
-    except OptionError as exc:  # a ROOMCAST_* variable that does not parse
+        args = parse_arguments(argv)
+    except OptionError as exc:  # a ROOMCAST_* variable that does not parse, a bad --config
         print(f"roomcast: error: {exc}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    if args.command == "genconfig":
+        from roomcast.serve.config_template import write_template
+
+        return write_template(args.path, force=args.force)
+    parser = _Parser(prog="roomcast")  # (its error(): one line, exit status 2)
     if args.workers > 1 and args.redis_url is None:
         parser.error(
             "--workers > 1 needs --redis-url: without Redis each worker would be a hub of its own"

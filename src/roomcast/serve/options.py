@@ -5,9 +5,11 @@ type, default and help), or, for the few that only the command line has (logging
 the JWT key material), an ``Option`` in ``COMMAND_LINE``.  From that one declaration come the
 flag (``--max-rooms``), its ``ROOMCAST_*`` variable (``ROOMCAST_MAX_ROOMS``), the value a
 ``--workers`` supervisor passes to its workers (secrets go by environment, never argv), and the
-``ServerConfig`` the server runs with.  A variable that does not parse is an error that names
-the variable.  Numbers are checked here too: never negative, and 0 only for an option declared
-``off_at_zero`` (whose help then says what 0 turns off).
+``ServerConfig`` the server runs with, and the key of the option in a ``--config`` file
+(``roomcast.serve.config_file``), whose values replace the declared defaults.  A variable that
+does not parse is an error that names the variable.  Numbers are checked here too: never
+negative, and 0 only for an option declared ``off_at_zero`` (whose help then says what 0
+turns off).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "config_values",
     "option",
     "options",
+    "parse_text",
     "to_argv",
 ]
 
@@ -100,6 +103,12 @@ def option(
 
 COMMAND_LINE: tuple[Option, ...] = (
     Option(
+        "config",
+        "TOML file of options (keys as these flags, with _ for -) and [namespaces.*] tables; "
+        "variables and flags override it (`roomcast genconfig` writes one)",
+        str,
+    ),
+    Option(
         "log_level",
         "least severe log level shown",
         str,
@@ -169,21 +178,38 @@ def options(config_class: type) -> Iterator[Option]:
 
 
 def add_options(
-    parser: argparse.ArgumentParser, config_class: type, environ: Mapping[str, str]
+    parser: argparse.ArgumentParser,
+    config_class: type,
+    environ: Mapping[str, str],
+    defaults: Mapping[str, Any] | None = None,
+    source: str = "",
 ) -> None:
     """Add every option to ``parser``, with defaults read from ``environ``'s variables.
+
+    Args:
+        defaults: Values by option name (``demo``, not ``no_demo``), checked already, that
+            replace the declared defaults: a config file's, named ``source`` in ``--help``.
+            The variables override them, as the flags override the variables.
 
     Raises:
         OptionError: a variable does not parse; the message names it.
     """
+    defaults = defaults or {}
     groups: dict[str, argparse._ArgumentGroup] = {}
     for opt in options(config_class):
         target: Any = parser
         if opt.group is not None:
             target = groups.get(opt.group) or parser.add_argument_group(opt.group)
             groups[opt.group] = target
-        default = _from_environment(opt, environ)
-        shown = _shown_default(opt, default, opt.variable in environ)
+        if opt.variable in environ:
+            default, origin = _from_environment(opt, environ), opt.variable
+        elif opt.name in defaults:
+            value = defaults[opt.name]
+            default = not value if opt.kind == "off-switch" else value
+            origin = source
+        else:
+            default, origin = _from_environment(opt, environ), ""
+        shown = _shown_default(opt, default, origin)
         help_text = f"{opt.help} ({shown})" if shown else opt.help
         if opt.kind == "switch" or opt.kind == "off-switch":
             target.add_argument(
@@ -249,6 +275,13 @@ def to_argv(
         else:
             argv.append(f"{opt.flag}={value}")
     return argv, env
+
+
+def parse_text(opt: Option, text: str) -> Any:
+    """``opt``'s value written as ``text``, checked as its flag checks it, so that a config
+    file keeps the flags' rules.  Raises ``ValueError`` or ``argparse.ArgumentTypeError``,
+    saying what it takes."""
+    return _parser(opt)(text)
 
 
 def _parser(opt: Option) -> Any:
@@ -322,22 +355,23 @@ def _port_or_off(text: str) -> int | None:
 _port.__name__ = _port_or_off.__name__ = "port"  # argparse: "invalid port value: '70000'"
 
 
-def _shown_default(opt: Option, default: Any, from_variable: bool) -> str:
+def _shown_default(opt: Option, default: Any, origin: str) -> str:
     """What ``--help`` says of the value in force without the flag: the declared default, or
-    the variable's value (a secret's is not shown); nothing where there is nothing to show
-    (an option off unless given, whose help says so in words)."""
-    if from_variable:
+    the value its ``origin`` (a variable, a config file) gives (a secret's is not shown);
+    nothing where there is nothing to show (an option off unless given, whose help says so
+    in words)."""
+    if origin:
         if opt.secret:
-            return f"set by {opt.variable}"
+            return f"set by {origin}"
         if opt.kind in ("switch", "off-switch", "either"):
             if default is None:  # ("either", set but empty: decided by other settings)
                 return ""
-            return f"now {'on' if default else 'off'}, from {opt.variable}"
+            return f"now {'on' if default else 'off'}, from {origin}"
         if opt.kind == "origins":
             value = ",".join(sorted(default)) if default else "any"
         else:
             value = "off" if default is None else str(default)
-        return f"default: {value}, from {opt.variable}"
+        return f"default: {value}, from {origin}"
     if opt.default is None or opt.kind in ("switch", "off-switch", "either"):
         return ""
     return f"default: {opt.default}"
