@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from roomcast.auth import Identity
 from roomcast.presence.connection_registry import StaleCallback
+from roomcast.rules import Rules
 
 __all__ = ["ConnectionConfig", "RoomAuthorizer"]
 
@@ -43,6 +44,9 @@ class ConnectionConfig:
         pong_timeout: See ``ping_interval``.
         token_in_query: With ``connect(token=None)``, also accept ``?token=`` (query
             strings end up in access logs).
+        rules: Who may do what in which room, from the token's capability claim and the
+            namespaces, as ``roomcast serve`` decides it (docs/permissions.md).  With a
+            ``room_authorizer`` too, a join needs both to allow it.
     """
 
     redis_url: str = "redis://localhost:6379"
@@ -59,3 +63,4 @@ class ConnectionConfig:
     ping_interval: float | None = 30.0
     pong_timeout: float = 60.0
     token_in_query: bool = True
+    rules: Rules | None = None
