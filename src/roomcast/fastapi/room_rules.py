@@ -28,6 +28,9 @@ from roomcast.rules import Action, Cause, ClaimError, PresenceFor, Refusal, Rule
 __all__ = ["RoomRefused", "RoomRules", "revoked_message"]
 
 
+_UNKNOWN = Refusal(Cause.NOT_GRANTED, "not connected here")
+
+
 class RoomRefused(AuthenticationError):
     """The rules keep a valid identity out of a room (status 403).
 
@@ -94,7 +97,7 @@ class RoomRules:
             return None
         who = self._who.get(conn_id)
         if who is None:
-            return Refusal(Cause.NOT_GRANTED, "not connected here")
+            return _UNKNOWN
         refusal = rules.check(who, room, action)
         if refusal is not None or action is not Action.PRESENCE:
             return refusal
@@ -107,8 +110,10 @@ class RoomRules:
         """Why ``who``, in ``rooms``, may not join ``room``; the member cap aside (see
         ``max_members``), since counting members is I/O."""
         rules = self.rules
-        if rules is None or who is None or room in rooms:
+        if rules is None or room in rooms:
             return None
+        if who is None:  # (never for a registered connection: fail closed all the same)
+            return _UNKNOWN
         refusal = rules.check(who, room, Action.JOIN)
         if refusal is not None:
             return refusal
