@@ -237,7 +237,7 @@ async def test_a_refresh_that_revokes_a_room_leaves_it_and_says_so(own_redis: Re
             "type": "revoked",
             "rooms": ["chat:b"],
             "cause": "not_granted",
-            "reason": "the new token no longer grants these rooms; they were left",
+            "reason": "the refreshed token no longer grants these rooms; they were left",
         }
         assert await recv(client) == "refreshed"
         (conn_id,) = await manager.get_user_connections("alice")

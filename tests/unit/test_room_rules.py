@@ -29,7 +29,7 @@ def test_without_rules_everything_is_allowed_and_no_claim_is_read() -> None:
     assert room_rules.check("c1", "inbox#bob", Action.PUBLISH, ()) is None
     assert room_rules.join_refusal(None, "inbox#bob", ()) is None
     assert room_rules.max_members("chat:a") == 0
-    assert room_rules.renew("c1", None, {"chat:a"}) == []
+    assert room_rules.renew("c1", None, {"chat:a"}) is None
 
 
 def test_a_malformed_claim_is_a_401() -> None:
@@ -55,7 +55,7 @@ def test_the_per_connection_cap_counts_rooms_of_the_same_namespace() -> None:
     who = room_rules.who(identity({"*": ["join"]}))
     refusal = room_rules.join_refusal(who, "chat:b", {"chat:a", "lobby"})
     assert refusal is not None and refusal.cause is Cause.TOO_MANY_ROOMS
-    assert "namespace 'chat'" in refusal.message
+    assert refusal.message == "at most 1 rooms of chat per connection"
     assert room_rules.join_refusal(who, "chat:a", {"chat:a"}) is None
     assert room_rules.join_refusal(who, "other", {"chat:a", "lobby"}) is None
 
@@ -68,8 +68,8 @@ def test_full_and_refused() -> None:
     assert full is not None
     error = RoomRefused("stage:x", full)
     assert (error.status, error.room, error.cause) == (403, "stage:x", Cause.ROOM_FULL)
-    assert str(error) == "the room is full (2 members) (room_full)"
-    assert error.reason == "the room is full (2 members)"
+    assert str(error) == "the room is full (2 connections) (room_full)"
+    assert error.reason == "the room is full (2 connections)"
 
 
 def test_renew_replaces_the_view_and_lists_rooms_to_leave() -> None:
@@ -78,11 +78,14 @@ def test_renew_replaces_the_view_and_lists_rooms_to_leave() -> None:
     room_rules = RoomRules(RULES)
     room_rules.remember("c1", room_rules.who(identity({"*": ["*"]})))
     narrower = room_rules.who(identity({"chat:a": ["join"]}))
-    assert room_rules.renew("c1", narrower, {"lobby", "chat:a", "inbox#ann", "b"}) == [
-        "b",
-        "lobby",
-    ]
+    assert room_rules.renew("c1", narrower, {"lobby", "chat:a", "inbox#ann", "b"}) == {
+        "type": "revoked",
+        "rooms": ["b", "lobby"],
+        "cause": "not_granted",
+        "reason": "the refreshed token no longer grants these rooms; they were left",
+    }
     assert room_rules.of("c1") is narrower
-    assert revoked_message(["b"])["type"] == "revoked"
+    assert room_rules.renew("c1", narrower, {"chat:a"}) is None
+    assert revoked_message(["b"], Cause.PERSONAL_ROOM)["cause"] == "personal_room"
     room_rules.forget("c1")
     assert room_rules.of("c1") is None

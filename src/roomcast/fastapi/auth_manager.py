@@ -30,7 +30,7 @@ from roomcast.errors import CloseCode
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
 from roomcast.fastapi.connection_config import ConnectionConfig
 from roomcast.fastapi.distributed import DistributedWebSocketManager
-from roomcast.fastapi.room_rules import RoomRefused, RoomRules, revoked_message
+from roomcast.fastapi.room_rules import RoomRefused, RoomRules
 from roomcast.frame import encode
 from roomcast.messages import MessageType
 from roomcast.presence.connection_registry import PresenceRegistry
@@ -215,12 +215,13 @@ class AuthConnectionManager:
         connection = self.hub.get_connection(conn_id)
         if connection is None:
             return
-        rooms = self.room_rules.renew(conn_id, who, connection.rooms)
-        if not rooms:
+        revoked = self.room_rules.renew(conn_id, who, connection.rooms)
+        if revoked is None:
             return
+        rooms: list[str] = revoked["rooms"]
         for room in rooms:
             self.hub.leave(connection, room)
-        self.hub.deliver_to(connection, encode(revoked_message(rooms)))
+        self.hub.deliver_to(connection, encode(revoked))
         for room in rooms:
             await self.presence.leave(conn_id, room)
 

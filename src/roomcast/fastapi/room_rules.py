@@ -120,8 +120,8 @@ class RoomRules:
         namespace = rules.namespace(room)
         cap = namespace.max_rooms_per_connection
         if cap and sum(rules.namespace(r).name == namespace.name for r in rooms) >= cap:
-            where = "here" if namespace.name == "default" else f"in namespace {namespace.name!r}"
-            return Refusal(Cause.TOO_MANY_ROOMS, f"a connection may be in {cap} rooms {where}")
+            where = "this namespace" if namespace.name == "default" else namespace.name
+            return Refusal(Cause.TOO_MANY_ROOMS, f"at most {cap} rooms of {where} per connection")
         return None
 
     def max_members(self, room: str) -> int:
@@ -132,24 +132,29 @@ class RoomRules:
     def full(cap: int, members: int) -> Refusal | None:
         """A ``room_full`` refusal if ``members`` fill ``cap``."""
         if cap and members >= cap:
-            return Refusal(Cause.ROOM_FULL, f"the room is full ({cap} members)")
+            return Refusal(Cause.ROOM_FULL, f"the room is full ({cap} connections)")
         return None
 
-    def renew(self, conn_id: str, who: Who | None, rooms: Collection[str]) -> list[str]:
-        """Take ``who`` (from a refreshed token) as the connection's view; the rooms of
-        ``rooms`` it no longer grants, to leave."""
+    def renew(self, conn_id: str, who: Who | None, rooms: Collection[str]) -> dict[str, Any] | None:
+        """Take ``who`` (from a refreshed token) as the connection's view; the revoked message
+        for the rooms of ``rooms`` it no longer grants (to leave), None if it grants all."""
         if self.rules is None or who is None:
-            return []
+            return None
         self._who[conn_id] = who
-        return sorted(self.rules.revoked(who, rooms))
+        revoked = self.rules.revoked(who, sorted(rooms))
+        if not revoked:
+            return None
+        first = self.rules.check(who, revoked[0], Action.JOIN)
+        return revoked_message(revoked, first.cause if first is not None else Cause.NOT_GRANTED)
 
 
-def revoked_message(rooms: list[str]) -> dict[str, Any]:
-    """What a client is told when a refreshed token no longer grants rooms it was in (the
-    same message as ``roomcast serve``'s)."""
+def revoked_message(rooms: list[str], cause: Cause = Cause.NOT_GRANTED) -> dict[str, Any]:
+    """What a client is told when a refreshed token no longer grants rooms it was in: the
+    message ``roomcast serve`` sends (without its ``ref_event_id``: here the app, not a client
+    command, passed the token)."""
     return {
         "type": "revoked",
         "rooms": rooms,
-        "cause": Cause.NOT_GRANTED.value,
-        "reason": "the new token no longer grants these rooms; they were left",
+        "cause": cause.value,
+        "reason": "the refreshed token no longer grants these rooms; they were left",
     }
