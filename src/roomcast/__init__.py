@@ -23,6 +23,7 @@ from roomcast.errors import (
 from roomcast.fastapi.auth_manager import AuthConnectionManager, ConnectionConfig
 from roomcast.fastapi.distributed import DistributedWebSocketManager
 from roomcast.fastapi.manager import ConnectionManager, ManagerStats, OverflowPolicy
+from roomcast.fastapi.room_rules import RoomRefused
 from roomcast.frame import Frame, encode
 from roomcast.heartbeat import ConnectionHealth, HeartbeatManager
 from roomcast.messages import (
@@ -91,6 +92,7 @@ __all__ = [
     "OverflowPolicy",
     "PingMessage",
     "PongMessage",
+    "RoomRefused",
     "RoomcastError",
     "Transport",
     "WSMessage",

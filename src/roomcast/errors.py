@@ -16,6 +16,9 @@ Error tree (blame is in the name, as in h11: misuse by the caller vs bad data fr
 
 ``roomcast.brokers.envelope.InvalidEnvelope`` (an InvalidMessage) is a bad message on a broker
 channel.
+``roomcast.auth.AuthenticationError`` (a RoomcastError) refuses a client, with the HTTP status
+to refuse it with; ``roomcast.fastapi.room_rules.RoomRefused``, one of them, is a room the
+rules refuse, with their stable ``cause``.
 ``roomcast.client.ClientError`` (a RoomcastError) heads the Python client's errors, drawn in
 ``roomcast/client/errors.py``.
 

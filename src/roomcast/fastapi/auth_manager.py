@@ -14,9 +14,8 @@ coroutine taking a connection id.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Collection
 from typing import Any
 
 from roomcast.auth import (
@@ -29,59 +28,16 @@ from roomcast.auth import (
 )
 from roomcast.errors import CloseCode
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
+from roomcast.fastapi.connection_config import ConnectionConfig
 from roomcast.fastapi.distributed import DistributedWebSocketManager
+from roomcast.fastapi.room_rules import RoomRefused, RoomRules
 from roomcast.frame import encode
 from roomcast.messages import MessageType
-from roomcast.presence.connection_registry import PresenceRegistry, StaleCallback
+from roomcast.presence.connection_registry import PresenceRegistry
+from roomcast.rules import Action, Refusal, Who
 from roomcast.tasks import TaskSet
 
 __all__ = ["AuthConnectionManager", "ConnectionConfig"]
-
-RoomAuthorizer = Callable[[Identity, str], "bool | Awaitable[bool]"]
-"""(identity, room) -> may this user join this room?"""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ConnectionConfig:
-    """Settings of an ``AuthConnectionManager``.
-
-    Attributes:
-        redis_url: Redis for the registry and the pub/sub between instances.
-        connection_ttl: Seconds a connection's registry record lives without a refresh.
-        max_redis_connections: Size of the registry's Redis connection pool (pub/sub uses
-            two more connections per Redis node).
-        key_prefix: Prefix of Redis keys and channels.
-        instance_ttl: Seconds after which an instance that stopped refreshing is dead and
-            its connections are purged by a survivor.
-        refresh_interval: Seconds between refreshes of this instance's records.
-        max_connections_per_user: Cluster-wide cap; None for no cap.
-        allowed_origins: Origins that may connect (cross-site WebSocket hijacking); None
-            accepts any (including none: non-browser clients send no Origin).
-        room_authorizer: Decides whether a user may join a room; None allows all.
-        on_stale: Called for each connection purged from a dead instance.
-        token_grace: Seconds a client whose token expired gets to present a new one
-            (``refresh_token``) before it is closed with 4001; it is told at expiry.
-        ping_interval: Application-level heartbeat (see ``ConnectionManager``); a client
-            silent for ``ping_interval + pong_timeout`` is closed with 4002.  None: off.
-        pong_timeout: See ``ping_interval``.
-        token_in_query: With ``connect(token=None)``, also accept ``?token=`` (query
-            strings end up in access logs).
-    """
-
-    redis_url: str = "redis://localhost:6379"
-    connection_ttl: int = 3600
-    max_redis_connections: int = 100
-    key_prefix: str = "ws"
-    instance_ttl: float = 30.0
-    refresh_interval: float = 10.0
-    max_connections_per_user: int | None = None
-    allowed_origins: frozenset[str] | None = None
-    room_authorizer: RoomAuthorizer | None = None
-    on_stale: StaleCallback | None = None
-    token_grace: float = 30.0
-    ping_interval: float | None = 30.0
-    pong_timeout: float = 60.0
-    token_in_query: bool = True
 
 
 class AuthConnectionManager:
@@ -117,6 +73,8 @@ class AuthConnectionManager:
             on_stale=config.on_stale,
         )
         self._identities: dict[str, Identity] = {}
+        self.room_rules = RoomRules(config.rules)
+        """``config.rules`` and each connection's view of them."""
         self._expiry = ExpiryClock(config.token_grace)
         self._expiry_changed = asyncio.Event()
         self._tasks = TaskSet()
@@ -159,9 +117,14 @@ class AuthConnectionManager:
         registered and the token is not logged.  (Two instances racing for a user's last
         slot: the loser is closed with 1008 just after accepting.)
 
+        With ``config.rules``, the token's capability claim is read here, once (a malformed
+        one is refused as a bad token), and ``room`` must pass them as ``join_room`` does.
+
         Raises:
             AuthenticationError: bad token, foreign Origin, user at the connection cap, or a
                 room the user may not join (``status`` says which HTTP status was sent).
+            RoomRefused: (an AuthenticationError, 403) the rules refuse ``room``; ``cause``
+                says why.
         """
         protocol = None
         if token is None:
@@ -175,11 +138,12 @@ class AuthConnectionManager:
                 raise TypeError("connect() needs an authenticator")
             self._check_origin(websocket)
             identity = await authenticate(authenticator, token)
+            who = self.room_rules.who(identity)
             cap = self.config.max_connections_per_user
             if cap is not None and await self.presence.at_cap(identity.user_id, cap):
                 raise AuthenticationError("too many connections for this user", 403)
             if room is not None:
-                await self._authorize(identity, room)
+                await self._admit(identity, who, room, ())
         except AuthenticationError as exc:
             await _refuse(websocket, exc)
             raise
@@ -195,6 +159,7 @@ class AuthConnectionManager:
             raise AuthenticationError("too many connections for this user", 403)
         # Known (and joinable) from here on, once the registry has its record.
         self._identities[connection_id] = identity
+        self.room_rules.remember(connection_id, who)
         self._arm_expiry(connection_id, expiry_with_leeway(identity.expires_at, authenticator))
         endpoint = asyncio.current_task()
         if endpoint is not None:
@@ -208,6 +173,7 @@ class AuthConnectionManager:
         """Unregister ``conn_id`` here and in Redis, closing its socket if still open."""
         connection = self.hub.get_connection(conn_id)
         self._identities.pop(conn_id, None)
+        self.room_rules.forget(conn_id)
         self._expiry.forget(conn_id)
         await self.presence.remove(conn_id)
         if connection is None:
@@ -222,9 +188,14 @@ class AuthConnectionManager:
         """Accept a fresh token for a connected client (same user): its expiry moves, and a
         close already announced is called off.
 
+        With ``config.rules``, the new token's capability claim replaces the old one: the
+        connection leaves the rooms it no longer grants and is told so in one message,
+        ``{"type": "revoked", "rooms": [...], "cause": "not_granted", "reason": "..."}``, as
+        ``roomcast serve`` does (the room authorizer is not asked again).
+
         Raises:
-            AuthenticationError: the token is bad (401) or for another user (403); the old
-                expiry stands.
+            AuthenticationError: the token is bad or its capability claim malformed (401), or
+                it is for another user (403); the old expiry and grants stand.
         """
         current = self._identities.get(conn_id)
         if current is None:
@@ -232,9 +203,27 @@ class AuthConnectionManager:
         identity = await authenticate(authenticator, token)
         if identity.user_id != current.user_id:
             raise AuthenticationError("the token is for another user", 403)
+        who = self.room_rules.who(identity)
         self._identities[conn_id] = identity
         self._arm_expiry(conn_id, expiry_with_leeway(identity.expires_at, authenticator))
+        await self._revoke(conn_id, who)
         return identity
+
+    async def _revoke(self, conn_id: str, who: Who | None) -> None:
+        """Leave the rooms ``who`` no longer grants; the client hears of it before any other
+        message could show it is out (leaving and telling happen without an await between)."""
+        connection = self.hub.get_connection(conn_id)
+        if connection is None:
+            return
+        revoked = self.room_rules.renew(conn_id, who, connection.rooms)
+        if revoked is None:
+            return
+        rooms: list[str] = revoked["rooms"]
+        for room in rooms:
+            self.hub.leave(connection, room)
+        self.hub.deliver_to(connection, encode(revoked))
+        for room in rooms:
+            await self.presence.leave(conn_id, room)
 
     def _arm_expiry(self, conn_id: str, expires_at: float | None) -> None:
         self._expiry.set(conn_id, expires_at)
@@ -252,6 +241,7 @@ class AuthConnectionManager:
     def _forget_later(self, conn_id: str) -> None:
         if conn_id in self._identities:
             self._identities.pop(conn_id, None)
+            self.room_rules.forget(conn_id)
             self._expiry.forget(conn_id)
             self._tasks.spawn(self.presence.remove(conn_id), name="roomcast-presence-remove")
 
@@ -262,16 +252,40 @@ class AuthConnectionManager:
     # ---------------------------------------------------------------- rooms
 
     async def join_room(self, conn_id: str, room: str) -> bool:
-        """Join ``room`` if the room authorizer allows it.
+        """Join ``room`` if ``config.rules`` and the room authorizer allow it.
+
+        The rules check the grant, ``max_rooms_per_connection`` (this connection's rooms of
+        the namespace) and ``max_members`` (members on every instance, counted in Redis: two
+        joins racing for a room's last place may both get in).
 
         Raises:
-            AuthenticationError: not allowed (status 403).
+            RoomRefused: the rules refuse (status 403); ``cause`` says why.
+            AuthenticationError: the room authorizer refuses (status 403).
         """
         identity = self._identities.get(conn_id)
-        if identity is None:
+        connection = self.hub.get_connection(conn_id)
+        if identity is None or connection is None:
             return False
-        await self._authorize(identity, room)
+        who = self.room_rules.of(conn_id)
+        await self._admit(identity, who, room, connection.rooms)
+        # Again, with no await before the join: another join may have run meanwhile.
+        refusal = self.room_rules.join_refusal(who, room, connection.rooms)
+        if refusal is not None:
+            raise RoomRefused(room, refusal)
         return await self._join(conn_id, room)
+
+    def check(self, conn_id: str, room: str, action: Action) -> Refusal | None:
+        """Why connection ``conn_id`` may not do ``action`` in ``room`` by ``config.rules``;
+        None if it may (always, without rules).
+
+        For the app to ask before it publishes, shows presence or reads history on a
+        client's behalf: the manager cannot see those, as they are the app's own messages.
+        Joins are checked by ``connect`` and ``join_room`` (with the limits, which this
+        does not count).
+        """
+        connection = self.hub.get_connection(conn_id)
+        rooms = connection.rooms if connection is not None else frozenset[str]()
+        return self.room_rules.check(conn_id, room, action, rooms)
 
     async def leave_room(self, conn_id: str, room: str) -> bool:
         connection = self.hub.get_connection(conn_id)
@@ -286,6 +300,19 @@ class AuthConnectionManager:
             return False
         await self.presence.join(conn_id, room)
         return True
+
+    async def _admit(
+        self, identity: Identity, who: Who | None, room: str, rooms: Collection[str]
+    ) -> None:
+        """Raise unless the rules (with the member cap) and the room authorizer let
+        ``identity``, in ``rooms``, join ``room``."""
+        refusal = self.room_rules.join_refusal(who, room, rooms)
+        cap = self.room_rules.max_members(room)
+        if refusal is None and cap and room not in rooms:
+            refusal = RoomRules.full(cap, await self.presence.room_size(room))
+        if refusal is not None:
+            raise RoomRefused(room, refusal)
+        await self._authorize(identity, room)
 
     async def _authorize(self, identity: Identity, room: str) -> None:
         authorizer = self.config.room_authorizer

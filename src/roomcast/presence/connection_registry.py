@@ -197,6 +197,10 @@ class PresenceRegistry:
         """Connection ids in ``room`` on every instance."""
         return {_text(member) for member in await self._redis.smembers(self._room(room))}
 
+    async def room_size(self, room: str) -> int:
+        """How many connections are in ``room`` on every instance (one SCARD)."""
+        return int(await self._redis.scard(self._room(room)))
+
     async def user_connections(self, user_id: str) -> set[str]:
         """Connection ids of ``user_id`` on every instance."""
         return {_text(member) for member in await self._redis.smembers(self._user(user_id))}
