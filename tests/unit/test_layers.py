@@ -52,6 +52,8 @@ CORE = (
     "roomcast.events.outbox",
     "roomcast.events.memory",
     "roomcast.events.stats",
+    "roomcast.events.lifecycle",
+    "roomcast.events.feed",
     "roomcast.hooks.decisions",
     "roomcast.hooks.metrics",
 )

@@ -137,11 +137,13 @@ class LifecycleState:
             out.append(self._event(Kind.PUBLISH, subject, now, change, data=change.data))
         return out
 
-    def due(self, now: float) -> list[LifecycleEvent]:
-        """The waiting events whose window ended by ``now``, in the order of their causes."""
+    def due(self, now: float, *, all_of_them: bool = False) -> list[LifecycleEvent]:
+        """The waiting events whose window ended by ``now`` (or every one, for a process
+        that stops), in the order of their causes."""
         self._forget_idle(now)
         ready = sorted(
-            (w for w in self._waiting.values() if w.due <= now), key=lambda w: (w.due, w.order)
+            (w for w in self._waiting.values() if all_of_them or w.due <= now),
+            key=lambda w: (w.due, w.order),
         )
         out = []
         for waiting in ready:
