@@ -53,6 +53,7 @@ CORE = (
     "roomcast.events.memory",
     "roomcast.events.stats",
     "roomcast.events.lifecycle",
+    "roomcast.figures",
     "roomcast.events.feed",
     "roomcast.hooks.decisions",
     "roomcast.hooks.metrics",

@@ -13,10 +13,16 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from roomcast.brokers.base import Broker
+from roomcast.figures import Family, Figure, HistogramSeries, Sample, Series
 from roomcast.hub import Hub
 
 __all__ = ["Sample", "ServerCounters", "metrics_registry", "render"]
@@ -171,27 +177,44 @@ def _broker_metrics(broker: Broker) -> Iterator[Metric]:
         yield CounterMetricFamily(f"roomcast_broker_{name}", documentation, value)
 
 
-Sample = tuple[str, str, str, float]
-"""``(kind, name, documentation, value)``: kind is "gauge" or "counter"."""
-
-
 class _SampleCollector(Collector):
     """Metrics read from the server when scraped."""
 
-    def __init__(self, read: Callable[[], Iterable[Sample]]) -> None:
+    def __init__(self, read: Callable[[], Iterable[Figure]]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
-        for kind, name, documentation, value in self._read():
+        for figure in self._read():
+            if isinstance(figure, Family):
+                yield _family(figure)
+                continue
+            kind, name, documentation, value = figure
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             yield family(name, documentation, value)
+
+
+def _family(figure: Family) -> Metric:
+    """A labelled family in prometheus_client's terms."""
+    labels = list(figure.label_names)
+    if figure.kind == "histogram":
+        histogram = HistogramMetricFamily(figure.name, figure.documentation, labels=labels)
+        for series in figure.series:
+            assert isinstance(series, HistogramSeries)
+            histogram.add_metric(list(series.labels), list(series.buckets), series.total)
+        return histogram
+    kind = CounterMetricFamily if figure.kind == "counter" else GaugeMetricFamily
+    family = kind(figure.name, figure.documentation, labels=labels)
+    for series in figure.series:
+        assert isinstance(series, Series)
+        family.add_metric(list(series.labels), series.value)
+    return family
 
 
 def metrics_registry(
     hub: Hub,
     counters: ServerCounters,
     buffered_bytes: Callable[[], int],
-    more: Callable[[], Iterable[Sample]] | None = None,
+    more: Callable[[], Iterable[Figure]] | None = None,
 ) -> CollectorRegistry:
     """A registry exposing one server's metrics (``more``: further samples, read at each
     scrape)."""
