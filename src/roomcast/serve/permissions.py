@@ -25,7 +25,8 @@ from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
 from roomcast.messages import preview
 from roomcast.presence.feed import RESERVED_PREFIX, STATS_ROOM, watched_room
-from roomcast.rules import Action, Cause, PresenceFor, Refusal, Rules, Who
+from roomcast.rules import Action, Cause, Namespace, PresenceFor, Refusal, Rules, Who
+from roomcast.rules.rooms import PERSONAL_MARK
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.metrics import ServerCounters
 
@@ -67,6 +68,7 @@ class Permissions:
         self._hub = hub
         self._counters = counters
         self._events = events
+        self._plain = not rules.namespaces.named and rules.namespaces.default == Namespace()
         self._limited = any(n.max_members or n.max_rooms_per_connection for n in rules.namespaces)
 
     @property
@@ -90,9 +92,10 @@ class Permissions:
     def check(self, connection: Connection, room: str, action: Action) -> Refusal | None:
         """Why ``connection`` may not do ``action`` in ``room`` (None: it may); a refusal
         is counted.  A join is also held to the namespace's limits."""
-        return self.check_for(
-            connection.metadata.get(WHO), connection.user_id, connection.rooms, room, action
-        )
+        who = connection.metadata.get(WHO)
+        if who is None and self._plain and PERSONAL_MARK not in room:
+            return None  # (no rules, no claim: only personal rooms are ever refused)
+        return self.check_for(who, connection.user_id, connection.rooms, room, action)
 
     def check_for(
         self,
@@ -136,17 +139,14 @@ class Permissions:
         return None
 
     def join_refusal(
-        self, connection: Connection, room: str, *, since: bool, stats: bool, presence: bool
+        self, connection: Connection, room: str, *, stats: bool, presence: bool
     ) -> Refusal | str | None:
-        """Why ``connection`` may not join ``room`` (None: it may): the rules for a room
-        (``history`` too, to join ``since`` a position); for the server's ``$`` rooms, whether
-        it serves them (``stats``: ``$stats``; ``presence``: ``$presence:R``) and the rules
-        of R's presence.  A string is a refusal of the server's, without a cause."""
+        """Why ``connection`` may not join ``room`` (None: it may): the rules for a room; for
+        the server's ``$`` rooms, whether it serves them (``stats``: ``$stats``; ``presence``:
+        ``$presence:R``) and the rules of R's presence.  A string is a refusal of the
+        server's, without a cause."""
         if not room.startswith(RESERVED_PREFIX):
-            refusal = self.check(connection, room, Action.JOIN)
-            if refusal is None and since:
-                refusal = self.check(connection, room, Action.HISTORY)
-            return refusal
+            return self.check(connection, room, Action.JOIN)
         if room == STATS_ROOM and stats:
             return None
         watched = watched_room(room)
@@ -160,6 +160,15 @@ class Permissions:
         if self.watch_needs_membership(watched):
             return f"join {preview(watched)} first"
         return None
+
+    def may_replay(self, connection: Connection, room: str) -> bool:
+        """Whether a join of ``room`` ``since`` a position may replay what was missed (the
+        ``history`` action).  Without it the client still joins, told ``"recovered": false``
+        as when the history is lost: the bundled clients rejoin ``since`` after every
+        reconnect, and a refusal would drop the room from under them."""
+        return room.startswith(RESERVED_PREFIX) or (
+            self.check(connection, room, Action.HISTORY) is None
+        )
 
     def watch_needs_membership(self, room: str) -> bool:
         """Whether watching ``room``'s presence needs being in it (``presence_for``)."""
