@@ -244,12 +244,9 @@ class Session:
                 if room not in connection.rooms and joined >= limit:
                     self._refuse(connection, command.event_id, f"at most {limit} rooms")
                     return
+                served = self._presence() is not None
                 refusal = self._permissions.join_refusal(
-                    connection,
-                    room,
-                    since=command.since is not None,
-                    stats=self._config.stats_interval > 0,
-                    presence=self._presence() is not None,
+                    connection, room, stats=self._config.stats_interval > 0, presence=served
                 )
                 if refusal is None and command.since is not None:
                     refusal = since_refusal(command.since)
@@ -257,6 +254,8 @@ class Session:
                     self._deny(connection, command.event_id, refusal)
                     return
                 since = None if command.since is None else Position.parse(command.since)
+                if since is not None and not self._permissions.may_replay(connection, room):
+                    since = None  # (a join without the replay: "recovered": false)
                 at_once: list[Joined] = []  # (the answer, if it came before join_at returned)
                 later = [False]
 
