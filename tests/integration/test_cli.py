@@ -385,13 +385,10 @@ def test_every_config_option_round_trips_through_flags_variables_and_workers(
 
 def test_every_server_config_field_is_an_option_or_said_not_to_be() -> None:
     """No ServerConfig field can be forgotten by the command line: each is an option, except
-    the three it builds itself."""
+    the four it builds itself (``rules`` from the configuration file's namespaces)."""
     fields = {field.name for field in dataclasses.fields(ServerConfig)}
-    assert fields - {opt.name for opt in CONFIG_OPTIONS} == {
-        "authenticator",
-        "reuse_port",
-        "worker",
-    }
+    built = {"authenticator", "reuse_port", "worker", "rules"}
+    assert fields - {opt.name for opt in CONFIG_OPTIONS} == built
 
 
 def test_a_worker_takes_its_identity_from_the_supervisors_variables(

@@ -97,7 +97,7 @@ class ServerConfig:
     capabilities_claim: str = option(
         "rooms",
         "the token claim that lists what the client may do in which rooms, e.g. "
-        '{"chat:*": ["join", "publish"]}; tokens without it get the namespace defaults',
+        '{"chat:*": ["join", "publish"]}; tokens without it get what the namespaces allow',
         group=_AUTH,
     )
     rules: Rules | None = None
