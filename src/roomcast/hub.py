@@ -115,8 +115,7 @@ class Hub:
         await self.broker.initialize()
 
     async def stop(self) -> None:
-        """Stop the history's work and disconnect the broker.  Local connections stay (see
-        ``close_all``)."""
+        """Stop the history's work and disconnect the broker (local connections stay)."""
         if self.history is not None:
             await self.history.close()  # (joins replaying in parts, reads, timers)
         if self.broker is None:
@@ -163,6 +162,10 @@ class Hub:
         """Local members of ``room`` (empty if the room does not exist here)."""
         return list(self._registry.room_members(room).values())
 
+    def room_size(self, room: str) -> int:
+        """How many local members ``room`` has (counted, not listed: a cap check per join)."""
+        return len(self._registry.room_members(room))
+
     def get_user_connections(self, user_id: str) -> list[Connection]:
         """Local connections of ``user_id``."""
         return list(self._registry.user_connections(user_id).values())
@@ -173,8 +176,7 @@ class Hub:
         if self.broker is not None:
             return True
         if target is Target.ROOM:  # (a room with history keeps it even for nobody)
-            members = self._registry.room_members(target_id)
-            return bool(members) or self.history_limits(target_id) is not None
+            return self.room_size(target_id) > 0 or self.history_limits(target_id) is not None
         if target is Target.USER:
             return bool(self._registry.user_connections(target_id))
         if target is Target.CONNECTION:
@@ -222,8 +224,7 @@ class Hub:
     # ---------------------------------------------------------------- rooms
 
     def check_id(self, what: str, value: object) -> str:
-        """``value`` if it is a usable room or user id; ``InvalidIdentifier`` otherwise
-        (see ``roomcast.identifiers``)."""
+        """``value`` if usable as a room or user id; raises ``InvalidIdentifier`` otherwise."""
         return check_identifier(what, value, self._max_id_bytes)
 
     def can_open(self, room: str) -> bool:
@@ -350,7 +351,6 @@ class Hub:
         ``exclude`` (wherever they are) and ``sender`` (a local connection: nothing about it
         goes to the other instances); with a broker, publish it for every other instance too.
         A room with history gets it as ``publish`` would deliver it (unless ``plain``).
-
         Returns how many local connections took it (other instances deliver on their own).
         """
         if target is Target.ROOM and self.history is not None and not plain:

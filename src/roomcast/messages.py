@@ -258,12 +258,22 @@ class ErrorMessage(WSMessage):
         error: Human-readable reason, safe to show (never echoes the client's input in full).
         code: Optional machine-readable code (roomcast uses its close codes' numbers).
         ref_event_id: ``event_id`` of the client message this answers, when known.
+        cause: A stable word for a refusal by the room rules (``not_granted``,
+            ``room_full``...: ``roomcast.rules.Cause``), for programs to branch on; left out
+            of the JSON when None, so other errors keep their shape.
     """
 
     TYPE: ClassVar[str] = "error"
     error: str
     code: int | None = None
     ref_event_id: str | None = None
+    cause: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        result = WSMessage.to_dict(self)
+        if self.cause is None:
+            del result["cause"]
+        return result
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)

@@ -35,6 +35,10 @@ class Action(enum.StrEnum):
     HISTORY = "history"
     """Read the room's past messages (``{"type": "history"}``; a join ``since`` a position)."""
 
+    # Enum's own hash is a Python call on the member's name: every grant lookup would pay
+    # for it, and it disagrees with equality ("join" == Action.JOIN).  The value's hash is C.
+    __hash__ = str.__hash__
+
 
 ALL_ACTIONS = frozenset(Action)
 

@@ -23,13 +23,14 @@ import enum
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from roomcast.history.positions import HistoryLimits, HistoryRule
+from roomcast.history.positions import HistoryLimits, HistoryRule, history_for_all
 from roomcast.rules.capabilities import Action, Capabilities, ClaimError
 from roomcast.rules.namespaces import Namespace, Namespaces
 
 __all__ = ["Cause", "Refusal", "Rules", "Who"]
 
 PERSONAL_MARK = "#"
+_PUBLISH, _PRESENCE = Action.PUBLISH, Action.PRESENCE  # (a global is read faster than a member)
 
 
 class Cause(enum.StrEnum):
@@ -69,10 +70,9 @@ class Who:
 def personal_owners(room: str) -> list[str] | None:
     """The users a personal room belongs to (``dm#alice,bob`` -> alice, bob); None for a room
     that is not personal."""
-    _, mark, owners = room.rpartition(PERSONAL_MARK)
-    if not mark:
+    if PERSONAL_MARK not in room:  # (most rooms: decided without allocating anything)
         return None
-    return owners.split(",")
+    return room.rpartition(PERSONAL_MARK)[2].split(",")
 
 
 class Rules:
@@ -99,33 +99,48 @@ class Rules:
         """
         if claims is None:
             return Who(user_id, None, anonymous=True)
-        value = claims.get(self.claim)
-        if value is None:
+        if self.claim not in claims:
             return Who(user_id)
-        return Who(user_id, Capabilities.from_claim(value, name=self.claim))
+        # (A null claim is refused like any other malformed one: read as "no claim", it
+        # would open every room the namespaces allow to a token meant to grant nothing.)
+        return Who(user_id, Capabilities.from_claim(claims[self.claim], name=self.claim))
 
     def check(self, who: Who, room: str, action: Action) -> Refusal | None:
         """Why ``who`` may not do ``action`` in ``room``; None if it may."""
+        return self.decide(room, action, who.user_id, who.capabilities, anonymous=who.anonymous)
+
+    def decide(
+        self,
+        room: str,
+        action: Action,
+        user_id: str | None,
+        capabilities: Capabilities | None = None,
+        *,
+        anonymous: bool = False,
+    ) -> Refusal | None:
+        """``check`` for a client given field by field: a server keeps no ``Who`` for the
+        clients whose token has no claim (most of them) and makes none per command.  An
+        allowed action allocates nothing."""
         namespace = self.namespaces.of(room)
-        if who.anonymous and not namespace.anonymous:
+        if anonymous and not namespace.anonymous:
             return Refusal(
                 Cause.NAMESPACE_FORBIDS,
                 f"{_where(namespace)} needs a token: connect with one to {action.value} here",
             )
-        if action is Action.PUBLISH and not namespace.publish:
+        if action is _PUBLISH and not namespace.publish:
             return Refusal(
                 Cause.NAMESPACE_FORBIDS,
                 f"clients may not publish in {_where(namespace)} (the server publishes there)",
             )
-        if action is Action.PRESENCE and not namespace.presence:
+        if action is _PRESENCE and not namespace.presence:
             return Refusal(Cause.NAMESPACE_FORBIDS, f"{_where(namespace)} serves no presence")
         owners = personal_owners(room)
         if owners is not None:
-            if who.user_id is None or who.user_id not in owners:
+            if user_id is None or user_id not in owners:
                 return Refusal(Cause.PERSONAL_ROOM, "another user's personal room")
             granted = action in namespace.allow
-        elif who.capabilities is not None:
-            granted = who.capabilities.allows(room, action)
+        elif capabilities is not None:
+            granted = capabilities.allows(room, action)
         else:
             granted = action in namespace.allow
         if granted:
@@ -133,8 +148,13 @@ class Rules:
         return Refusal(Cause.NOT_GRANTED, f"{action.value} is not granted in this room")
 
     def revoked(self, who: Who, rooms: Iterable[str]) -> list[str]:
-        """Of ``rooms``, those ``who`` may no longer be in (after a token refresh)."""
-        return [room for room in rooms if self.check(who, room, Action.JOIN) is not None]
+        """Of ``rooms``, those ``who`` may no longer be in (after a token refresh).  The
+        server's ``$`` rooms are not the rules' to take away (no pattern grants them)."""
+        return [
+            room
+            for room in rooms
+            if not room.startswith("$") and self.check(who, room, Action.JOIN) is not None
+        ]
 
     def history_rule(self, server: HistoryLimits | None) -> HistoryRule | None:
         """Which rooms keep history, and how much: each namespace's ``history_size`` and
@@ -146,6 +166,9 @@ class Rules:
         if not any(by_namespace.values()):
             return None
         namespaces = self.namespaces
+        default = by_namespace[namespaces.default.name]
+        if not namespaces.named and default is not None:  # (asked at every publish)
+            return history_for_all(default)
 
         def rule(room: str) -> HistoryLimits | None:
             if room.startswith("$"):

@@ -1,9 +1,10 @@
 """Who may open a WebSocket: the checks an upgrade request passes before anything is kept.
 
 Runs in picows' upgrade callback, before a transport exists: draining, capacity, Origin, the
-room in the path, the token (or ``?user_id=``), id rules, the room cap and the per-user cap, in
-that order.  A refusal is an HTTP answer, counted and logged within the log budget; nothing
-about the client is registered until it is admitted.
+room in the path, the token (or ``?user_id=``; or none, where a namespace is ``anonymous``)
+with its capability claim, id rules, the room rules for ``/ws/ROOM``, the room cap and the
+per-user cap, in that order.  A refusal is an HTTP answer, counted and logged within the log
+budget; nothing about the client is registered until it is admitted.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from roomcast.errors import InvalidIdentifier
 from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
 from roomcast.presence.feed import RESERVED_PREFIX
+from roomcast.rules import Action, Cause, ClaimError, Who
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.metrics import ServerCounters
 from roomcast.serve.pages import respond
+from roomcast.serve.permissions import Permissions
 
 __all__ = ["Admitted", "Gate"]
 
@@ -46,6 +49,9 @@ class Admitted:
     """When the client's token expires, with authentication."""
     protocol: str | None
     """The subprotocol to select (``bearer`` when the token came as one)."""
+    who: Who | None = None
+    """What the rules keep of the client (``Permissions.who``): None when its user id says
+    it all."""
 
 
 class Gate:
@@ -56,15 +62,23 @@ class Gate:
         hub: Checks ids, room capacity and the user's connections.
         counters: ``refused_upgrades`` and ``auth_failures`` are counted here.
         events: Where refusals are logged, within the budget.
+        permissions: The room rules (shared with the session); made from ``config`` if
+            omitted.
     """
 
     def __init__(
-        self, config: ServerConfig, hub: Hub, counters: ServerCounters, events: EventLog
+        self,
+        config: ServerConfig,
+        hub: Hub,
+        counters: ServerCounters,
+        events: EventLog,
+        permissions: Permissions | None = None,
     ) -> None:
         self._config = config
         self._hub = hub
         self._counters = counters
         self._events = events
+        self._permissions = permissions or Permissions(config, hub, counters, events)
 
     def admit(
         self, request: WSUpgradeRequest, path: str, query: str, *, open_now: int, cap: int
@@ -87,13 +101,19 @@ class Gate:
         protocol = None
         expires_at = None
         user_id: str | None
+        who: Who | None = None
         if config.authenticator is not None:
             try:
                 identity, protocol = self._authenticate(request, query)
-            except AuthenticationError as exc:
+                who = self._permissions.who(identity)
+            except (AuthenticationError, ClaimError) as exc:
                 self._counters.auth_failures += 1
-                return self.refuse(exc.status, f"{exc}\n".encode())
-            user_id, expires_at = identity.user_id, identity.expires_at
+                status = exc.status if isinstance(exc, AuthenticationError) else 401
+                return self.refuse(status, f"{exc}\n".encode())
+            if identity is not None:
+                user_id, expires_at = identity.user_id, identity.expires_at
+            else:
+                user_id = None  # (anonymous: no user id, whatever the query says)
         else:
             user_id = query_value(query, "user_id")
         try:
@@ -102,18 +122,26 @@ class Gate:
                     self._hub.check_id(what, value)
         except InvalidIdentifier as exc:
             return self.refuse(400, f"{exc}\n".encode())
+        if room is not None:
+            refusal = self._permissions.check_for(who, user_id, (), room, Action.JOIN)
+            if refusal is not None:
+                status = 503 if refusal.cause is Cause.ROOM_FULL else 403
+                return self.refuse(status, f"{refusal.cause.value}: {refusal.message}\n".encode())
         if room is not None and not self._hub.can_open(room):
             return self.refuse(503, b"this server holds its maximum of rooms\n")
         per_user = config.max_connections_per_user
         if per_user and user_id is not None and self._user_full(user_id, per_user):
             return self.refuse(403, b"too many connections for this user\n")
-        return Admitted(user_id, room, expires_at, protocol)
+        return Admitted(user_id, room, expires_at, protocol, who)
 
     def _user_full(self, user_id: str, per_user: int) -> bool:
         return len(self._hub.get_user_connections(user_id)) >= per_user
 
-    def _authenticate(self, request: WSUpgradeRequest, query: str) -> tuple[Identity, str | None]:
-        """The identity a valid token proves, and the subprotocol to accept."""
+    def _authenticate(
+        self, request: WSUpgradeRequest, query: str
+    ) -> tuple[Identity | None, str | None]:
+        """The identity a valid token proves (None: no token, where anonymous clients are
+        let in), and the subprotocol to accept."""
         headers = [(str(name), str(value)) for name, value in request.headers.items()]
         token, protocol = token_from_request(
             headers, query, allow_query=self._config.token_in_query
@@ -124,6 +152,8 @@ class Gate:
                     "tokens in the query string are disabled on this server: send it as "
                     "'Authorization: Bearer TOKEN' or the subprotocols 'bearer, TOKEN'"
                 )
+            if self._permissions.anonymous:
+                return None, None
             raise AuthenticationError("a token is required")
         return self.verify(token), protocol
 

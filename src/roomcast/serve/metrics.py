@@ -48,6 +48,9 @@ class ServerCounters:
     """Clients closed (4001) because their token expired and no new one came in time."""
     accept_errors: int = 0
     """Accepts that failed for want of descriptors (EMFILE, ENFILE) or memory."""
+    refusals: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    """Actions the room rules refused, by (cause, action): both are enum values, so the
+    label sets stay small (``roomcast.serve.permissions``)."""
 
 
 def _task_count() -> int:
@@ -145,6 +148,14 @@ class _HubCollector(Collector):
         )
         for name, documentation, value in counter_values:
             yield CounterMetricFamily(name, documentation, value)
+        refusals = CounterMetricFamily(
+            "roomcast_refusals",
+            "Joins, publishes, presence watches and history reads the room rules refused.",
+            labels=("cause", "action"),
+        )
+        for (cause, action), value in sorted(counters.refusals.items()):
+            refusals.add_metric((cause, action), value)
+        yield refusals
         if hub.broker is not None:
             yield from _broker_metrics(hub.broker)
 

@@ -50,6 +50,7 @@ from roomcast.serve.gate import Admitted, Gate
 from roomcast.serve.metrics import Sample, ServerCounters, metrics_registry
 from roomcast.serve.native import EchoTransport, FlushScheduler, NativeTransport
 from roomcast.serve.pages import Pages, respond
+from roomcast.serve.permissions import WHO, Permissions
 from roomcast.serve.ports import Ports
 from roomcast.serve.publish_api import PublishApi
 from roomcast.serve.session import Session
@@ -91,7 +92,8 @@ class Server:
         self.pages = Pages(
             self.hub, self.metrics, config.demo, lambda: self._accepting, self.workers
         )
-        self.gate = Gate(config, self.hub, self.counters, self.events)
+        self.permissions = Permissions(config, self.hub, self.counters, self.events)
+        self.gate = Gate(config, self.hub, self.counters, self.events, self.permissions)
         self.scheduler = FlushScheduler()
         self._expiry = ExpiryClock(config.token_grace)
         self._expiry_changed = asyncio.Event()
@@ -119,6 +121,7 @@ class Server:
             self.gate.verify if config.authenticator is not None else None,
             self._arm_expiry,
             self._tasks.spawn,
+            self.permissions,
         )
         self.stats = StatsFeed(
             self.hub,
@@ -267,6 +270,8 @@ class Server:
         transport = NativeTransport(self, Connection(None, admitted.user_id), admitted.room)
         if admitted.expires_at is not None:
             transport.connection.metadata["token_expires_at"] = admitted.expires_at
+        if admitted.who is not None:  # (only a claim, or no token, says more than the user id)
+            transport.connection.metadata[WHO] = admitted.who
         if admitted.protocol is not None:  # the token came as a subprotocol: select "bearer"
             headers = {"Sec-WebSocket-Protocol": admitted.protocol}
             accept = WSUpgradeResponse.create_101_response(headers)
@@ -373,8 +378,13 @@ def _new_hub(config: ServerConfig) -> Hub:
 
         broker = RedisBroker(config.redis_url, prefix=config.channel_prefix)
     history = None
+    limits = None
     if config.history_size > 0:
-        history = history_for_all(HistoryLimits(config.history_size, config.history_ttl))
+        limits = HistoryLimits(config.history_size, config.history_ttl)
+    if config.rules is not None:  # (namespaces may keep more, less or no history)
+        history = config.rules.history_rule(limits)
+    elif limits is not None:
+        history = history_for_all(limits)
     return Hub(
         broker,
         overflow=OverflowPolicy.CLOSE,

@@ -2,8 +2,9 @@
 
 A ``Session`` turns a client's messages into changes of the hub and answers: the rate limit
 (with pings, pongs and continuation frames charged too, by the transport), membership with its
-limits and the server's ``$`` rooms, publishing to a room, token refreshes.  It does no I/O of
-its own: answers are frames delivered through the hub, and the only other effect is the
+limits and the server's ``$`` rooms, publishing to a room, token refreshes; what the room
+rules allow is asked of ``roomcast.serve.permissions`` once per command.  It does no I/O of its
+own: answers are frames delivered through the hub, and the only other effect is the
 connection's close for a client over the rate limit.  So it can be driven without a socket
 (``tests/unit/test_session.py``).
 
@@ -46,9 +47,11 @@ from roomcast.protocol import (
     RoomMessage,
     interpret,
 )
+from roomcast.rules import Action, ClaimError, Refusal
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.history_reads import HistoryReads, since_refusal
 from roomcast.serve.metrics import ServerCounters
+from roomcast.serve.permissions import Permissions, close_code
 
 __all__ = ["ClientTransport", "Session"]
 
@@ -76,6 +79,8 @@ class Session:
         verify: Checks a refreshed token (None: the server takes no tokens).
         arm_expiry: Moves a connection's token expiry.
         spawn: Runs a history read in the background (owned by the server).
+        permissions: The room rules (the server shares its own with the gate); made from
+            ``config`` if omitted.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class Session:
         verify: Callable[[str], Identity] | None,
         arm_expiry: Callable[[str, float | None], None],
         spawn: Callable[[Coroutine[Any, Any, None]], object],
+        permissions: Permissions | None = None,
     ) -> None:
         self._config = config
         self._hub = hub
@@ -97,6 +103,7 @@ class Session:
         self._verify = verify
         self._arm_expiry = arm_expiry
         self._spawn = spawn
+        self._permissions = permissions or Permissions(config, hub, counters, events)
         self._reads = HistoryReads(hub, self._refuse, spawn)
         # Messages of connections whose join waits for a room's history: carried out after it.
         self._waiting: dict[Connection, collections.deque[str]] = {}
@@ -156,6 +163,12 @@ class Session:
         elif isinstance(command, AuthMessage):
             self._reauthenticate(connection, command)
         elif isinstance(command, HistoryMessage):
+            room = command.room
+            if not room.startswith(RESERVED_PREFIX):  # ($ rooms: "keeps no history")
+                refusal = self._permissions.check(connection, room, Action.HISTORY)
+                if refusal is not None:
+                    self._deny(connection, command.event_id, refusal)
+                    return
             self._reads.read(connection, command)
         # PongMessage: answers to application pings; the heartbeat issue will record them.
 
@@ -211,8 +224,15 @@ class Session:
         if identity.user_id != connection.user_id:
             self._refuse(connection, command.event_id, "the token is for another user")
             return
+        try:
+            who = self._permissions.who(identity)
+        except ClaimError as exc:
+            self._counters.auth_failures += 1
+            self._refuse(connection, command.event_id, str(exc))
+            return
         connection.metadata["token_expires_at"] = identity.expires_at
         self._arm_expiry(connection.connection_id, identity.expires_at)
+        self._permissions.reassign(connection, who, command.event_id)  # (rooms it took away)
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
 
     def _membership(self, connection: Connection, command: JoinMessage | LeaveMessage) -> None:
@@ -224,13 +244,18 @@ class Session:
                 if room not in connection.rooms and joined >= limit:
                     self._refuse(connection, command.event_id, f"at most {limit} rooms")
                     return
-                refusal = self._reserved_refusal(connection, room)
+                served = self._presence() is not None
+                refusal = self._permissions.join_refusal(
+                    connection, room, stats=self._config.stats_interval > 0, presence=served
+                )
                 if refusal is None and command.since is not None:
                     refusal = since_refusal(command.since)
                 if refusal is not None:
-                    self._refuse(connection, command.event_id, refusal)
+                    self._deny(connection, command.event_id, refusal)
                     return
                 since = None if command.since is None else Position.parse(command.since)
+                if since is not None and not self._permissions.may_replay(connection, room):
+                    since = None  # (a join without the replay: "recovered": false)
                 at_once: list[Joined] = []  # (the answer, if it came before join_at returned)
                 later = [False]
 
@@ -258,7 +283,12 @@ class Session:
             return
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
         presence = self._presence()
-        if presence is not None and room != STATS_ROOM and watched_room(room) is None:
+        if (
+            presence is not None
+            and room != STATS_ROOM
+            and watched_room(room) is None
+            and self._permissions.watch_needs_membership(room)
+        ):
             self._hub.leave(connection, presence_room(room))  # no longer allowed to watch
 
     def _joined(self, connection: Connection, command: JoinMessage, joined: Joined) -> None:
@@ -295,25 +325,16 @@ class Session:
         if presence is not None and watched is not None:
             presence.request_snapshot(connection, watched)  # a repeated join: a resync
 
-    def _reserved_refusal(self, connection: Connection, room: str) -> str | None:
-        """Why ``connection`` may not join the server's room ``room`` (None: it may)."""
-        if not room.startswith(RESERVED_PREFIX):
-            return None
-        if room == STATS_ROOM and self._config.stats_interval > 0:
-            return None
-        watched = watched_room(room)
-        if watched is not None and self._presence() is not None:
-            if watched.startswith(RESERVED_PREFIX):
-                return f"the presence of {preview(watched)} is not served"
-            return None if watched in connection.rooms else f"join {preview(watched)} first"
-        return f"room {preview(room)} is reserved"
-
     def _publish(self, connection: Connection, command: PublishMessage) -> None:
         if command.room.startswith(RESERVED_PREFIX):
             self._refuse(connection, command.event_id, f"room {preview(command.room)} is reserved")
             return
         if command.room not in connection.rooms:
             self._refuse(connection, command.event_id, f"not in room {preview(command.room)}")
+            return
+        refusal = self._permissions.check(connection, command.room, Action.PUBLISH)
+        if refusal is not None:
+            self._deny(connection, command.event_id, refusal)
             return
         outgoing = RoomMessage(
             room=command.room,
@@ -340,12 +361,21 @@ class Session:
 
         self._hub.publish(command.room, encode(outgoing), sender=connection, done=published)
 
+    def _deny(self, connection: Connection, event_id: str, refusal: Refusal | str) -> None:
+        """Refuse a command with a reason, and the rules' cause if they refused it."""
+        if isinstance(refusal, str):
+            self._refuse(connection, event_id, refusal)
+        else:
+            code = close_code(refusal)
+            self._refuse(connection, event_id, refusal.message, code, refusal.cause.value)
+
     def _refuse(
         self,
         connection: Connection,
         event_id: str,
         why: str,
         code: CloseCode = CloseCode.POLICY_VIOLATION,
+        cause: str | None = None,
     ) -> None:
         self._counters.protocol_errors += 1
         self._events.event(
@@ -358,7 +388,7 @@ class Session:
         )
         self._reply(
             connection,
-            ErrorMessage(error=why, code=code, ref_event_id=event_id),
+            ErrorMessage(error=why, code=code, ref_event_id=event_id, cause=cause),
         )
 
     def _reply(self, connection: Connection, message: Any) -> None:
