@@ -249,3 +249,39 @@ def test_room_authorizer_for_the_fastapi_managers() -> None:
     assert not authorize(Identity("ann", {"rooms": {"chat:*": ["join"]}}), "news")
     assert not authorize(Identity("ann", {"rooms": []}), "chat:x")
     assert authorize(Identity("ann"), "inbox#ann") and not authorize(Identity("ann"), "dm#bob")
+
+
+def test_a_claim_is_parsed_once_per_distinct_value() -> None:
+    """Clients carrying the same claim share one parse; a bad claim is refused every time;
+    the cache is bounded."""
+    from roomcast.rules import rooms
+
+    rules = Rules()
+    first = rules.who("a", {"rooms": {"chat:*": ["join"]}})
+    second = rules.who("b", {"rooms": {"chat:*": ["join"]}})
+    assert first.capabilities is second.capabilities
+    other = rules.who("c", {"rooms": {"chat:*": ["join", "publish"]}})
+    assert other.capabilities is not first.capabilities
+    for _ in range(2):
+        with pytest.raises(ClaimError):
+            rules.who("d", {"rooms": {"chat:*": ["jion"]}})
+    nested = rules.who("e", {"rooms": {"x": ["join"]}, "other": [{}]})
+    assert nested.capabilities is not None
+    with pytest.raises(ClaimError):
+        rules.who("f", {"rooms": {"x": [{"no": "hash"}]}})
+    for n in range(rooms.MAX_DISTINCT_CLAIMS + 10):
+        rules.capabilities({f"r{n}": ["join"]})
+    assert len(rules._parsed) == rooms.MAX_DISTINCT_CLAIMS
+
+
+def test_what_patterns_grant_a_room_is_remembered_within_a_bound() -> None:
+    """A room's grant is worked out once and remembered; the memory starts over when full."""
+    from roomcast.rules import capabilities
+
+    caps = Capabilities.from_claim({"chat:*": ["join"], "chat:x*": ["publish"]})
+    assert caps.allows("chat:xy", Action.PUBLISH) and caps.allows("chat:xy", Action.JOIN)
+    assert caps.granted["chat:xy"] == {Action.JOIN, Action.PUBLISH}
+    assert not caps.allows("news", Action.JOIN) and caps.granted["news"] == frozenset()
+    for n in range(capabilities.MAX_REMEMBERED_ROOMS + 5):
+        caps.allows(f"chat:{n}", Action.JOIN)
+    assert len(caps.granted) <= capabilities.MAX_REMEMBERED_ROOMS

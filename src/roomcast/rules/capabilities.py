@@ -46,6 +46,8 @@ MAX_PATTERNS = 1000
 """Entries a claim may hold: a token is signed, but its size is still bounded."""
 MAX_PATTERN_LENGTH = 1024
 """Characters of one pattern."""
+MAX_REMEMBERED_ROOMS = 1024
+"""Rooms whose grant one ``Capabilities`` remembers (then it starts over)."""
 
 
 class ClaimError(ValueError):
@@ -88,17 +90,28 @@ class Capabilities:
 
     exact: Mapping[str, frozenset[Action]]
     patterns: tuple[tuple[Pattern, frozenset[Action]], ...]
+    granted: dict[str, frozenset[Action]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """What the patterns grant per room, worked out once per room: one parse is shared by
+    every client with the same claim, and they ask about the same rooms (bounded by
+    ``MAX_REMEMBERED_ROOMS``)."""
 
     def allows(self, room: str, action: Action) -> bool:
         """Whether ``action`` on ``room`` is granted (never for a ``$`` room)."""
         if action in self.exact.get(room, ()):
             return True
-        if room.startswith("$"):
+        if not self.patterns or room.startswith("$"):
             return False
-        for pattern, actions in self.patterns:
-            if action in actions and pattern.matches(room):
-                return True
-        return False
+        granted = self.granted.get(room)
+        if granted is None:
+            granted = frozenset(
+                a for pattern, actions in self.patterns if pattern.matches(room) for a in actions
+            )
+            if len(self.granted) >= MAX_REMEMBERED_ROOMS:
+                self.granted.clear()
+            self.granted[room] = granted
+        return action in granted
 
     @classmethod
     def from_claim(cls, claim: object, *, name: str = "rooms") -> Capabilities:

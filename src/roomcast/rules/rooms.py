@@ -87,6 +87,8 @@ class Rules:
     def __init__(self, namespaces: Namespaces | None = None, *, claim: str = "rooms") -> None:
         self.namespaces = namespaces or Namespaces()
         self.claim = claim
+        self._parsed: dict[tuple[str, ...], tuple[dict[str, Any], Capabilities]] = {}
+        """Parsed claims by their patterns: the claim itself, and its parse."""
 
     def namespace(self, room: str) -> Namespace:
         return self.namespaces.of(room)
@@ -103,7 +105,27 @@ class Rules:
             return Who(user_id)
         # (A null claim is refused like any other malformed one: read as "no claim", it
         # would open every room the namespaces allow to a token meant to grant nothing.)
-        return Who(user_id, Capabilities.from_claim(claims[self.claim], name=self.claim))
+        return Who(user_id, self.capabilities(claims[self.claim]))
+
+    def capabilities(self, claim: object) -> Capabilities:
+        """The capabilities of a claim's value, parsed once per distinct value: tokens are
+        minted per role, so thousands of clients carry the same claim, and sharing its parse
+        saves each connection the parse and the objects the cyclic GC would walk.
+
+        Raises:
+            ClaimError: the claim is malformed.
+        """
+        if not isinstance(claim, Mapping):
+            return Capabilities.from_claim(claim, name=self.claim)
+        names = tuple(claim)
+        known = self._parsed.get(names)
+        if known is not None and known[0] == claim:  # (comparing is cheaper than hashing it)
+            return known[1]
+        parsed = Capabilities.from_claim(claim, name=self.claim)
+        if known is None and len(self._parsed) >= MAX_DISTINCT_CLAIMS:  # the oldest goes
+            del self._parsed[next(iter(self._parsed))]
+        self._parsed[names] = (_copy(claim), parsed)
+        return parsed
 
     def check(self, who: Who, room: str, action: Action) -> Refusal | None:
         """Why ``who`` may not do ``action`` in ``room``; None if it may."""
@@ -199,6 +221,18 @@ class Claimant(Protocol):
 
     @property
     def claims(self) -> Mapping[str, Any]: ...
+
+
+MAX_DISTINCT_CLAIMS = 4096
+"""Distinct capability claims whose parse a ``Rules`` keeps."""
+
+
+def _copy(claim: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a claim to compare later ones with (its lists copied: the caller's may
+    change)."""
+    return {
+        name: list(value) if isinstance(value, list) else value for name, value in claim.items()
+    }
 
 
 def _limits(namespace: Namespace, server: HistoryLimits | None) -> HistoryLimits | None:
