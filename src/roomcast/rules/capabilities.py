@@ -22,7 +22,7 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 
-__all__ = ["ALL_ACTIONS", "Action", "Capabilities", "ClaimError", "Pattern"]
+__all__ = ["ALL_ACTIONS", "Action", "Capabilities", "ClaimError", "Pattern", "parse_actions"]
 
 
 class Action(enum.StrEnum):
@@ -145,8 +145,21 @@ class Capabilities:
 
 
 def _actions(listed: object, where: str) -> frozenset[Action]:
-    if isinstance(listed, str) or not isinstance(listed, list | tuple):
-        raise ClaimError(f'{where}: expected a list of actions, e.g. ["join", "publish"]')
+    try:
+        return parse_actions(listed, example='["join", "publish"]')
+    except ValueError as exc:
+        raise ClaimError(f"{where}: {exc}") from None
+
+
+def parse_actions(listed: object, *, example: str) -> frozenset[Action]:
+    """A list of action names (``*``: all of them), as a token's claim or a namespace's
+    ``allow`` gives it.
+
+    Raises:
+        ValueError: not a list, or an unknown name; says which (the caller says where).
+    """
+    if isinstance(listed, str) or not isinstance(listed, list | tuple | frozenset | set):
+        raise ValueError(f"expected a list of actions, e.g. {example}")
     actions: set[Action] = set()
     for item in listed:
         if item == "*":
@@ -156,7 +169,5 @@ def _actions(listed: object, where: str) -> frozenset[Action]:
             actions.add(Action(item))
         except ValueError:
             known = ", ".join(a.value for a in Action)
-            raise ClaimError(
-                f"{where}: unknown action {str(item)[:20]!r} (known: {known}, or *)"
-            ) from None
+            raise ValueError(f"unknown action {str(item)[:20]!r} (known: {known}, or *)") from None
     return frozenset(actions)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from roomcast.rules.capabilities import ALL_ACTIONS, Action
+from roomcast.rules.capabilities import ALL_ACTIONS, Action, parse_actions
 
 __all__ = ["DEFAULT", "Namespace", "Namespaces", "PresenceFor", "RulesError"]
 
@@ -164,19 +164,10 @@ def _seconds(value: object, key: str) -> float:
 
 
 def _allow(value: object, key: str) -> frozenset[Action]:
-    if isinstance(value, str) or not isinstance(value, list | tuple | frozenset | set):
-        raise RulesError(key, 'expected a list of actions, e.g. ["join", "history"]')
-    actions: set[Action] = set()
-    for item in value:
-        if item == "*":
-            actions.update(ALL_ACTIONS)
-            continue
-        try:
-            actions.add(Action(item))
-        except ValueError:
-            known = ", ".join(a.value for a in Action)
-            raise RulesError(key, f"unknown action {item!r} (known: {known}, or *)") from None
-    return frozenset(actions)
+    try:
+        return parse_actions(value, example='["join", "history"]')
+    except ValueError as exc:
+        raise RulesError(key, str(exc)) from None
 
 
 def _presence_for(value: object, key: str) -> PresenceFor:
