@@ -4,9 +4,9 @@ A ``Session`` turns a client's messages into changes of the hub and answers: the
 (with pings, pongs and continuation frames charged too, by the transport), the order of a
 connection's messages while one of them waits, publishing to a room, token refreshes; joins
 and leaves are ``roomcast.serve.membership``'s job, answers ``roomcast.serve.replies``'; what
-the room rules allow is asked of ``roomcast.serve.permissions`` once per command.  It does no I/O of its
-own: answers are frames delivered through the hub, and the only other effect is the
-connection's close for a client over the rate limit.  So it can be driven without a socket
+the room rules allow is asked of ``roomcast.serve.permissions`` once per command.  It does
+no I/O of its own: answers are frames delivered through the hub, and the only other effect
+is the connection's close for a client over the rate limit.  So it can be driven without a socket
 (``tests/unit/test_session.py``).
 
 Its per-connection state is the rate limit's three numbers, kept on the transport (a slot of
