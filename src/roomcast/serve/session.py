@@ -16,6 +16,7 @@ its own, so that no dictionary per connection is needed).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -26,6 +27,7 @@ from roomcast.connection import Connection
 from roomcast.errors import CloseCode
 from roomcast.frame import encode
 from roomcast.history.positions import Position
+from roomcast.hooks.decisions import Allowed
 from roomcast.hub import Hub
 from roomcast.limits import RateLimit
 from roomcast.limits import Verdict as RateVerdict
@@ -47,6 +49,7 @@ from roomcast.protocol import (
 from roomcast.rules import Action, ClaimError
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.history_reads import HistoryReads
+from roomcast.serve.hooked import CommandHooks, Hooked
 from roomcast.serve.membership import Membership
 from roomcast.serve.metrics import ServerCounters
 from roomcast.serve.permissions import Permissions
@@ -80,6 +83,8 @@ class Session:
         spawn: Runs a history read in the background (owned by the server).
         permissions: The room rules (the server shares its own with the gate); made from
             ``config`` if omitted.
+        hooks: Asks the backend about joins and publishes, for those ``config`` names a hook
+            URL of (``roomcast.serve.hooked``).
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class Session:
         arm_expiry: Callable[[str, float | None], None],
         spawn: Callable[[Coroutine[Any, Any, None]], object],
         permissions: Permissions | None = None,
+        hooks: CommandHooks | None = None,
     ) -> None:
         self._config = config
         self._hub = hub
@@ -111,6 +117,12 @@ class Session:
         self._membership = Membership(
             config, hub, self._permissions, presence, replies, self._hold, self._resume
         )
+        self._hooked = None
+        if hooks is not None and (config.join_hook_url or config.publish_hook_url):
+            join, publish = bool(config.join_hook_url), bool(config.publish_hook_url)
+            self._hooked = Hooked(
+                hooks, spawn, self._hold, self._resume, replies, join=join, publish=publish
+            )
         self._rate = (
             RateLimit(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
         )
@@ -138,12 +150,14 @@ class Session:
         else:
             self._reply(
                 connection,
-                ErrorMessage(error="too many messages while a join is under way", code=1013),
+                ErrorMessage(error="too many messages while one waits (a join, a hook)", code=1013),
             )
 
     def forget(self, connection: Connection) -> None:
-        """The connection is gone: drop what waited for its join."""
+        """The connection is gone: drop what waited for its join or a hook."""
         self._waiting.pop(connection, None)
+        if self._hooked is not None:
+            self._hooked.forget(connection)
 
     def _carry(self, connection: Connection, message: str) -> None:
         command = interpret(message)
@@ -161,8 +175,7 @@ class Session:
         elif isinstance(command, PublishMessage):
             self._publish(connection, command)
         elif isinstance(command, JoinMessage):
-            if self._membership.admissible(connection, command):
-                self._membership.join(connection, command)
+            self._join(connection, command)
         elif isinstance(command, LeaveMessage):
             self._membership.leave(connection, command)
         elif isinstance(command, PingMessage):
@@ -186,6 +199,8 @@ class Session:
     def _resume(self, connection: Connection) -> None:
         """Carry out what waited, until something makes the connection wait again."""
         if connection not in self._waiting or self._hub.joining(connection):
+            return
+        if self._hooked is not None and self._hooked.asking(connection):
             return
         waiting = self._waiting.pop(connection)
         while waiting:
@@ -257,7 +272,26 @@ class Session:
         self._permissions.reassign(connection, who, command.event_id)  # (rooms it took away)
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
 
-    def _publish(self, connection: Connection, command: PublishMessage) -> None:
+    def _join(
+        self, connection: Connection, command: JoinMessage, decided: Allowed | None = None
+    ) -> None:
+        """A join: checked, put to the join hook if there is one, checked again and made once
+        it allowed (the ack then carries its ``data``)."""
+        if not self._membership.admissible(connection, command):
+            return
+        if decided is None and self._hooked is not None:
+            then = functools.partial(self._join, connection, command)
+            if self._hooked.ask_join(connection, command.room, command.event_id, then):
+                return
+        extra = {"data": decided.data} if decided is not None and decided.has_data else None
+        self._membership.join(connection, command, extra)
+
+    def _publish(
+        self, connection: Connection, command: PublishMessage, decided: Allowed | None = None
+    ) -> None:
+        """A publish: checked, put to the publish hook if there is one, checked again and
+        published once it allowed (with its ``data`` instead of the client's, if it gave
+        some)."""
         if command.room.startswith(RESERVED_PREFIX):
             self._refuse(connection, command.event_id, f"room {preview(command.room)} is reserved")
             return
@@ -268,10 +302,15 @@ class Session:
         if refusal is not None:
             self._deny(connection, command.event_id, refusal)
             return
+        if decided is None and self._hooked is not None:
+            then = functools.partial(self._publish, connection, command)
+            room, data, event_id = command.room, command.data, command.event_id
+            if self._hooked.ask_publish(connection, room, data, event_id, then):
+                return
         outgoing = RoomMessage(
             room=command.room,
             sender=connection.user_id,
-            data=command.data,
+            data=decided.data if decided is not None and decided.has_data else command.data,
             event_id=command.event_id,
         )
         event_id = command.event_id
