@@ -60,7 +60,7 @@ class Backend:
         app = web.Application()
         for hook in self.requests:
             app.router.add_post(f"/{hook}", self._handler(hook))
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
