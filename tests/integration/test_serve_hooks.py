@@ -193,3 +193,78 @@ async def test_a_connections_messages_wait_in_order_behind_a_hook(backend: Backe
         answers = [json.loads(await recv(slow)) for _ in range(3)]
         order = [a.get("ack_event_id") or a.get("ping_event_id") for a in answers]
         assert order == ["p1", "q", "p2"]
+
+
+async def raw_answer(port: int, request: bytes, timeout_units: float = 5) -> bytes:
+    """What the server answers ``request`` on a plain socket, until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(seconds(timeout_units)):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+)
+
+
+async def test_the_head_reader_answers_what_it_cannot_take(backend: Backend) -> None:
+    """With a connect hook, roomcast reads the head itself: over 16 KiB is 431, a malformed
+    head 400, a POST the usual 405, and a head that never ends is cut by the handshake
+    timeout; none of these asks the hook."""
+    flags = ("--handshake-timeout", str(seconds(1.5)))
+    async with served(backend, "connect", flags=flags) as (port, http):
+        huge = UPGRADE.format(path="/ws", extra=f"Cookie: {'x' * 17000}\r\n").encode()
+        assert (await raw_answer(port, huge)).startswith(b"HTTP/1.1 431 ")
+        assert (await raw_answer(port, b"GET /ws HTTP/1.1\r\nBad Header\r\n\r\n")).startswith(
+            b"HTTP/1.1 400 "
+        )
+        posted = await raw_answer(
+            port, b"POST /api/publish HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        assert posted.startswith(b"HTTP/1.1 405 ")
+        began = time.monotonic()
+        assert await raw_answer(port, b"GET /ws HTTP/1.1\r\nHost: x\r\n") == b""
+        assert time.monotonic() - began < seconds(4)
+        assert backend.requests["connect"] == []
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_client_gone_while_its_connect_hook_runs_is_forgotten(backend: Backend) -> None:
+    """A client that leaves while the backend decides frees its socket; the decision, when it
+    comes, is dropped, and the server serves the next clients."""
+    backend.delay = seconds(0.3)
+    async with served(backend, "connect") as (port, http):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(UPGRADE.format(path="/ws", extra="").encode())
+        await writer.drain()
+        while not backend.in_flight:  # noqa: ASYNC110 - the backend signals nothing
+            await asyncio.sleep(0.01)
+        writer.transport.abort()
+        await asyncio.sleep(seconds(0.5))
+        backend.delay = 0
+        async with await connect(f"ws://127.0.0.1:{port}/ws") as client:
+            assert (await ask(client, type="join", room="r"))["type"] == "ack"
+        text = (await http.get("/metrics")).text
+        assert "roomcast_connections 0.0" in text or "roomcast_connections 1.0" in text
+        assert 'roomcast_hook_in_flight{hook="connect"} 0.0' in text
+
+
+async def test_a_connect_hooks_expiry_closes_the_connection(backend: Backend) -> None:
+    """``expires_at`` closes the connection as a token's ``exp`` would: told (4001), then
+    closed with 4001 after the grace."""
+    backend.answers["connect"] = {"allow": True, "user": "eve", "expires_at": time.time() + 1}
+    flags = ("--token-grace", str(seconds(0.5)))
+    async with (
+        served(backend, "connect", flags=flags) as (port, _),
+        await connect(f"ws://127.0.0.1:{port}/ws") as client,
+    ):
+        warning = json.loads(await recv(client, 5))
+        assert (warning["type"], warning["code"]) == ("error", 4001)
+        async with asyncio.timeout(seconds(5)):
+            await client.wait_closed()
+        assert client.close_code == 4001
