@@ -53,7 +53,7 @@ async def ask(client: ClientConnection, **message: Any) -> dict[str, Any]:
     message.setdefault("event_id", f"e{id(message)}")
     await client.send(json.dumps(message))
     while True:
-        answer = json.loads(await recv(client))
+        answer: dict[str, Any] = json.loads(await recv(client))
         refers = (answer.get(key) for key in ("ack_event_id", "ref_event_id", "ping_event_id"))
         if message["event_id"] in refers:
             return answer

@@ -47,7 +47,7 @@ async def backend() -> AsyncIterator[Backend]:
 async def answer_to(client: ClientConnection, event_id: str) -> dict[str, Any]:
     """The answer that refers to ``event_id`` (other messages are skipped)."""
     while True:
-        answer = json.loads(await recv(client, 10))
+        answer: dict[str, Any] = json.loads(await recv(client, 10))
         refers = (answer.get(key) for key in ("ack_event_id", "ref_event_id", "ping_event_id"))
         if event_id in refers:
             return answer
@@ -133,7 +133,7 @@ async def _meanwhile(http: httpx.AsyncClient, watcher: ClientConnection) -> None
         )
         assert published.status_code < 300, published.text
         await watcher.send(json.dumps({"type": "ping", "event_id": "w"}))
-        seen = []
+        seen: list[str] = []
         while len(seen) < 2:
             message = json.loads(await recv(watcher))
             if message.get("data") == "flow" or message.get("ping_event_id") == "w":
