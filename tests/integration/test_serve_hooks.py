@@ -60,8 +60,9 @@ async def ask(client: ClientConnection, **message: Any) -> dict[str, Any]:
 
 
 async def test_the_connect_hook_says_who_the_client_is(backend: Backend) -> None:
-    """The backend sees the cookie, query and path; its user id, rooms and data hold for the
-    connection (a room it did not grant is refused; the join hook gets the data)."""
+    """The backend sees the cookie, query and path (of a head longer than one read); its user
+    id, rooms and data hold for the connection (a room it did not grant is refused; the join
+    hook gets the data)."""
     backend.answers["connect"] = {
         "allow": True,
         "user": "alice",
@@ -70,7 +71,9 @@ async def test_the_connect_hook_says_who_the_client_is(backend: Backend) -> None
     }
     async with served(backend, "connect", "join") as (port, http):
         url = f"ws://127.0.0.1:{port}/ws?lang=en"
-        async with await connect(url, additional_headers={"Cookie": "sid=4f1c"}) as client:
+        async with await connect(
+            url, additional_headers={"Cookie": "sid=4f1c", "X-Pad": "p" * 6000}
+        ) as client:
             assert (await ask(client, type="join", room="chat:lobby"))["type"] == "ack"
             refused = await ask(client, type="join", room="news")
             assert refused["cause"] == "not_granted"

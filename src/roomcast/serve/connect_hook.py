@@ -41,6 +41,9 @@ MAX_HEAD = 16 * 1024
 """Bytes a request head may take (cookies included) on a server with a connect hook."""
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+_FIRST_READ = 2048
+"""The buffer a head is read into at first: most upgrade requests fit (a waiting client holds
+its buffer: 2 KiB each, not 16)."""
 _DRAIN = bytearray(4096)  # where the bytes of a refused client go (never read)
 
 
@@ -153,13 +156,17 @@ class HeadReader(asyncio.BufferedProtocol):
         self._inner = inner
         self.transport = transport
         self._with_body = with_body
-        self._buffer = bytearray(MAX_HEAD)
+        self._buffer = bytearray(_FIRST_READ)  # (grown as the head needs, up to MAX_HEAD)
         self._size = 0
         self._state = _State.READING
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._state is _State.REFUSED or self._size >= MAX_HEAD:
             return memoryview(_DRAIN)
+        if self._size == len(self._buffer):  # a new buffer, never a resize of one lent out
+            grown = bytearray(min(2 * self._size, MAX_HEAD))
+            grown[: self._size] = self._buffer
+            self._buffer = grown
         return memoryview(self._buffer)[self._size :]
 
     def buffer_updated(self, nbytes: int) -> None:
