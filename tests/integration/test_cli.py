@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from roomcast import CloseCode
 from roomcast.serve.cli import _worker_command, build_parser, config_from, main
-from roomcast.serve.config import ServerConfig
+from roomcast.serve.config import ServerConfig, http_url
 from roomcast.serve.options import COMMAND_LINE, Option, options
 from roomcast.serve.workers import WorkerIdentity
 from roomcast.testing import RedisServer
@@ -348,6 +348,10 @@ def _sample(opt: Option) -> tuple[list[str], str, Any]:
         )
     if opt.kind == "redis-url":
         return [flag, "redis://sample:1"], "redis://sample:1", "redis://sample:1"
+    if opt.kind is http_url:
+        return [flag, "http://sample:1/hook"], "http://sample:1/hook", "http://sample:1/hook"
+    if opt.name == "hook_failure_policy":
+        return [flag, "allow"], "allow", "allow"
     if opt.kind in ("port", "port-or-off"):
         return [flag, "9999"], "9999", 9999
     if opt.kind is int:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from roomcast.serve.cli import _worker_command, config_from, parse_arguments
-from roomcast.serve.config import ServerConfig
+from roomcast.serve.config import ServerConfig, http_url
 from roomcast.serve.config_file import WORKER_NAMESPACES_VARIABLE
 from roomcast.serve.options import COMMAND_LINE, Option, options
 from tests.redis_support import RedisServer, free_port
@@ -87,6 +87,10 @@ def _toml_sample(opt: Option) -> tuple[str, Any]:
         )
     if opt.kind == "redis-url":
         return '"redis://sample:1"', "redis://sample:1"
+    if opt.kind is http_url:
+        return '"http://sample:1/hook"', "http://sample:1/hook"
+    if opt.name == "hook_failure_policy":
+        return '"allow"', "allow"
     if opt.kind in ("port", "port-or-off"):
         return "9999", 9999
     if opt.kind is int:

@@ -1,19 +1,22 @@
-"""A hook's figures: outcomes, latency buckets, and samples ``/metrics`` can render."""
+"""A hook's figures: outcomes, latency buckets, and labelled families ``/metrics`` renders."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
+from roomcast.figures import Family, HistogramSeries, Series
 from roomcast.hooks.decisions import Failure
-from roomcast.hooks.metrics import LATENCY_BUCKETS, HookStats, Sample
+from roomcast.hooks.metrics import LATENCY_BUCKETS, HookStats, hook_families
+from roomcast.hub import Hub
+from roomcast.serve.metrics import ServerCounters, metrics_registry
 
 
-def by_name(samples: list[Sample]) -> dict[str, tuple[str, float]]:
-    return {name: (kind, value) for kind, name, _, value in samples}
+def family(families: list[Family], name: str) -> Family:
+    return next(f for f in families if f.name == name)
+
+
+def values(found: Family) -> dict[tuple[str, ...], float]:
+    return {s.labels: s.value for s in found.series if isinstance(s, Series)}
 
 
 def test_calls_add_up_every_outcome() -> None:
@@ -22,15 +25,15 @@ def test_calls_add_up_every_outcome() -> None:
     stats.failures[Failure.TIMEOUT] += 4
     stats.failures[Failure.INVALID] += 1
     assert stats.calls == 10
-    samples = by_name(stats.samples())
-    assert samples["roomcast_hook_join_calls"] == ("counter", 10.0)
-    assert samples["roomcast_hook_join_allowed"] == ("counter", 3.0)
-    assert samples["roomcast_hook_join_denied"] == ("counter", 2.0)
-    assert samples["roomcast_hook_join_failures_timeout"] == ("counter", 4.0)
-    assert samples["roomcast_hook_join_failures_invalid"] == ("counter", 1.0)
-    assert samples["roomcast_hook_join_failures_saturated"] == ("counter", 0.0)
-    assert samples["roomcast_hook_join_in_flight"] == ("gauge", 0.0)
-    assert samples["roomcast_hook_join_waiting"] == ("gauge", 0.0)
+    families = hook_families([stats])
+    calls = values(family(families, "roomcast_hook_calls"))
+    assert calls == {("join", "allowed"): 3, ("join", "denied"): 2, ("join", "failed"): 5}
+    failures = values(family(families, "roomcast_hook_failures"))
+    assert failures[("join", "timeout")] == 4
+    assert failures[("join", "invalid")] == 1
+    assert failures[("join", "saturated")] == 0
+    assert values(family(families, "roomcast_hook_in_flight")) == {("join",): 0}
+    assert values(family(families, "roomcast_hook_waiting")) == {("join",): 0}
 
 
 def test_latency_buckets_are_cumulative() -> None:
@@ -38,35 +41,31 @@ def test_latency_buckets_are_cumulative() -> None:
     stats = HookStats("connect")
     for seconds in (0.0004, 0.001, 0.002, 0.3, 7.0):
         stats.observe(seconds)
-    samples = by_name(stats.samples())
-    assert samples["roomcast_hook_connect_latency_le_1ms"] == ("counter", 2.0)
-    assert samples["roomcast_hook_connect_latency_le_2_5ms"] == ("counter", 3.0)
-    assert samples["roomcast_hook_connect_latency_le_250ms"] == ("counter", 3.0)
-    assert samples["roomcast_hook_connect_latency_le_500ms"] == ("counter", 4.0)
-    assert samples["roomcast_hook_connect_latency_le_5000ms"] == ("counter", 4.0)
-    assert stats.latency_counts[-1] == 1  # over the last bound
-    assert sum(stats.latency_counts) == 5
-    assert abs(samples["roomcast_hook_connect_latency_seconds_sum"][1] - 7.3034) < 1e-9
-    assert len([n for n in samples if "_latency_le_" in n]) == len(LATENCY_BUCKETS)
+    (series,) = family(hook_families([stats]), "roomcast_hook_latency_seconds").series
+    assert isinstance(series, HistogramSeries)
+    buckets = dict(series.buckets)
+    assert buckets["0.001"] == 2
+    assert buckets["0.0025"] == 3
+    assert buckets["0.25"] == 3
+    assert buckets["0.5"] == 4
+    assert buckets["5"] == 4
+    assert buckets["+Inf"] == 5
+    assert len(series.buckets) == len(LATENCY_BUCKETS) + 1
+    assert abs(series.total - 7.3034) < 1e-9
 
 
-class _Samples(Collector):
-    def __init__(self, samples: list[Sample]) -> None:
-        self._samples = samples
-
-    def collect(self) -> Iterator[Metric]:
-        for kind, name, documentation, value in self._samples:
-            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            yield family(name, documentation, value)
-
-
-def test_samples_render_as_prometheus_text() -> None:
-    """The samples are valid metric names and render as serve's collector renders them."""
-    stats = HookStats("publish", allowed=1)
-    stats.observe(0.004)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Samples(stats.samples()))
+def test_families_render_as_prometheus_text() -> None:
+    """One family per figure with a series per hook, rendered by serve's collector."""
+    publish, connect = HookStats("publish", allowed=1), HookStats("connect", denied=2)
+    publish.observe(0.004)
+    connect.peak_in_flight = 7
+    registry: CollectorRegistry = metrics_registry(
+        Hub(), ServerCounters(), lambda: 0, lambda: hook_families([publish, connect])
+    )
     text = generate_latest(registry).decode()
-    assert "roomcast_hook_publish_allowed_total 1.0" in text
-    assert "roomcast_hook_publish_latency_le_5ms_total 1.0" in text
-    assert "roomcast_hook_publish_in_flight 0.0" in text
+    assert 'roomcast_hook_calls_total{hook="publish",outcome="allowed"} 1.0' in text
+    assert 'roomcast_hook_calls_total{hook="connect",outcome="denied"} 2.0' in text
+    assert 'roomcast_hook_latency_seconds_bucket{hook="publish",le="0.005"} 1.0' in text
+    assert 'roomcast_hook_latency_seconds_count{hook="publish"} 1.0' in text
+    assert 'roomcast_hook_in_flight{hook="publish"} 0.0' in text
+    assert 'roomcast_hook_peak_in_flight{hook="connect"} 7.0' in text

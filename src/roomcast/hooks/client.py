@@ -29,6 +29,7 @@ import aiohttp
 
 from roomcast.events.signing import HEADER as SIGNATURE_HEADER
 from roomcast.events.signing import signature_header
+from roomcast.figures import Family
 from roomcast.hooks.decisions import (
     FORWARDED_HEADERS,
     MAX_ANSWER_BYTES,
@@ -48,7 +49,7 @@ from roomcast.hooks.decisions import (
     parse_publish,
     publish_request,
 )
-from roomcast.hooks.metrics import HookStats, Sample
+from roomcast.hooks.metrics import HookStats, hook_families
 from roomcast.logbudget import EventLog
 
 __all__ = ["HookClient"]
@@ -199,9 +200,9 @@ class HookClient:
         """The figures of a configured hook."""
         return self._line(hook).stats
 
-    def samples(self) -> list[Sample]:
-        """Every configured hook's figures, as ``/metrics`` samples."""
-        return [sample for line in self._lines.values() for sample in line.stats.samples()]
+    def families(self) -> list[Family]:
+        """Every configured hook's figures, as labelled ``/metrics`` families."""
+        return hook_families(line.stats for line in self._lines.values())
 
     def _line(self, hook: Hook) -> _Line:
         line = self._lines.get(hook)

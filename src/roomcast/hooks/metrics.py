@@ -1,34 +1,27 @@
 """What each hook did: calls by outcome, calls running and waiting, a latency histogram.
 
-Plain integers bumped by the client on each call and read when metrics are scraped, in the
-``(kind, name, documentation, value)`` form that ``roomcast serve``'s ``/metrics`` renders
-(``serve.metrics.Sample``).  That form has no labels, so the outcome and each histogram bucket
-are part of the name: ``roomcast_hook_connect_failures_timeout``,
-``roomcast_hook_connect_latency_le_1ms`` (cumulative, as Prometheus buckets are).  The
-structured figures stay on ``HookStats`` for a renderer that has labels.  Pure: no I/O.
+Plain integers bumped by the client on each call and read when metrics are scraped.  They are
+handed over as labelled families (``roomcast.figures.Family``), one family per figure with a
+``hook`` label, so that ``/metrics`` shows one ``roomcast_hook_calls_total`` with a series per
+hook and outcome rather than a metric name per combination, and the latency as a real
+Prometheus histogram whose quantiles a dashboard can compute (``histogram_quantile``).
+Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+from collections.abc import Iterable
 
+from roomcast.figures import Family, HistogramSeries, Series
 from roomcast.hooks.decisions import Failure
 
-__all__ = ["LATENCY_BUCKETS", "HookStats", "Sample"]
+__all__ = ["LATENCY_BUCKETS", "HookStats", "hook_families"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Upper bounds in seconds: a backend on the same network answers in about a millisecond, and
 the longest sensible timeout is a few seconds (a client waits that long for its upgrade)."""
-
-Sample = tuple[str, str, str, float]
-"""``(kind, name, documentation, value)``: kind is "gauge" or "counter" (as in
-``roomcast.serve.metrics``, which this package does not import)."""
-
-
-def _bound_name(bound: float) -> str:
-    """``0.0025`` -> ``2_5ms``: a bucket's bound in a metric name."""
-    return f"{bound * 1000:g}ms".replace(".", "_")
 
 
 @dataclasses.dataclass(slots=True)
@@ -71,43 +64,81 @@ class HookStats:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def samples(self) -> list[Sample]:
-        """The figures as metric samples, named ``roomcast_hook_<hook>_...``."""
-        prefix = f"roomcast_hook_{self.hook}"
-        what = f"the {self.hook} hook"
-        found: list[Sample] = [
-            ("counter", f"{prefix}_calls", f"Calls of {what}, any outcome.", self.calls),
-            ("counter", f"{prefix}_allowed", f"Answers of {what} that allowed.", self.allowed),
-            ("counter", f"{prefix}_denied", f"Answers of {what} that refused.", self.denied),
-            ("gauge", f"{prefix}_in_flight", f"Calls of {what} at the backend.", self.in_flight),
-            ("gauge", f"{prefix}_waiting", f"Calls of {what} waiting for a slot.", self.waiting),
-        ]
-        for failure, count in self.failures.items():
-            found.append(
-                (
-                    "counter",
-                    f"{prefix}_failures_{failure.value}",
-                    f"Calls of {what} the failure policy decided: {failure.value}.",
-                    count,
-                )
-            )
+    def histogram(self) -> HistogramSeries:
+        """The latency as cumulative counts per upper bound (``+Inf`` last)."""
+        buckets: list[tuple[str, float]] = []
         cumulative = 0
         for bound, count in zip(LATENCY_BUCKETS, self.latency_counts, strict=False):
             cumulative += count
-            found.append(
-                (
-                    "counter",
-                    f"{prefix}_latency_le_{_bound_name(bound)}",
-                    f"Calls of {what} decided within {bound:g} s.",
-                    cumulative,
-                )
-            )
-        found.append(
-            (
-                "counter",
-                f"{prefix}_latency_seconds_sum",
-                f"Seconds calls of {what} took, from the call to its decision.",
-                self.latency_sum,
-            )
+            buckets.append((f"{bound:g}", cumulative))
+        buckets.append(("+Inf", cumulative + self.latency_counts[-1]))
+        return HistogramSeries((self.hook,), tuple(buckets), self.latency_sum)
+
+
+def hook_families(hooks: Iterable[HookStats]) -> list[Family]:
+    """The figures of ``hooks`` (each configured hook's ``HookStats``) for ``/metrics``.
+
+    Outcomes are ``allowed`` and ``denied`` (the backend's answers) and ``failed`` (the
+    failure policy decided; why is in ``roomcast_hook_failures_total{kind}``).
+    """
+    stats = list(hooks)
+    hook = ("hook",)
+    calls = tuple(
+        Series((s.hook, outcome), value)
+        for s in stats
+        for outcome, value in (
+            ("allowed", s.allowed),
+            ("denied", s.denied),
+            ("failed", sum(s.failures.values())),
         )
-        return found
+    )
+    failures = tuple(
+        Series((s.hook, failure.value), count)
+        for s in stats
+        for failure, count in s.failures.items()
+    )
+    return [
+        Family(
+            "counter",
+            "roomcast_hook_calls",
+            "Hook calls decided, by outcome.",
+            (*hook, "outcome"),
+            calls,
+        ),
+        Family(
+            "counter",
+            "roomcast_hook_failures",
+            "Hook calls the failure policy decided, by why (timeout, saturated, status, "
+            "invalid, unreachable).",
+            (*hook, "kind"),
+            failures,
+        ),
+        Family(
+            "gauge",
+            "roomcast_hook_in_flight",
+            "Hook calls with a request at the backend now.",
+            hook,
+            tuple(Series((s.hook,), s.in_flight) for s in stats),
+        ),
+        Family(
+            "gauge",
+            "roomcast_hook_peak_in_flight",
+            "The most hook calls at the backend at once since the start.",
+            hook,
+            tuple(Series((s.hook,), s.peak_in_flight) for s in stats),
+        ),
+        Family(
+            "gauge",
+            "roomcast_hook_waiting",
+            "Hook calls waiting for a free slot (the in-flight cap reached).",
+            hook,
+            tuple(Series((s.hook,), s.waiting) for s in stats),
+        ),
+        Family(
+            "histogram",
+            "roomcast_hook_latency_seconds",
+            "Seconds from a hook call to its decision (waiting for a slot included).",
+            hook,
+            tuple(s.histogram() for s in stats),
+        ),
+    ]

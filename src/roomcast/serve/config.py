@@ -3,16 +3,42 @@ also a flag and a ``ROOMCAST_*`` variable (``roomcast.serve.options``)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import urllib.parse
 
 from roomcast.auth import Authenticator
 from roomcast.rules import Rules
 from roomcast.serve.options import OptionError, option
 from roomcast.serve.workers import WorkerIdentity
 
-__all__ = ["ServerConfig", "refuse_contradictions"]
+__all__ = ["ServerConfig", "http_url", "refuse_contradictions"]
 
 _AUTH = "authentication"
+_HOOKS = "backend hooks"
+
+
+def http_url(text: str) -> str:
+    """A hook's URL: refused at start-up unless it is ``http(s)://host/...``, which the hook
+    client would refuse only when the server starts."""
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            "a hook URL is http://HOST[:PORT]/PATH or https://..., e.g. "
+            "http://127.0.0.1:9000/hooks/connect"
+        )
+    return text.strip()
+
+
+def _failure_policy(text: str) -> str:
+    word = text.strip().lower()
+    if word not in ("deny", "allow"):
+        raise argparse.ArgumentTypeError(f"expected deny or allow, not {text.strip()!r}")
+    return word
+
+
+http_url.__name__ = "URL"  # argparse: "invalid URL value"
+_failure_policy.__name__ = "policy"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +120,58 @@ class ServerConfig:
     authenticator: Authenticator | None = None
     """Verifies a token on every upgrade (must be synchronous here, e.g. JWTAuthenticator);
     the identity's user id replaces ``?user_id=``.  None: no authentication."""
+    connect_hook_url: str | None = option(
+        None,
+        "your backend's URL that decides who each client opening a WebSocket is (roomcast "
+        "POSTs the request's cookie, authorization, origin, user-agent, x-forwarded-for headers, "
+        "query and path; the answer gives the user id, its rooms and data, or refuses); with "
+        "--jwt-*: asked only for upgrades that bring no token",
+        kind=http_url,
+        group=_HOOKS,
+    )
+    join_hook_url: str | None = option(
+        None,
+        "your backend's URL that decides each join the room rules allowed (yes, yes with data "
+        "for the join ack, or no with a reason); /ws/ROOM upgrades are then refused",
+        kind=http_url,
+        group=_HOOKS,
+    )
+    publish_hook_url: str | None = option(
+        None,
+        "your backend's URL that decides each publish the room rules allowed (yes, yes with "
+        "other data to publish, or no with a reason)",
+        kind=http_url,
+        group=_HOOKS,
+    )
+    hook_timeout: float = option(
+        1.0,
+        "seconds a hook call may take, waiting for a free slot included, before the failure "
+        "policy decides (less than --handshake-timeout with a connect hook)",
+        group=_HOOKS,
+    )
+    hook_max_in_flight: int = option(
+        64,
+        "hook requests at the backend at once, over as many keep-alive connections; more "
+        "calls wait for a free slot, within --hook-timeout",
+        group=_HOOKS,
+    )
+    hook_failure_policy: str = option(
+        "deny",
+        "what a hook call that gets no usable answer (timeout, HTTP error, unexpected JSON, "
+        "unreachable) decides: deny refuses (a connect with HTTP 503, a join or publish with "
+        "error 1013); allow lets a join or publish go ahead and a connect in as an anonymous "
+        "client",
+        kind=_failure_policy,
+        group=_HOOKS,
+    )
+    hook_secret: str | None = option(
+        None,
+        "HMAC secret that signs every hook request (the Roomcast-Signature header, over the "
+        "body) for your backend to verify; prefer the ROOMCAST_HOOK_SECRET variable",
+        kind=str,
+        secret=True,
+        group=_HOOKS,
+    )
     capabilities_claim: str = option(
         "rooms",
         "the token claim that lists what the client may do in which rooms, e.g. "
@@ -197,6 +275,18 @@ def refuse_contradictions(config: ServerConfig) -> None:
         raise OptionError(
             f"--api-port {api_port} is also --port: give the API a port of its own, e.g. "
             f"--api-port {port + 1 if port < 65535 else port - 1}"
+        )
+    hooked = (config.connect_hook_url, config.join_hook_url, config.publish_hook_url)
+    if config.hook_secret is not None and not any(hooked):
+        raise OptionError(
+            "--hook-secret signs hook requests, but no hook is set: give --connect-hook-url, "
+            "--join-hook-url or --publish-hook-url, or drop ROOMCAST_HOOK_SECRET"
+        )
+    if config.connect_hook_url and config.hook_timeout >= config.handshake_timeout:
+        raise OptionError(
+            f"--hook-timeout {config.hook_timeout:g} must be less than --handshake-timeout "
+            f"{config.handshake_timeout:g}: a connect hook is asked within the handshake, and "
+            "the client would be cut off before its answer"
         )
     if api_port is not None and not config.api_key:
         raise OptionError(

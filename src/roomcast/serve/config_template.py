@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from roomcast.rules import Namespace
-from roomcast.serve.config import ServerConfig
+from roomcast.serve.config import ServerConfig, http_url
 from roomcast.serve.config_file import NAMESPACES, NOT_IN_A_FILE
 from roomcast.serve.options import Option, options
 
@@ -63,6 +63,7 @@ _EXAMPLES: dict[Any, Any] = {
     "origins": ["https://app.example"],
     "either": True,
     str: "...",
+    http_url: "http://127.0.0.1:9000/hooks",
 }
 """Example values by kind, for the options that have no default."""
 

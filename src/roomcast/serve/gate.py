@@ -1,8 +1,9 @@
 """Who may open a WebSocket: the checks an upgrade request passes before anything is kept.
 
 Runs in picows' upgrade callback, before a transport exists: draining, capacity, Origin, the
-room in the path, the token (or ``?user_id=``; or none, where a namespace is ``anonymous``)
-with its capability claim, id rules, the room rules for ``/ws/ROOM``, the room cap and the
+room in the path, who the client is (the connect hook's decision, taken before picows read the
+request; or the token, or ``?user_id=``; or none, where a namespace is ``anonymous``) with
+its capabilities, id rules, the room rules for ``/ws/ROOM``, the room cap and the
 per-user cap, in that order.  A refusal is an HTTP answer, counted and logged within the log
 budget; nothing about the client is registered until it is admitted.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+from typing import Any
 from urllib.parse import unquote
 
 from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
@@ -29,9 +31,10 @@ from roomcast.logbudget import EventLog
 from roomcast.presence.feed import RESERVED_PREFIX
 from roomcast.rules import Action, Cause, ClaimError, Who
 from roomcast.serve.config import ServerConfig
+from roomcast.serve.connect_hook import HandOver
 from roomcast.serve.metrics import ServerCounters
 from roomcast.serve.pages import respond
-from roomcast.serve.permissions import Permissions
+from roomcast.serve.permissions import ANONYMOUS, Permissions
 
 __all__ = ["Admitted", "Gate"]
 
@@ -52,6 +55,8 @@ class Admitted:
     who: Who | None = None
     """What the rules keep of the client (``Permissions.who``): None when its user id says
     it all."""
+    data: Any = None
+    """The connect hook's ``data`` for the connection (None: none)."""
 
 
 class Gate:
@@ -64,6 +69,8 @@ class Gate:
         events: Where refusals are logged, within the budget.
         permissions: The room rules (shared with the session); made from ``config`` if
             omitted.
+        handover: Where the connect hook's decision waits for the upgrade it is about
+            (``roomcast.serve.connect_hook``); None without a connect hook.
     """
 
     def __init__(
@@ -73,12 +80,14 @@ class Gate:
         counters: ServerCounters,
         events: EventLog,
         permissions: Permissions | None = None,
+        handover: HandOver | None = None,
     ) -> None:
         self._config = config
         self._hub = hub
         self._counters = counters
         self._events = events
         self._permissions = permissions or Permissions(config, hub, counters, events)
+        self._handover = handover
 
     def admit(
         self, request: WSUpgradeRequest, path: str, query: str, *, open_now: int, cap: int
@@ -88,6 +97,7 @@ class Gate:
         ``open_now`` connections are open; ``cap`` is the most this process admits.
         """
         config = self._config
+        decided = None if self._handover is None else self._handover.take()
         if open_now >= cap:
             return self.refuse(503, b"server at capacity\n")
         allowed = config.allowed_origins
@@ -98,11 +108,20 @@ class Gate:
         room = unquote(path[4:]) if path.startswith("/ws/") else None
         if room is not None and room.startswith(RESERVED_PREFIX):
             return self.refuse(400, b"rooms starting with '$' cannot be joined here\n")
+        if room is not None and config.join_hook_url:
+            return self.refuse(400, b"the join hook decides joins: connect to /ws, then join\n")
         protocol = None
         expires_at = None
         user_id: str | None
         who: Who | None = None
-        if config.authenticator is not None:
+        data = None
+        if decided is not None:  # the connect hook admitted it (a refusal never gets here)
+            user_id, expires_at, data = decided.user, decided.expires_at, decided.data
+            if user_id is None:
+                who = ANONYMOUS  # (the failure policy let it in)
+            elif decided.capabilities is not None:
+                who = decided.who()
+        elif config.authenticator is not None:
             try:
                 identity, protocol = self._authenticate(request, query)
                 who = self._permissions.who(identity)
@@ -114,6 +133,8 @@ class Gate:
                 user_id, expires_at = identity.user_id, identity.expires_at
             else:
                 user_id = None  # (anonymous: no user id, whatever the query says)
+        elif self._handover is not None:  # (cannot happen: the listener asks for every /ws)
+            return self.refuse(503, b"the connect hook did not decide\n")
         else:
             user_id = query_value(query, "user_id")
         try:
@@ -132,7 +153,7 @@ class Gate:
         per_user = config.max_connections_per_user
         if per_user and user_id is not None and self._user_full(user_id, per_user):
             return self.refuse(403, b"too many connections for this user\n")
-        return Admitted(user_id, room, expires_at, protocol, who)
+        return Admitted(user_id, room, expires_at, protocol, who, data)
 
     def _user_full(self, user_id: str, per_user: int) -> bool:
         return len(self._hub.get_user_connections(user_id)) >= per_user
@@ -184,9 +205,11 @@ class Gate:
 
     def refuse(self, status: int, body: bytes) -> WSUpgradeResponseWithListener:
         """An HTTP refusal, counted and logged."""
+        self.refused(status, body.decode().strip())
+        return respond(status, body)
+
+    def refused(self, status: int, why: str) -> None:
+        """Count and log a refusal (written here, or by the connect hook's reader)."""
         self._counters.refused_upgrades += 1
         level = logging.INFO if status < 500 else logging.WARNING  # (the client's, or ours)
-        self._events.event(
-            "upgrade_refused", "HTTP %d: %s", status, body.decode().strip(), level=level
-        )
-        return respond(status, body)
+        self._events.event("upgrade_refused", "HTTP %d: %s", status, why, level=level)

@@ -35,7 +35,7 @@ from typing import Any
 from picows import WSAutoPingStrategy
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
-__all__ = ["Acceptor", "FirstRequest", "listening_sockets", "server_protocols"]
+__all__ = ["Acceptor", "FirstRequest", "Front", "listening_sockets", "server_protocols"]
 
 logger = logging.getLogger("roomcast.listener")
 
@@ -210,6 +210,13 @@ def _given(protocol: asyncio.BaseProtocol) -> asyncio.BaseProtocol:
     return protocol
 
 
+Front = Callable[
+    [asyncio.BufferedProtocol, asyncio.Transport, Callable[[bytes], bytes]],
+    asyncio.BufferedProtocol,
+]
+"""Makes the protocol in front of picows' for a new socket: (picows' protocol, the
+transport, the answer to a request with a body)."""
+
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 _LONGEST_METHOD = 8  # bytes enough to see "DELETE " (and any method picows knows)
 
@@ -287,6 +294,7 @@ def server_protocols(
     max_frame_size: int,
     logger: logging.LoggerAdapter[logging.Logger],
     with_body: Callable[[bytes], bytes],
+    front: Front | None = None,
 ) -> Callable[[], Any]:
     """A factory of picows' server protocol for sockets accepted by ``roomcast.serve.listener``.
 
@@ -296,15 +304,18 @@ def server_protocols(
     ``pyproject.toml``): ``route`` answers each upgrade request, pings are answered by
     ``NativeTransport`` (rate limited), and the read buffer starts at its minimum.
     ``released`` hears every lost connection, upgraded or not.  ``with_body`` answers a
-    request whose method carries a body (see ``FirstRequest``).
+    request whose method carries a body (see ``FirstRequest``).  ``front`` makes the protocol
+    that stands in front of picows' until the request is read (default: ``FirstRequest``; a
+    server with a connect hook: ``connect_hook.HeadReader``).
     """
+    make_front: Front = front or FirstRequest
 
     class CountedProtocol(WSProtocol):  # type: ignore[misc]
         __slots__ = ()
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
-            transport.set_protocol(FirstRequest(self, transport, with_body))
+            transport.set_protocol(make_front(self, transport, with_body))
 
         def connection_lost(self, exc: Exception | None) -> None:
             try:

@@ -30,10 +30,14 @@ from roomcast.rules.rooms import PERSONAL_MARK
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.metrics import ServerCounters
 
-__all__ = ["ANONYMOUS", "WHO", "Permissions", "close_code"]
+__all__ = ["ANONYMOUS", "CONNECT_DATA", "WHO", "Permissions", "close_code"]
 
 WHO = "roomcast.who"
 """The key of a connection's ``Who`` in its metadata (absent: its user id says it all)."""
+
+CONNECT_DATA = "roomcast.connect_data"
+"""The key of the connect hook's ``data`` in a connection's metadata (absent: none); sent to
+the join hook, and with the lifecycle events."""
 
 ANONYMOUS = Who(anonymous=True)
 """Every client connected without a token to a server that takes tokens (one shared object)."""

@@ -26,7 +26,7 @@ from roomcast.serve.http_api import (
     ApiStats,
     serve_api,
 )
-from roomcast.serve.listener import Acceptor, listening_sockets, server_protocols
+from roomcast.serve.listener import Acceptor, Front, listening_sockets, server_protocols
 from roomcast.serve.metrics import Sample, ServerCounters
 from roomcast.serve.options import OptionError
 from roomcast.serve.pages import misdirected
@@ -82,9 +82,11 @@ class Ports:
         route: Callable[[Any], Any],
         api: Callable[[ApiRequest], Answer],
         sock: socket.socket | None = None,
+        front: Front | None = None,
     ) -> None:
         """Listen: upgrades and GETs go to ``route``, API requests to ``api``; on ``sock`` if
-        given (already bound and listening)."""
+        given (already bound and listening); ``front`` reads each request before picows does
+        (``listener.server_protocols``)."""
         config = self._config
         if sock is not None:
             sockets = [sock]
@@ -105,6 +107,7 @@ class Ports:
                 with_body=lambda method: misdirected(
                     method, self.api_port if self.has_api else None
                 ),
+                front=front,
             ),
             self.budget.sockets,
             self._accept_failed,

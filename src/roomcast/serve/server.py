@@ -33,10 +33,10 @@ from roomcast.auth import expiry_with_leeway
 from roomcast.connection import Connection
 from roomcast.errors import CloseCode
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
+from roomcast.figures import Figure
 from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
-from roomcast.history.positions import HistoryLimits, history_for_all
-from roomcast.hub import Hub, OverflowPolicy
+from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
 from roomcast.messages import (
     preview,
@@ -45,12 +45,14 @@ from roomcast.presence.feed import (
     PresenceFeed,
 )
 from roomcast.presence.rosters import Roster
+from roomcast.serve.assembly import new_hub
+from roomcast.serve.backend_hooks import BackendHooks
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.gate import Admitted, Gate
 from roomcast.serve.metrics import Sample, ServerCounters, metrics_registry
 from roomcast.serve.native import EchoTransport, FlushScheduler, NativeTransport
 from roomcast.serve.pages import Pages, respond
-from roomcast.serve.permissions import WHO, Permissions
+from roomcast.serve.permissions import CONNECT_DATA, WHO, Permissions
 from roomcast.serve.ports import Ports
 from roomcast.serve.publish_api import PublishApi
 from roomcast.serve.session import Session
@@ -76,7 +78,7 @@ class Server:
 
     def __init__(self, config: ServerConfig, hub: Hub | None = None) -> None:
         self.config = config
-        self.hub = hub or _new_hub(config)
+        self.hub = hub or new_hub(config)
         self.send_buffer_limit = config.send_buffer_limit
         self.close_timeout = config.close_timeout
         self.max_message_size = config.max_message_size
@@ -93,11 +95,14 @@ class Server:
             self.hub, self.metrics, config.demo, lambda: self._accepting, self.workers
         )
         self.permissions = Permissions(config, self.hub, self.counters, self.events)
-        self.gate = Gate(config, self.hub, self.counters, self.events, self.permissions)
+        self._tasks = TaskSet()
+        self.hooks = BackendHooks(config, self._tasks.spawn, lambda *why: self.gate.refused(*why))
+        self.gate = Gate(
+            config, self.hub, self.counters, self.events, self.permissions, self.hooks.handover
+        )
         self.scheduler = FlushScheduler()
         self._expiry = ExpiryClock(config.token_grace)
         self._expiry_changed = asyncio.Event()
-        self._tasks = TaskSet()
         self.heartbeat: HeartbeatManager | None = None
         if config.ping_interval > 0:
             self.heartbeat = HeartbeatManager(
@@ -122,6 +127,7 @@ class Server:
             self._arm_expiry,
             self._tasks.spawn,
             self.permissions,
+            self.hooks.commands,
         )
         self.stats = StatsFeed(
             self.hub,
@@ -168,7 +174,7 @@ class Server:
         """The port of the HTTP API."""
         return self.ports.api_port
 
-    def _metrics(self) -> list[Sample]:
+    def _metrics(self) -> list[Figure]:
         """The ports', presence's and the worker exchange's samples for ``/metrics``."""
         samples: list[Sample] = []
         if self.presence is not None:
@@ -190,7 +196,7 @@ class Server:
                     self.workers.sync_failures,
                 )
             )
-        return [*samples, *self.ports.metrics()]
+        return [*samples, *self.ports.metrics(), *self.hooks.figures()]
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen and accept clients, on ``sock`` if given (already bound and listening)."""
@@ -198,8 +204,9 @@ class Server:
         if self.presence is not None:
             await self.presence.start()
         api = PublishApi(self.hub, self.config.api_key, self.send_buffer_limit, self.pages)
-        await self.ports.open(self._route, api, sock)
-        if self.config.authenticator is not None:
+        await self.hooks.start()
+        await self.ports.open(self._route, api, sock, self.hooks.front)
+        if self.config.authenticator is not None or self.hooks.expiring:
             self._tasks.spawn(
                 run_expiry(self._expiry, self._expiry_changed, self._expiry_step),
                 name="roomcast-token-expiry",
@@ -245,6 +252,7 @@ class Server:
         if self.heartbeat is not None:
             await self.heartbeat.close()
         await self._tasks.cancel_all()
+        await self.hooks.stop()
         if self.presence is not None:
             await self.presence.stop()
         if self._redis is not None:
@@ -272,6 +280,8 @@ class Server:
             transport.connection.metadata["token_expires_at"] = admitted.expires_at
         if admitted.who is not None:  # (only a claim, or no token, says more than the user id)
             transport.connection.metadata[WHO] = admitted.who
+        if admitted.data is not None:
+            transport.connection.metadata[CONNECT_DATA] = admitted.data
         if admitted.protocol is not None:  # the token came as a subprotocol: select "bearer"
             headers = {"Sec-WebSocket-Protocol": admitted.protocol}
             accept = WSUpgradeResponse.create_101_response(headers)
@@ -369,28 +379,3 @@ class Server:
 
 def _protocol_ping(connection_id: str, transport: NativeTransport, message: object) -> None:
     transport.ping()
-
-
-def _new_hub(config: ServerConfig) -> Hub:
-    broker = None
-    if config.redis_url is not None:
-        from roomcast.brokers.redis import RedisBroker
-
-        broker = RedisBroker(config.redis_url, prefix=config.channel_prefix)
-    history = None
-    limits = None
-    if config.history_size > 0:
-        limits = HistoryLimits(config.history_size, config.history_ttl)
-    if config.rules is not None:  # (namespaces may keep more, less or no history)
-        history = config.rules.history_rule(limits)
-    elif limits is not None:
-        history = history_for_all(limits)
-    return Hub(
-        broker,
-        overflow=OverflowPolicy.CLOSE,
-        send_buffer_limit=config.send_buffer_limit,
-        max_id_bytes=config.max_id_bytes,
-        max_rooms=config.max_rooms,
-        history=history,
-        history_max_bytes=config.history_max_bytes,
-    )

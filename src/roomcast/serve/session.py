@@ -1,11 +1,12 @@
 """The client protocol of ``roomcast serve``: what each message a client sends does.
 
 A ``Session`` turns a client's messages into changes of the hub and answers: the rate limit
-(with pings, pongs and continuation frames charged too, by the transport), membership with its
-limits and the server's ``$`` rooms, publishing to a room, token refreshes; what the room
-rules allow is asked of ``roomcast.serve.permissions`` once per command.  It does no I/O of its
-own: answers are frames delivered through the hub, and the only other effect is the
-connection's close for a client over the rate limit.  So it can be driven without a socket
+(with pings, pongs and continuation frames charged too, by the transport), the order of a
+connection's messages while one of them waits, publishing to a room, token refreshes; joins
+and leaves are ``roomcast.serve.membership``'s job, answers ``roomcast.serve.replies``'; what
+the room rules allow is asked of ``roomcast.serve.permissions`` once per command.  It does
+no I/O of its own: answers are frames delivered through the hub, and the only other effect
+is the connection's close for a client over the rate limit.  So it can be driven without a socket
 (``tests/unit/test_session.py``).
 
 Its per-connection state is the rate limit's three numbers, kept on the transport (a slot of
@@ -15,6 +16,7 @@ its own, so that no dictionary per connection is needed).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -22,10 +24,10 @@ from typing import Any, Protocol
 
 from roomcast.auth import AuthenticationError, Identity
 from roomcast.connection import Connection
-from roomcast.errors import CapacityExceeded, CloseCode, InvalidIdentifier
+from roomcast.errors import CloseCode
 from roomcast.frame import encode
-from roomcast.history.contract import Joined
 from roomcast.history.positions import Position
+from roomcast.hooks.decisions import Allowed
 from roomcast.hub import Hub
 from roomcast.limits import RateLimit
 from roomcast.limits import Verdict as RateVerdict
@@ -33,10 +35,7 @@ from roomcast.logbudget import EventLog
 from roomcast.messages import AckMessage, ErrorMessage, PingMessage, PongMessage, preview
 from roomcast.presence.feed import (
     RESERVED_PREFIX,
-    STATS_ROOM,
     PresenceFeed,
-    presence_room,
-    watched_room,
 )
 from roomcast.protocol import (
     AuthMessage,
@@ -47,11 +46,14 @@ from roomcast.protocol import (
     RoomMessage,
     interpret,
 )
-from roomcast.rules import Action, ClaimError, Refusal
+from roomcast.rules import Action, ClaimError
 from roomcast.serve.config import ServerConfig
-from roomcast.serve.history_reads import HistoryReads, since_refusal
+from roomcast.serve.history_reads import HistoryReads
+from roomcast.serve.hooked import CommandHooks, Hooked
+from roomcast.serve.membership import Membership
 from roomcast.serve.metrics import ServerCounters
-from roomcast.serve.permissions import Permissions, close_code
+from roomcast.serve.permissions import Permissions
+from roomcast.serve.replies import Replies
 
 __all__ = ["ClientTransport", "Session"]
 
@@ -81,6 +83,8 @@ class Session:
         spawn: Runs a history read in the background (owned by the server).
         permissions: The room rules (the server shares its own with the gate); made from
             ``config`` if omitted.
+        hooks: Asks the backend about joins and publishes, for those ``config`` names a hook
+            URL of (``roomcast.serve.hooked``).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class Session:
         arm_expiry: Callable[[str, float | None], None],
         spawn: Callable[[Coroutine[Any, Any, None]], object],
         permissions: Permissions | None = None,
+        hooks: CommandHooks | None = None,
     ) -> None:
         self._config = config
         self._hub = hub
@@ -104,9 +109,20 @@ class Session:
         self._arm_expiry = arm_expiry
         self._spawn = spawn
         self._permissions = permissions or Permissions(config, hub, counters, events)
+        self._replies = replies = Replies(hub, counters, events)
+        self._refuse, self._deny, self._reply = replies.refuse, replies.deny, replies.reply
         self._reads = HistoryReads(hub, self._refuse, spawn)
         # Messages of connections whose join waits for a room's history: carried out after it.
         self._waiting: dict[Connection, collections.deque[str]] = {}
+        self._membership = Membership(
+            config, hub, self._permissions, presence, replies, self._hold, self._resume
+        )
+        self._hooked = None
+        if hooks is not None and (config.join_hook_url or config.publish_hook_url):
+            join, publish = bool(config.join_hook_url), bool(config.publish_hook_url)
+            self._hooked = Hooked(
+                hooks, spawn, self._hold, self._resume, replies, join=join, publish=publish
+            )
         self._rate = (
             RateLimit(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
         )
@@ -134,12 +150,14 @@ class Session:
         else:
             self._reply(
                 connection,
-                ErrorMessage(error="too many messages while a join is under way", code=1013),
+                ErrorMessage(error="too many messages while one waits (a join, a hook)", code=1013),
             )
 
     def forget(self, connection: Connection) -> None:
-        """The connection is gone: drop what waited for its join."""
+        """The connection is gone: drop what waited for its join or a hook."""
         self._waiting.pop(connection, None)
+        if self._hooked is not None:
+            self._hooked.forget(connection)
 
     def _carry(self, connection: Connection, message: str) -> None:
         command = interpret(message)
@@ -156,8 +174,10 @@ class Session:
             self._reply(connection, command)
         elif isinstance(command, PublishMessage):
             self._publish(connection, command)
-        elif isinstance(command, JoinMessage | LeaveMessage):
-            self._membership(connection, command)
+        elif isinstance(command, JoinMessage):
+            self._join(connection, command)
+        elif isinstance(command, LeaveMessage):
+            self._membership.leave(connection, command)
         elif isinstance(command, PingMessage):
             self._reply(connection, PongMessage(ping_event_id=command.event_id))
         elif isinstance(command, AuthMessage):
@@ -171,6 +191,23 @@ class Session:
                     return
             self._reads.read(connection, command)
         # PongMessage: answers to application pings; the heartbeat issue will record them.
+
+    def _hold(self, connection: Connection) -> None:
+        """Later messages of ``connection`` wait (in order) until ``_resume``."""
+        self._waiting.setdefault(connection, collections.deque())
+
+    def _resume(self, connection: Connection) -> None:
+        """Carry out what waited, until something makes the connection wait again."""
+        if connection not in self._waiting or self._hub.joining(connection):
+            return
+        if self._hooked is not None and self._hooked.asking(connection):
+            return
+        waiting = self._waiting.pop(connection)
+        while waiting:
+            self._carry(connection, waiting.popleft())
+            if connection in self._waiting:  # that one waits too
+                self._waiting[connection] = waiting
+                return
 
     def charge(self, transport: ClientTransport) -> bool:
         """Charge one message to the client's bucket; refuse or cut off when it is empty."""
@@ -235,97 +272,26 @@ class Session:
         self._permissions.reassign(connection, who, command.event_id)  # (rooms it took away)
         self._reply(connection, AckMessage(ack_event_id=command.event_id))
 
-    def _membership(self, connection: Connection, command: JoinMessage | LeaveMessage) -> None:
-        room = command.room
-        try:
-            if isinstance(command, JoinMessage):
-                limit = self._config.max_rooms_per_connection
-                joined = len(connection.rooms) + self._hub.joining(connection)
-                if room not in connection.rooms and joined >= limit:
-                    self._refuse(connection, command.event_id, f"at most {limit} rooms")
-                    return
-                served = self._presence() is not None
-                refusal = self._permissions.join_refusal(
-                    connection, room, stats=self._config.stats_interval > 0, presence=served
-                )
-                if refusal is None and command.since is not None:
-                    refusal = since_refusal(command.since)
-                if refusal is not None:
-                    self._deny(connection, command.event_id, refusal)
-                    return
-                since = None if command.since is None else Position.parse(command.since)
-                if since is not None and not self._permissions.may_replay(connection, room):
-                    since = None  # (a join without the replay: "recovered": false)
-                at_once: list[Joined] = []  # (the answer, if it came before join_at returned)
-                later = [False]
-
-                def reply(done: Joined) -> None:
-                    if later[0]:
-                        self._joined(connection, command, done)
-                    else:
-                        at_once.append(done)
-
-                self._hub.join_at(connection, room, since, reply)  # (presence hears it)
-                later[0] = True
-                if at_once:
-                    self._answer_join(connection, command, at_once[0])
-                else:  # the room's history is being read: later messages wait for the join
-                    self._waiting.setdefault(connection, collections.deque())
+    def _join(
+        self, connection: Connection, command: JoinMessage, decided: Allowed | None = None
+    ) -> None:
+        """A join: checked, put to the join hook if there is one, checked again and made once
+        it allowed (the ack then carries its ``data``)."""
+        if not self._membership.admissible(connection, command):
+            return
+        if decided is None and self._hooked is not None:
+            then = functools.partial(self._join, connection, command)
+            if self._hooked.ask_join(connection, command.room, command.event_id, then):
                 return
-            if not self._hub.leave(connection, room):
-                self._refuse(connection, command.event_id, f"not in room {preview(room)}")
-                return
-        except InvalidIdentifier as exc:
-            self._refuse(connection, command.event_id, str(exc))
-            return
-        except CapacityExceeded as exc:
-            self._refuse(connection, command.event_id, str(exc), CloseCode.TRY_AGAIN_LATER)
-            return
-        self._reply(connection, AckMessage(ack_event_id=command.event_id))
-        presence = self._presence()
-        if (
-            presence is not None
-            and room != STATS_ROOM
-            and watched_room(room) is None
-            and self._permissions.watch_needs_membership(room)
-        ):
-            self._hub.leave(connection, presence_room(room))  # no longer allowed to watch
+        extra = {"data": decided.data} if decided is not None and decided.has_data else None
+        self._membership.join(connection, command, extra)
 
-    def _joined(self, connection: Connection, command: JoinMessage, joined: Joined) -> None:
-        """A join ended (at once, or once the room's history was read)."""
-        try:
-            self._answer_join(connection, command, joined)
-        finally:
-            self._resume(connection)
-
-    def _resume(self, connection: Connection) -> None:
-        """Carry out what waited for a join, until a join waits again."""
-        if connection not in self._waiting or self._hub.joining(connection):
-            return
-        waiting = self._waiting.pop(connection)
-        while waiting:
-            self._carry(connection, waiting.popleft())
-            if connection in self._waiting:  # that one waits for a history read too
-                self._waiting[connection] = waiting
-                return
-
-    def _answer_join(self, connection: Connection, command: JoinMessage, joined: Joined) -> None:
-        if joined.failure is not None:
-            self._refuse(connection, command.event_id, joined.failure, CloseCode.TRY_AGAIN_LATER)
-            return
-        ack = AckMessage(ack_event_id=command.event_id).to_dict()
-        if joined.position is not None:
-            ack["position"] = joined.position.as_dict()
-        if command.since is not None:
-            ack["recovered"] = joined.recovered
-            ack["replayed"] = joined.replayed
-        self._reply(connection, ack)
-        presence = self._presence()
-        watched = watched_room(command.room)
-        if presence is not None and watched is not None:
-            presence.request_snapshot(connection, watched)  # a repeated join: a resync
-
-    def _publish(self, connection: Connection, command: PublishMessage) -> None:
+    def _publish(
+        self, connection: Connection, command: PublishMessage, decided: Allowed | None = None
+    ) -> None:
+        """A publish: checked, put to the publish hook if there is one, checked again and
+        published once it allowed (with its ``data`` instead of the client's, if it gave
+        some)."""
         if command.room.startswith(RESERVED_PREFIX):
             self._refuse(connection, command.event_id, f"room {preview(command.room)} is reserved")
             return
@@ -336,10 +302,15 @@ class Session:
         if refusal is not None:
             self._deny(connection, command.event_id, refusal)
             return
+        if decided is None and self._hooked is not None:
+            then = functools.partial(self._publish, connection, command)
+            room, data, event_id = command.room, command.data, command.event_id
+            if self._hooked.ask_publish(connection, room, data, event_id, then):
+                return
         outgoing = RoomMessage(
             room=command.room,
             sender=connection.user_id,
-            data=command.data,
+            data=decided.data if decided is not None and decided.has_data else command.data,
             event_id=command.event_id,
         )
         event_id = command.event_id
@@ -360,39 +331,6 @@ class Session:
                 self._reply(connection, {**ack.to_dict(), "position": position.as_dict()})
 
         self._hub.publish(command.room, encode(outgoing), sender=connection, done=published)
-
-    def _deny(self, connection: Connection, event_id: str, refusal: Refusal | str) -> None:
-        """Refuse a command with a reason, and the rules' cause if they refused it."""
-        if isinstance(refusal, str):
-            self._refuse(connection, event_id, refusal)
-        else:
-            code = close_code(refusal)
-            self._refuse(connection, event_id, refusal.message, code, refusal.cause.value)
-
-    def _refuse(
-        self,
-        connection: Connection,
-        event_id: str,
-        why: str,
-        code: CloseCode = CloseCode.POLICY_VIOLATION,
-        cause: str | None = None,
-    ) -> None:
-        self._counters.protocol_errors += 1
-        self._events.event(
-            "command_refused",
-            "connection %s (user %s): %s",
-            connection.connection_id,
-            preview(connection.user_id),
-            why,
-            level=logging.INFO,
-        )
-        self._reply(
-            connection,
-            ErrorMessage(error=why, code=code, ref_event_id=event_id, cause=cause),
-        )
-
-    def _reply(self, connection: Connection, message: Any) -> None:
-        self._hub.deliver_to(connection, encode(message))
 
 
 _MAX_WAITING = 64

@@ -34,6 +34,9 @@ def startup_lines(config: ServerConfig, port: int, api_port: int | None) -> list
     presence = config.presence if config.presence is not None else config.redis_url is None
     lines.append(f"presence: {'on' if presence else 'off (--presence turns it on)'}")
     lines.append(_history(config))
+    hooks = _hooks(config)
+    if hooks:
+        lines.append(hooks)
     changed = _changed(config)
     if changed:
         lines.append("settings changed from the defaults: " + ", ".join(changed))
@@ -77,11 +80,33 @@ def _history(config: ServerConfig) -> str:
     return f"history: {config.history_size} messages / {config.history_ttl:g} s per room, {where}"
 
 
+_HOOK_URLS = ("connect_hook_url", "join_hook_url", "publish_hook_url")
+
+
+def _hooks(config: ServerConfig) -> str:
+    """Which hooks are on, where (without credentials or query) and what a failure decides."""
+    on = []
+    for name in _HOOK_URLS:
+        url = getattr(config, name)
+        if url:
+            parts = urllib.parse.urlsplit(url)
+            port = f":{parts.port}" if parts.port else ""
+            on.append(f"{name.split('_')[0]} {parts.scheme}://{parts.hostname}{port}{parts.path}")
+    if not on:
+        return ""
+    signed = "signed" if config.hook_secret else "unsigned (--hook-secret to sign them)"
+    return (
+        f"backend hooks: {', '.join(on)}; within {config.hook_timeout:g} s, at most "
+        f"{config.hook_max_in_flight} in flight; on failure: {config.hook_failure_policy}; "
+        f"requests {signed}"
+    )
+
+
 def _changed(config: ServerConfig) -> list[str]:
     changed = []
     for field in dataclasses.fields(config):
         meta = field.metadata.get("option")
-        if meta is None or field.name in {"host", "port", "api_port", "redis_url"}:
+        if meta is None or field.name in {"host", "port", "api_port", "redis_url", *_HOOK_URLS}:
             continue
         value = getattr(config, field.name)
         if value == field.default:
