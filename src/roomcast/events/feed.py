@@ -19,17 +19,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, Protocol
 
 from roomcast.connection import Connection
 from roomcast.events.lifecycle import Change, LifecycleState, Op
-from roomcast.events.memory import MemoryOutbox
 from roomcast.events.outbox import Outbox
 from roomcast.events.schema import LifecycleEvent
 from roomcast.tasks import TaskSet
 
-__all__ = ["LifecycleFeed", "LifecycleStore", "MemoryLifecycle", "iterate"]
+__all__ = ["EventSink", "LifecycleFeed", "LifecycleStore", "MemoryLifecycle", "iterate"]
 
 Sample = tuple[str, str, str, float]
 """``(kind, name, documentation, value)``, as ``roomcast.serve.metrics.Sample``."""
@@ -37,6 +36,13 @@ Sample = tuple[str, str, str, float]
 LOST = (1006, "connection lost")
 """How a connection ended when nobody said (its socket went away)."""
 _RESERVED = "$"
+
+
+class EventSink(Protocol):
+    """Where a ``MemoryLifecycle`` appends its events: a ``MemoryOutbox``, or anything that
+    passes them on to several (one per kind of reader)."""
+
+    def append(self, events: Iterable[LifecycleEvent]) -> object: ...
 
 
 class LifecycleStore(Protocol):
@@ -106,7 +112,7 @@ class MemoryLifecycle:
     """The lifecycle rules in this process, into a ``MemoryOutbox``.
 
     Args:
-        outbox: Where the events go.
+        outbox: Where the events go (a ``MemoryOutbox``, or any ``EventSink``).
         debounce: See ``LifecycleState``.
         instance: This process's id in the events (default: random).
         clock: Unix seconds (a test passes its own).
@@ -114,7 +120,7 @@ class MemoryLifecycle:
 
     def __init__(
         self,
-        outbox: MemoryOutbox,
+        outbox: EventSink,
         *,
         debounce: float = 5.0,
         instance: str | None = None,
@@ -143,7 +149,7 @@ class MemoryLifecycle:
 
     def samples(self) -> list[Sample]:
         return [
-            ("counter", "roomcast_lifecycle_events", "Lifecycle events emitted", self.events),
+            ("counter", "roomcast_lifecycle_settings", "Lifecycle events emitted", self.events),
             (
                 "gauge",
                 "roomcast_lifecycle_waiting",
