@@ -1,0 +1,247 @@
+"""ConnectionManager(lifecycle=...): lifecycle events in the application, one process.
+
+A FastAPI app under a real uvicorn, real websockets clients; the test reads the events as an
+application would, with ``manager.events()`` and ``manager.on_event``.  Debounce windows are
+a fraction of the time unit; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import pytest
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from roomcast import (
+    CloseCode,
+    ConnectionManager,
+    LifecycleEvent,
+    LifecycleSettings,
+    MessageType,
+)
+from roomcast.events.schema import Kind
+from tests.support import connect, eventually, recv, running_server, seconds
+
+
+def make_app(manager: ConnectionManager) -> FastAPI:
+    """The seed's endpoint, plus commands to join, leave and close (the app's own close)."""
+    app = FastAPI()
+
+    @app.websocket("/ws/{room}")
+    async def endpoint(websocket: WebSocket, room: str, user_id: str) -> None:
+        await manager.connect(websocket, room, user_id, event_data={"via": "test"})
+        try:
+            while True:
+                command, _, argument = (await websocket.receive_text()).partition(" ")
+                if command == "join":
+                    await manager.join_room(websocket, argument)
+                elif command == "leave":
+                    await manager.leave_room(websocket, argument)
+                elif command == "quit":
+                    await websocket.close(code=4003, reason=argument)
+                    manager.disconnect(websocket)
+                    return
+                await websocket.send_text("ok")
+        except WebSocketDisconnect:
+            manager.disconnect(websocket)
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serving(manager: ConnectionManager) -> AsyncIterator[str]:
+    try:
+        async with running_server(make_app(manager)) as base:
+            yield base
+    finally:
+        await manager.close_all()
+
+
+async def take(events: AsyncGenerator[LifecycleEvent, None], count: int) -> list[str]:
+    """The next ``count`` events, as ``kind:user:room`` strings."""
+    out = []
+    async with asyncio.timeout(seconds(5)):
+        for _ in range(count):
+            event = await anext(events)
+            out.append(f"{event.kind}:{event.user or ''}:{event.room or ''}")
+    return out
+
+
+async def test_connect_join_leave_disconnect_arrive_in_order() -> None:
+    """A client's connect, joins, leaves and close come out of events() in their order, the
+    departures once the debounce window passed, the disconnect with the client's code."""
+    manager = ConnectionManager(lifecycle=LifecycleSettings(debounce=seconds(0.1)))
+    async with serving(manager) as base, contextlib.aclosing(manager.events()) as events:
+        ann = await connect(f"{base}/ws/lobby?user_id=ann")
+        assert await take(events, 3) == ["connect:ann:", "occupied::lobby", "join:ann:lobby"]
+        await ann.send("join games")
+        assert await recv(ann) == "ok"
+        assert await take(events, 2) == ["occupied::games", "join:ann:games"]
+        await ann.send("leave games")
+        assert await recv(ann) == "ok"
+        assert await take(events, 2) == ["leave:ann:games", "vacated::games"]
+        await ann.close(4100, "done for today")
+        assert await take(events, 3) == ["leave:ann:lobby", "vacated::lobby", "disconnect:ann:"]
+        assert manager.lifecycle is not None
+        assert manager.lifecycle.store.samples()[0][3] == 10  # events emitted
+
+
+async def test_a_reconnect_within_the_window_emits_nothing() -> None:
+    """A user who drops and comes back within the debounce window never looked offline: no
+    disconnect, no second connect; the next event is someone else's."""
+    manager = ConnectionManager(lifecycle=LifecycleSettings(debounce=seconds(2)))
+    async with serving(manager) as base, contextlib.aclosing(manager.events()) as events:
+        ann = await connect(f"{base}/ws/lobby?user_id=ann")
+        assert await take(events, 3) == ["connect:ann:", "occupied::lobby", "join:ann:lobby"]
+        await ann.close()
+        await eventually(lambda: manager.active_connections == 0)
+        again = await connect(f"{base}/ws/lobby?user_id=ann")
+        await connect(f"{base}/ws/lobby?user_id=bob")
+        assert await take(events, 2) == ["connect:bob:", "join:bob:lobby"]
+        await again.close()
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "reason"),
+    [
+        ("client", 4100, "done"),
+        ("client-no-reason", 1000, "client closed"),
+        ("app", 4003, "bye"),
+        ("manager", CloseCode.NORMAL, "kicked"),
+        ("heartbeat", CloseCode.HEARTBEAT_TIMEOUT, "no pong"),
+    ],
+)
+async def test_the_disconnect_says_who_closed_and_why(how: str, code: int, reason: str) -> None:
+    """The disconnect carries the first close said: the client's close frame, the app's own
+    websocket.close, the manager's close, or the heartbeat's 4002."""
+    interval = seconds(0.2) if how == "heartbeat" else None
+    settings = LifecycleSettings(debounce=0)
+    manager = ConnectionManager(lifecycle=settings, ping_interval=interval, pong_timeout=0.2)
+    async with serving(manager) as base, contextlib.aclosing(manager.events()) as events:
+        ann = await connect(f"{base}/ws/lobby?user_id=ann")
+        await take(events, 3)
+        if how == "client":
+            await ann.close(4100, "done")
+        elif how == "client-no-reason":
+            await ann.close()
+        elif how == "app":
+            await ann.send("quit bye")
+        elif how == "manager":
+            (connection,) = manager.get_user_connections("ann")
+            await manager.send_personal(connection.websocket, "kicked", MessageType.CLOSE)
+        async with asyncio.timeout(seconds(5)):
+            await anext(events)  # leave
+            await anext(events)  # vacated
+            disconnect = await anext(events)
+        assert (disconnect.kind, disconnect.code, disconnect.reason) == (
+            Kind.DISCONNECT,
+            code,
+            reason,
+        )
+
+
+async def test_callbacks_get_every_event_and_a_failing_one_is_retried_then_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """on_event callbacks see the events in order; a callback that fails once is retried
+    and takes the event; one that always fails is called 1 + callback_retries times, then
+    the event is skipped for it (logged) and the next events still come."""
+    settings = LifecycleSettings(debounce=0, callback_retries=1)
+    manager = ConnectionManager(lifecycle=settings)
+    seen: list[str] = []
+    calls: dict[str, int] = {}
+
+    @manager.on_event
+    async def record(event: LifecycleEvent) -> None:
+        seen.append(f"{event.kind}:{event.user or event.room}")
+
+    @manager.on_event
+    async def flaky(event: LifecycleEvent) -> None:
+        calls[event.id] = calls.get(event.id, 0) + 1
+        if event.kind is Kind.CONNECT and calls[event.id] == 1:
+            raise RuntimeError("backend busy")
+        if event.kind is Kind.OCCUPIED:
+            raise RuntimeError("poison")
+
+    async with serving(manager) as base:
+        ann = await connect(f"{base}/ws/lobby?user_id=ann")
+        await eventually(lambda: len(seen) == 3)
+        await ann.close()
+        await eventually(lambda: len(seen) == 6, what="the departures after the poison event")
+    assert seen == [
+        "connect:ann",
+        "occupied:lobby",
+        "join:ann",
+        "leave:ann",
+        "vacated:lobby",
+        "disconnect:ann",
+    ]
+    assert sorted(calls.values()) == [1, 1, 1, 1, 2, 2]  # connect: twice; occupied: 1 + 1
+    assert manager.lifecycle is not None
+    stats = manager.lifecycle.readers.stats
+    assert (stats.handled, stats.skipped, stats.retries, stats.callback_failures) == (5, 1, 2, 3)
+    assert "given up on by 1 callback(s) after 2 attempt(s)" in caplog.text
+    names = {name for _, name, _, _ in manager.lifecycle.samples()}
+    assert {"roomcast_events_skipped", "roomcast_lifecycle_waiting"} <= names
+
+
+async def test_a_loop_that_breaks_gets_its_unfinished_event_again() -> None:
+    """An event the loop broke on is not acknowledged: the next events() hands it out again
+    (at once, in memory), after the ones the first loop finished."""
+    manager = ConnectionManager(lifecycle=LifecycleSettings(debounce=0))
+    async with serving(manager) as base:
+        async with contextlib.aclosing(manager.events()) as first:
+            await connect(f"{base}/ws/lobby?user_id=ann")
+            assert await take(first, 1) == ["connect:ann:"]
+            assert await take(first, 1) == ["occupied::lobby"]  # the loop breaks on it
+        async with contextlib.aclosing(manager.events()) as second:
+            assert await take(second, 2) == ["occupied::lobby", "join:ann:lobby"]
+
+
+async def test_close_all_emits_what_waits_and_ends_an_events_loop() -> None:
+    """close_all() is the shutdown: departures waiting for a long window are emitted at once,
+    and an events() loop gets them, then ends."""
+    manager = ConnectionManager(lifecycle=LifecycleSettings(debounce=60))
+    async with running_server(make_app(manager)) as base:
+        async with contextlib.aclosing(manager.events()) as events:
+            await connect(f"{base}/ws/lobby?user_id=ann")
+            assert await take(events, 3) == ["connect:ann:", "occupied::lobby", "join:ann:lobby"]
+            async with asyncio.timeout(seconds(10)):
+                await manager.close_all()
+                rest = [(event.kind.value, event.code) async for event in events]
+        assert rest == [("leave", None), ("vacated", None), ("disconnect", 1001)]
+
+
+async def test_close_all_lets_the_callbacks_finish_and_a_connect_starts_again() -> None:
+    """At close_all() the callbacks get what the stop emitted before their task ends; no
+    task is left; the next connection starts the lifecycle again."""
+    manager = ConnectionManager(lifecycle=LifecycleSettings(debounce=60))
+    seen: list[str] = []
+
+    async def record(event: LifecycleEvent) -> None:
+        seen.append(f"{event.kind}:{event.code or ''}")
+
+    assert manager.on_event(record) is record
+    async with running_server(make_app(manager)) as base:
+        await connect(f"{base}/ws/lobby?user_id=ann")
+        await eventually(lambda: len(seen) == 3)
+        async with asyncio.timeout(seconds(10)):
+            await manager.close_all()
+        assert seen[3:] == ["leave:", "vacated:", "disconnect:1001"]
+        assert manager.lifecycle is not None
+        assert len(manager.lifecycle._tasks) == 0
+        await connect(f"{base}/ws/lobby?user_id=bob")
+        await eventually(lambda: seen[-1] == "join:")
+        await manager.close_all()
+
+
+async def test_without_lifecycle_nothing_changes() -> None:
+    """No settings: no lifecycle, and asking for events says how to turn them on."""
+    manager = ConnectionManager()
+    assert manager.lifecycle is None
+    with pytest.raises(RuntimeError, match="lifecycle=LifecycleSettings"):
+        manager.events()
+    with pytest.raises(RuntimeError):
+        manager.on_event(print)  # type: ignore[arg-type]
