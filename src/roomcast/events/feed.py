@@ -79,7 +79,8 @@ class LifecycleFeed:
     def closing(self, connection: Connection, code: int, reason: str = "") -> None:
         """``connection`` ends with ``code`` (said before the hub forgets it)."""
         if connection.connection_id not in self._closing:
-            self._closing[connection.connection_id] = (code, reason)
+            # A plain int: a CloseCode would reach Redis as its repr, not its number.
+            self._closing[connection.connection_id] = (int(code), reason)
 
     def published(self, connection: Connection, room: str, data: Any) -> None:
         """A client published ``data`` to ``room``."""
