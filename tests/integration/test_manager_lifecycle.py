@@ -245,3 +245,29 @@ async def test_without_lifecycle_nothing_changes() -> None:
         manager.events()
     with pytest.raises(RuntimeError):
         manager.on_event(print)  # type: ignore[arg-type]
+
+
+async def test_webhooks_get_the_same_events_as_the_application() -> None:
+    """With webhook_url, every event is also delivered, signed, to the receiver, while the
+    application reads its own copy: each group of readers sees every event."""
+    from tests.webhook_receiver import Receiver
+
+    receiver = Receiver(b"hook-secret")
+    await receiver.start()
+    settings = LifecycleSettings(
+        debounce=0, webhook_url=receiver.url, webhook_secrets=("hook-secret",)
+    )
+    manager = ConnectionManager(lifecycle=settings)
+    try:
+        async with serving(manager) as base, contextlib.aclosing(manager.events()) as events:
+            ann = await connect(f"{base}/ws/lobby?user_id=ann")
+            assert await take(events, 3) == ["connect:ann:", "occupied::lobby", "join:ann:lobby"]
+            await ann.close()
+            assert await take(events, 3) == ["leave:ann:lobby", "vacated::lobby", "disconnect:ann:"]
+            await receiver.wait_until(lambda: len(receiver.unique_ids()) == 6, seconds(5))
+            assert [e.kind.value for e in receiver.events][-1] == "disconnect"
+            assert manager.lifecycle is not None
+            names = {name for _, name, _, _ in manager.lifecycle.samples()}
+            assert "roomcast_webhook_deliveries" in names
+    finally:
+        await receiver.stop()
