@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -23,6 +25,8 @@ from roomcast import (
 )
 from roomcast.events.schema import Kind
 from tests.support import connect, eventually, recv, running_server, seconds
+
+FASTAPI_DOC = (Path(__file__).resolve().parents[2] / "docs" / "fastapi.md").read_text()
 
 
 def make_app(manager: ConnectionManager) -> FastAPI:
@@ -271,3 +275,30 @@ async def test_webhooks_get_the_same_events_as_the_application() -> None:
             assert "roomcast_webhook_deliveries" in names
     finally:
         await receiver.stop()
+
+
+async def test_the_documented_example_works_as_written() -> None:
+    """docs/fastapi.md's lifecycle example, run as written with a ``users`` of the test's:
+    its callback hears the user come online and, at the app's shutdown, go offline."""
+    section = FASTAPI_DOC[FASTAPI_DOC.index("## Lifecycle events in a FastAPI app") :]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
+    marks: list[tuple[str, object]] = []
+
+    class Users:
+        async def mark_online(self, user: str) -> None:
+            marks.append(("online", user))
+
+        async def mark_offline(self, user: str, code: int, reason: str) -> None:
+            marks.append(("offline", user))
+
+    namespace: dict[str, object] = {"users": Users()}
+    exec(block, namespace)
+    manager = namespace["manager"]
+    assert isinstance(manager, ConnectionManager)
+    app = namespace["app"]
+    endpoint_app = make_app(manager)
+    async with running_server(endpoint_app) as base:
+        async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
+            await connect(f"{base}/ws/lobby?user_id=ann")
+            await eventually(lambda: marks == [("online", "ann")])
+        assert marks == [("online", "ann"), ("offline", "ann")]
