@@ -187,7 +187,7 @@ class ManagerLifecycle:
         ``start()``)."""
         self._begin()
         self.feed.connected(connection, data)
-        watch_closes(websocket, functools.partial(self.closing, connection))
+        watch_closes(websocket, self.closing_of(connection))
 
     def closing_of(self, connection: Connection) -> Callable[[int, str], None]:
         """``closing`` for ``connection``: its transport's ``on_close``."""
@@ -255,9 +255,8 @@ class ManagerLifecycle:
                 await asyncio.wait((self._runner,), timeout=_DRAIN)
             await self._tasks.cancel_all()
             self._runner = None
-            if self._dispatcher is not None:
+            if self._dispatcher is not None:  # (kept for its samples; a start makes another)
                 await self._dispatcher.stop()
-                self._dispatcher = None
             if self._redis is not None:
                 await self._redis.aclose()
         finally:
