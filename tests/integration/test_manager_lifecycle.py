@@ -302,3 +302,31 @@ async def test_the_documented_example_works_as_written() -> None:
             await connect(f"{base}/ws/lobby?user_id=ann")
             await eventually(lambda: marks == [("online", "ann")])
         assert marks == [("online", "ann"), ("offline", "ann")]
+
+
+async def test_a_slow_consumer_departs_with_4008() -> None:
+    """A client that stops reading is cut off by the fan-out; its disconnect says 4008."""
+    from tests.integration.test_slow_consumer import stalled_client
+
+    settings = LifecycleSettings(debounce=0)
+    manager = ConnectionManager(send_buffer_limit=16 * 1024, close_timeout=1, lifecycle=settings)
+    async with (
+        running_server(make_app(manager), sndbuf=8192) as base,
+        contextlib.aclosing(manager.events()) as events,
+    ):
+        stalled = await stalled_client(f"{base}/ws/lobby?user_id=slow")
+        assert await take(events, 3) == ["connect:slow:", "occupied::lobby", "join:slow:lobby"]
+        async with asyncio.timeout(seconds(10)):
+            while manager.active_connections:  # until the fan-out cuts it off
+                await manager.broadcast_to_room("lobby", b"x" * 4096, MessageType.BYTES)
+                await asyncio.sleep(0.001)
+            gone = [await anext(events) for _ in range(3)]
+        assert (gone[2].kind, gone[2].code, gone[2].reason) == (
+            Kind.DISCONNECT,
+            CloseCode.SLOW_CONSUMER,
+            "slow consumer",
+        )
+        stalled.transport.abort()  # it reads nothing, not even the server's reset
+        async with asyncio.timeout(seconds(5)):
+            await stalled.wait_closed()
+        await manager.close_all()
