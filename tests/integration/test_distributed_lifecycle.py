@@ -29,13 +29,15 @@ from roomcast import (
     JWTAuthenticator,
     LifecycleEvent,
     LifecycleSettings,
+    MemoryBroker,
+    MemoryBus,
 )
 from tests.integration.test_manager_lifecycle import make_app, take
 from tests.redis_support import RedisServer, free_port
 from tests.support import connect, eventually, running_server, seconds
 
 SETTINGS = LifecycleSettings(
-    debounce=seconds(0.5), instance_ttl=seconds(2), refresh_interval=0.1, reclaim_after=0.5
+    debounce=seconds(1), instance_ttl=seconds(2), refresh_interval=0.1, reclaim_after=0.5
 )
 
 
@@ -198,3 +200,26 @@ async def test_auth_manager_callbacks_hear_a_token_expire(own_redis: RedisServer
             await client.close()
         finally:
             await manager.close()
+
+
+async def test_events_start_once_redis_is_back(own_redis: RedisServer) -> None:
+    """Redis away at start(): the lifecycle tries again with a backoff (logged) instead of
+    failing the app's startup, and runs once Redis is back."""
+    own_redis.kill()
+    manager = DistributedWebSocketManager(
+        own_redis.url, broker=MemoryBroker(MemoryBus(), "p"), lifecycle=SETTINGS
+    )
+    async with running_server(make_app(manager)) as base:
+        starting = asyncio.ensure_future(manager.start())
+        await asyncio.sleep(seconds(0.3))  # a few attempts fail meanwhile
+        assert not starting.done()
+        own_redis.start()
+        try:
+            async with asyncio.timeout(seconds(10)):
+                await starting
+            async with contextlib.aclosing(manager.events()) as events:
+                await connect(f"{base}/ws/lobby?user_id=ann")
+                assert await take(events, 1) == ["connect:ann:"]
+        finally:
+            await manager.close_all()
+            await manager.stop()

@@ -241,6 +241,27 @@ async def test_close_all_lets_the_callbacks_finish_and_a_connect_starts_again() 
         await manager.close_all()
 
 
+async def test_publishes_reported_by_the_app_are_events_when_asked_for() -> None:
+    """With publishes=True, what the app reports with lifecycle.published is a publish event
+    (the server's own $ rooms excepted); without, it is nothing."""
+    for publishes in (True, False):
+        manager = ConnectionManager(lifecycle=LifecycleSettings(publishes=publishes))
+        assert manager.lifecycle is not None
+        async with serving(manager) as base, contextlib.aclosing(manager.events()) as events:
+            await connect(f"{base}/ws/lobby?user_id=ann")
+            await take(events, 3)
+            (connection,) = manager.get_user_connections("ann")
+            manager.lifecycle.published(connection, "$stats", {"n": 0})
+            manager.lifecycle.published(connection, "lobby", {"text": "hi"})
+            await connect(f"{base}/ws/lobby?user_id=bob")
+            expected = ["publish:ann:lobby"] if publishes else []
+            assert await take(events, len(expected) + 2) == [
+                *expected,
+                "connect:bob:",
+                "join:bob:lobby",
+            ]
+
+
 async def test_without_lifecycle_nothing_changes() -> None:
     """No settings: no lifecycle, and asking for events says how to turn them on."""
     manager = ConnectionManager()
