@@ -1,7 +1,9 @@
 """A FastAPI app on ``DistributedWebSocketManager``, served by uvicorn in a subprocess.
 
 ``test_scaleout`` runs three of these on one Redis and drives every cross-instance path of the
-library API through ``POST /send``, as an application's own routes would.
+library API through ``POST /send``, as an application's own routes would.  With
+``ROOMCAST_TEST_LIFECYCLE`` (an instance TTL in seconds) it counts lifecycle events too, for
+``test_distributed_lifecycle`` to kill it and see a survivor make its users depart.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from roomcast import DistributedWebSocketManager
+from roomcast import DistributedWebSocketManager, LifecycleSettings
 
-manager = DistributedWebSocketManager(os.environ["ROOMCAST_TEST_REDIS_URL"])
+_ttl = os.environ.get("ROOMCAST_TEST_LIFECYCLE")
+manager = DistributedWebSocketManager(
+    os.environ["ROOMCAST_TEST_REDIS_URL"],
+    lifecycle=None
+    if _ttl is None
+    else LifecycleSettings(debounce=0.2, instance_ttl=float(_ttl), refresh_interval=0.1),
+)
 
 
 @asynccontextmanager

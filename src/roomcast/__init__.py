@@ -20,8 +20,10 @@ from roomcast.errors import (
     InvalidMessage,
     RoomcastError,
 )
+from roomcast.events.schema import LifecycleEvent
 from roomcast.fastapi.auth_manager import AuthConnectionManager, ConnectionConfig
 from roomcast.fastapi.distributed import DistributedWebSocketManager
+from roomcast.fastapi.lifecycle_settings import LifecycleSettings
 from roomcast.fastapi.manager import ConnectionManager, ManagerStats, OverflowPolicy
 from roomcast.fastapi.room_rules import RoomRefused
 from roomcast.frame import Frame, encode
@@ -85,6 +87,8 @@ __all__ = [
     "InvalidIdentifier",
     "InvalidMessage",
     "JWTAuthenticator",
+    "LifecycleEvent",
+    "LifecycleSettings",
     "ManagerStats",
     "MemoryBroker",
     "MemoryBus",

@@ -19,17 +19,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, Protocol
 
 from roomcast.connection import Connection
 from roomcast.events.lifecycle import Change, LifecycleState, Op
-from roomcast.events.memory import MemoryOutbox
 from roomcast.events.outbox import Outbox
 from roomcast.events.schema import LifecycleEvent
 from roomcast.tasks import TaskSet
 
-__all__ = ["LifecycleFeed", "LifecycleStore", "MemoryLifecycle", "iterate"]
+__all__ = ["EventSink", "LifecycleFeed", "LifecycleStore", "MemoryLifecycle", "iterate"]
 
 Sample = tuple[str, str, str, float]
 """``(kind, name, documentation, value)``, as ``roomcast.serve.metrics.Sample``."""
@@ -37,6 +36,13 @@ Sample = tuple[str, str, str, float]
 LOST = (1006, "connection lost")
 """How a connection ended when nobody said (its socket went away)."""
 _RESERVED = "$"
+
+
+class EventSink(Protocol):
+    """Where a ``MemoryLifecycle`` appends its events: a ``MemoryOutbox``, or anything that
+    passes them on to several (one per kind of reader)."""
+
+    def append(self, events: Iterable[LifecycleEvent]) -> object: ...
 
 
 class LifecycleStore(Protocol):
@@ -73,7 +79,8 @@ class LifecycleFeed:
     def closing(self, connection: Connection, code: int, reason: str = "") -> None:
         """``connection`` ends with ``code`` (said before the hub forgets it)."""
         if connection.connection_id not in self._closing:
-            self._closing[connection.connection_id] = (code, reason)
+            # A plain int: a CloseCode would reach Redis as its repr, not its number.
+            self._closing[connection.connection_id] = (int(code), reason)
 
     def published(self, connection: Connection, room: str, data: Any) -> None:
         """A client published ``data`` to ``room``."""
@@ -106,7 +113,7 @@ class MemoryLifecycle:
     """The lifecycle rules in this process, into a ``MemoryOutbox``.
 
     Args:
-        outbox: Where the events go.
+        outbox: Where the events go (a ``MemoryOutbox``, or any ``EventSink``).
         debounce: See ``LifecycleState``.
         instance: This process's id in the events (default: random).
         clock: Unix seconds (a test passes its own).
@@ -114,7 +121,7 @@ class MemoryLifecycle:
 
     def __init__(
         self,
-        outbox: MemoryOutbox,
+        outbox: EventSink,
         *,
         debounce: float = 5.0,
         instance: str | None = None,
@@ -143,7 +150,7 @@ class MemoryLifecycle:
 
     def samples(self) -> list[Sample]:
         return [
-            ("counter", "roomcast_lifecycle_events", "Lifecycle events emitted", self.events),
+            ("counter", "roomcast_lifecycle_settings", "Lifecycle events emitted", self.events),
             (
                 "gauge",
                 "roomcast_lifecycle_waiting",

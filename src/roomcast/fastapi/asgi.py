@@ -131,6 +131,8 @@ class AsgiTransport:
             close has not completed (frame written and answered) by then.
         on_unabortable: Called when a close could not be written within ``close_timeout``
             and the ASGI server offers no way to abort the socket.
+        on_close: Called with the code and reason of the close that roomcast decided (once,
+            at the decision), for the lifecycle event of the connection's end.
     """
 
     __slots__ = (
@@ -140,6 +142,7 @@ class AsgiTransport:
         "_direct",
         "_direct_writes",
         "_limit",
+        "_on_close",
         "_on_lost",
         "_on_unabortable",
         "_send",
@@ -160,6 +163,7 @@ class AsgiTransport:
         close_timeout: float,
         direct_writes: bool = True,
         on_unabortable: Callable[[], None] | None = None,
+        on_close: Callable[[int, str], None] | None = None,
     ) -> None:
         self._websocket = websocket
         # Starlette's WebSocket.send only checks its state machine before calling the raw
@@ -171,6 +175,7 @@ class AsgiTransport:
         self._tasks = tasks
         self._on_lost = on_lost
         self._on_unabortable = on_unabortable
+        self._on_close = on_close
         self._limit = limit
         self._close_timeout = close_timeout
         # OPEN: frames go straight out; the one attribute the per-recipient fast path reads.
@@ -284,6 +289,8 @@ class AsgiTransport:
         if self._state is _CLOSING:
             return
         self._state = _CLOSING
+        if self._on_close is not None:
+            self._on_close(code, reason)
         writer = self._discard_backlog()
         deadline = asyncio.get_running_loop().time() + self._close_timeout
         self._tasks.spawn(self._close(writer, code, reason, deadline), name="roomcast-close")

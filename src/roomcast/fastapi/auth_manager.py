@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Collection
+from collections.abc import AsyncGenerator, Collection
 from typing import Any
 
 from roomcast.auth import (
@@ -27,9 +27,11 @@ from roomcast.auth import (
     token_from_request,
 )
 from roomcast.errors import CloseCode
+from roomcast.events.schema import LifecycleEvent
 from roomcast.expiry import ExpiryClock, Step, expiry_warning, run_expiry
 from roomcast.fastapi.connection_config import ConnectionConfig
 from roomcast.fastapi.distributed import DistributedWebSocketManager
+from roomcast.fastapi.lifecycle_readers import EventCallback
 from roomcast.fastapi.room_rules import RoomRefused, RoomRules
 from roomcast.frame import encode
 from roomcast.messages import MessageType
@@ -54,6 +56,7 @@ class AuthConnectionManager:
         self.config = config
         hub_options.setdefault("ping_interval", config.ping_interval)
         hub_options.setdefault("pong_timeout", config.pong_timeout)
+        hub_options.setdefault("lifecycle", config.lifecycle)
         self.manager = DistributedWebSocketManager(
             config.redis_url, prefix=config.key_prefix, **hub_options
         )
@@ -96,6 +99,14 @@ class AuthConnectionManager:
         await self.manager.stop()
         await self._redis.aclose()
 
+    def events(self) -> AsyncGenerator[LifecycleEvent, None]:
+        """Lifecycle events, cluster-wide (``config.lifecycle``); see ``ConnectionManager``."""
+        return self.manager.events()
+
+    def on_event(self, callback: EventCallback) -> EventCallback:
+        """Call ``callback`` for every lifecycle event; see ``ConnectionManager.on_event``."""
+        return self.manager.on_event(callback)
+
     # ---------------------------------------------------------------- connections
 
     async def connect(
@@ -105,8 +116,11 @@ class AuthConnectionManager:
         authenticator: Authenticator | None = None,
         room: str | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        event_data: Any = None,
     ) -> tuple[str, str]:
-        """Authenticate, check the limits, accept and register; ``(conn_id, user_id)``.
+        """Authenticate, check the limits, accept and register; ``(conn_id, user_id)``
+        (``event_data``: the ``data`` of its lifecycle ``connect``, with ``config.lifecycle``).
 
         With ``token=None`` the token is taken from the request: ``Authorization: Bearer``,
         the subprotocols ``bearer, TOKEN`` (then ``bearer`` is selected, as browsers
@@ -148,7 +162,7 @@ class AuthConnectionManager:
             await _refuse(websocket, exc)
             raise
         connection = await self.manager.connect(
-            websocket, None, identity.user_id, metadata, subprotocol=protocol
+            websocket, None, identity.user_id, metadata, subprotocol=protocol, event_data=event_data
         )
         connection_id = connection.connection_id
         if not await self.presence.add(

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 from roomcast.auth import Identity
+from roomcast.fastapi.lifecycle_settings import LifecycleSettings
 from roomcast.presence.connection_registry import StaleCallback
 from roomcast.rules import Rules
 
@@ -47,6 +48,8 @@ class ConnectionConfig:
         rules: Who may do what in which room, from the token's capability claim and the
             namespaces, as ``roomcast serve`` decides it (docs/permissions.md).  With a
             ``room_authorizer`` too, a join needs both to allow it.
+        lifecycle: Lifecycle events, cluster-wide (``manager.events()``, ``on_event``;
+            docs/fastapi.md).  None: off.
     """
 
     redis_url: str = "redis://localhost:6379"
@@ -64,3 +67,4 @@ class ConnectionConfig:
     pong_timeout: float = 60.0
     token_in_query: bool = True
     rules: Rules | None = None
+    lifecycle: LifecycleSettings | None = None

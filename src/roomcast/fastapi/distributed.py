@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from roomcast.brokers.base import Broker, BrokerStats
 from roomcast.brokers.envelope import Target
+from roomcast.fastapi.lifecycle import LifecycleSettings, ManagerLifecycle
 from roomcast.fastapi.manager import DEFAULT_SEND_BUFFER_LIMIT, ConnectionManager
 from roomcast.history.positions import history_rule
 from roomcast.hub import Hub, OverflowPolicy
@@ -38,6 +39,8 @@ class DistributedWebSocketManager(ConnectionManager):
         broker: Another broker (e.g. ``MemoryBroker`` for instances in one process).
         prefix: Channel prefix; instances with different prefixes are separate hubs.
         **options: ``ConnectionManager`` options (``send_buffer_limit``, ``overflow``...).
+            With ``lifecycle``, the events are counted cluster-wide in the Redis at
+            ``redis_url`` (whichever the broker), under the broker's instance id.
 
     Call ``await start()`` before serving (FastAPI ``on_event("startup")`` or a lifespan) and
     ``await stop()`` at shutdown.  Return values of the send methods count local deliveries
@@ -64,8 +67,14 @@ class DistributedWebSocketManager(ConnectionManager):
             max_rooms=options.get("max_rooms"),
             history=history_rule(options.get("history")),
         )
+        lifecycle: LifecycleSettings | None = options.pop("lifecycle", None)
         super().__init__(hub=hub, **options)
         self.broker: Broker = broker
+        if lifecycle is not None:
+            instance = broker.instance_id.hex()
+            self.lifecycle = ManagerLifecycle.over_redis(
+                lifecycle, hub, redis_url, instance, prefix
+            )
 
     @property
     def pubsub(self) -> RedisPubSub:
@@ -91,12 +100,18 @@ class DistributedWebSocketManager(ConnectionManager):
 
         Returns once subscribed, or after the broker's connect timeout if it is unreachable;
         then the instance serves its own clients and catches up when the broker returns.
+        With ``lifecycle``, its events start too (see ``ManagerLifecycle.start``).
         """
         await self.hub.start()
+        if self.lifecycle is not None:
+            await self.lifecycle.start()
 
     async def stop(self) -> None:
         """Disconnect from the broker.  Local connections stay; close them with
-        ``close_all`` if the process is going away."""
+        ``close_all`` if the process is going away.  With ``lifecycle``, what this instance
+        holds departs now (reason "instance stopped") and the events stop."""
+        if self.lifecycle is not None:
+            await self.lifecycle.stop()
         await self.hub.stop()
 
     async def send_to_connection(

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from typing import Any
 
 from roomcast.brokers.envelope import Target
 from roomcast.connection import Connection
 from roomcast.errors import CloseCode, ConnectionStateError
+from roomcast.events.schema import LifecycleEvent
 from roomcast.fastapi.asgi import AsgiTransport, AsgiWebSocket
+from roomcast.fastapi.incoming import watch_incoming
+from roomcast.fastapi.lifecycle import EventCallback, LifecycleSettings, ManagerLifecycle, require
 from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
 from roomcast.history.contract import Joined
@@ -62,6 +65,8 @@ class ConnectionManager:
             client missed.  None (the default): no history, messages exactly as given.
         hub: The hub to serve (``DistributedWebSocketManager`` passes one with a broker); a
             new one from the options above if omitted.
+        lifecycle: Turns lifecycle events on (``events()``, ``on_event``; kept in this
+            process here, in Redis by the distributed managers).  None: off, nothing runs.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class ConnectionManager:
         max_rooms: int | None = None,
         history: HistoryLimits | HistoryRule | None = None,
         hub: Hub | None = None,
+        lifecycle: LifecycleSettings | None = None,
     ) -> None:
         if send_buffer_limit <= 0:
             raise ValueError("send_buffer_limit must be positive")
@@ -89,6 +95,10 @@ class ConnectionManager:
         )
         """Registry, fan-out and broker under this manager."""
         self.hub.observe(self)
+        self.lifecycle = (
+            None if lifecycle is None else ManagerLifecycle.in_memory(lifecycle, self.hub)
+        )
+        """The lifecycle events' machinery (``roomcast.fastapi.lifecycle``); None when off."""
         self._send_buffer_limit = send_buffer_limit
         self._close_timeout = close_timeout
         self._direct_writes = direct_writes
@@ -133,9 +143,10 @@ class ConnectionManager:
         metadata: dict[str, Any] | None = None,
         *,
         subprotocol: str | None = None,
+        event_data: Any = None,
     ) -> Connection:
         """Accept ``websocket`` (unless already accepted; selecting ``subprotocol``, if
-        given) and register it.
+        given) and register it (``event_data``: the ``data`` of its lifecycle ``connect``).
 
         The connection is tied to the task that calls ``connect`` (the ASGI endpoint's): when
         that task ends, however it ends, the connection is unregistered.  So an endpoint that
@@ -162,6 +173,7 @@ class ConnectionManager:
             close_timeout=self._close_timeout,
             direct_writes=self._direct_writes,
             on_unabortable=self._unabortable,
+            on_close=None if self.lifecycle is None else self.lifecycle.closing_of(connection),
         )
         connection.transport = transport
         await transport.open(subprotocol)
@@ -169,6 +181,8 @@ class ConnectionManager:
             raise ConnectionStateError("this websocket is already connected")
         self.hub.attach(connection)
         self._by_socket[id(websocket)] = connection
+        if self.lifecycle is not None:
+            self.lifecycle.connected(connection, websocket, event_data)
         if room is not None:
             try:
                 self.hub.join(connection, room)
@@ -177,7 +191,7 @@ class ConnectionManager:
                 raise
         if self.heartbeat is not None:
             self.heartbeat.start_heartbeat(connection.connection_id, websocket, self._silent)
-            _watch_incoming(websocket, functools.partial(self._heard, connection.connection_id))
+            watch_incoming(websocket, functools.partial(self._heard, connection.connection_id))
         task = asyncio.current_task()
         if task is not None:
             callback = functools.partial(self._endpoint_done, connection)
@@ -257,6 +271,21 @@ class ConnectionManager:
         self.hub.close_all(code, reason)
         await self._tasks.wait(within=self._close_timeout + 1)
         await self._tasks.cancel_all()
+        if self.lifecycle is not None:
+            await self.lifecycle.stop()
+
+    def events(self) -> AsyncGenerator[LifecycleEvent, None]:
+        """Lifecycle events, oldest first, for ``async for`` (close it: ``aclosing``); each
+        is acknowledged when the next is asked for, so one a broken loop did not finish is
+        handed out again.  Ends after the manager stopped (with the events of the stop).
+        RuntimeError without ``lifecycle``."""
+        return require(self.lifecycle).events()
+
+    def on_event(self, callback: EventCallback) -> EventCallback:
+        """Run ``await callback(event)`` for every lifecycle event, in order, retried when it
+        raises (``roomcast.fastapi.lifecycle``); a decorator too.  RuntimeError without
+        ``lifecycle``."""
+        return require(self.lifecycle).on_event(callback)
 
     # ---------------------------------------------------------------- rooms
 
@@ -368,33 +397,3 @@ class ConnectionManager:
             reason = message if isinstance(message, str) else ""
             return self.hub.close_target(target, target_id, reason, exclude)
         return self.hub.deliver(target, target_id, encode(message, kind), exclude)
-
-
-_PONG_PREFIXES = ('{"type":"pong"', '{"type": "pong"')
-
-
-def _watch_incoming(websocket: Any, heard: Callable[[bool], None]) -> None:
-    """Let the heartbeat see what the client sends, without the application's help.
-
-    Starlette's WebSocket reads every event through its ``_receive`` callable; wrapping it
-    means any message from the client counts as a sign of life, and application-level pongs
-    (``{"type": "pong", ...}``) are consumed here instead of reaching the endpoint's
-    ``receive_text()``.  Without that attribute (another framework) the application reports
-    pongs itself with ``heartbeat.record_pong``.
-    """
-    receive = getattr(websocket, "_receive", None)
-    if receive is None:
-        return
-
-    async def receive_and_listen() -> Any:
-        while True:
-            event = await receive()
-            if event.get("type") != "websocket.receive":
-                return event
-            text = event.get("text")
-            is_pong = isinstance(text, str) and text.startswith(_PONG_PREFIXES)
-            heard(is_pong)
-            if not is_pong:
-                return event
-
-    websocket._receive = receive_and_listen
