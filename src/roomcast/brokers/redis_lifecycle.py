@@ -231,7 +231,7 @@ class RedisLifecycle:
                 change.user or "",
                 change.room or "",
                 change.reason or "",
-                "" if change.code is None else change.code,
+                "" if change.code is None else int(change.code),  # (a CloseCode: its number)
                 data,
             ]
         status, events = await self._call(APPLY, self._mine, args)
