@@ -1,15 +1,12 @@
 """The client protocol of ``roomcast serve``: what each message a client sends does.
 
 A ``Session`` turns a client's messages into changes of the hub and answers: the rate limit
-(with pings, pongs and continuation frames charged too, by the transport), membership with its
-limits and the server's ``$`` rooms, publishing to a room, token refreshes; what the room
-rules allow is asked of ``roomcast.serve.permissions`` once per command.  It does no I/O of its
-own: answers are frames delivered through the hub, and the only other effect is the
-connection's close for a client over the rate limit.  So it can be driven without a socket
-(``tests/unit/test_session.py``).
-
-Its per-connection state is the rate limit's three numbers, kept on the transport (a slot of
-its own, so that no dictionary per connection is needed).
+(pings, pongs and continuation frames charged too, by the transport), membership with its
+limits and the server's ``$`` rooms, publishing to a room, token refreshes; the room rules
+are asked (``roomcast.serve.permissions``) once per command.  It does no I/O of its own:
+answers are frames delivered through the hub, the only other effects the close of a client
+over the rate limit and ``on_publish``.  So it is driven without a socket in its tests.
+Per connection it keeps the rate limit's three numbers, in a slot of the transport.
 """
 
 from __future__ import annotations
@@ -110,6 +107,7 @@ class Session:
         self._rate = (
             RateLimit(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
         )
+        self.on_publish: Callable[[Connection, str, Any], None] | None = None  # (lifecycle)
 
     @property
     def rate_limited(self) -> bool:
@@ -353,6 +351,8 @@ class Session:
                     ),
                 )
                 return
+            if self.on_publish is not None:  # (a lifecycle event)
+                self.on_publish(connection, command.room, command.data)
             ack = AckMessage(ack_event_id=event_id)
             if position is None:
                 self._reply(connection, ack)

@@ -3,8 +3,8 @@
 One line per fact, so that an operator reading the first lines of the log knows the
 addresses (with the demo page's URL), the broker (and that Redis pub/sub ignores the database
 number: the channel prefix is what separates hubs on one Redis), the authentication, presence,
-history, and every setting changed from its default.  Secrets are never shown; a Redis URL
-loses its credentials.
+history, where lifecycle events go, and every setting changed from its default.  Secrets are
+never shown; a Redis URL loses its credentials, a webhook URL its credentials and query.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import urllib.parse
 
-from roomcast.serve.config import ServerConfig
+from roomcast.serve.config import ServerConfig, lifecycle_enabled
 
 __all__ = ["startup_lines"]
 
@@ -34,6 +34,7 @@ def startup_lines(config: ServerConfig, port: int, api_port: int | None) -> list
     presence = config.presence if config.presence is not None else config.redis_url is None
     lines.append(f"presence: {'on' if presence else 'off (--presence turns it on)'}")
     lines.append(_history(config))
+    lines.append(_lifecycle(config))
     changed = _changed(config)
     if changed:
         lines.append("settings changed from the defaults: " + ", ".join(changed))
@@ -77,11 +78,27 @@ def _history(config: ServerConfig) -> str:
     return f"history: {config.history_size} messages / {config.history_ttl:g} s per room, {where}"
 
 
+def _lifecycle(config: ServerConfig) -> str:
+    if not lifecycle_enabled(config):
+        return "lifecycle events: off (--webhook-url to send them to your backend)"
+    stream = f"Redis stream {{{config.channel_prefix}:life}}:events"
+    debounce = f"departures wait {config.events_debounce:g} s for a comeback"
+    if config.webhook_url is None:
+        return f"lifecycle events: into the {stream}, for a consumer of yours; {debounce}"
+    parts = urllib.parse.urlsplit(config.webhook_url)  # (no credentials, no query: a token?)
+    target = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    where = stream if config.redis_url is not None else "this process's memory (lost on a crash)"
+    return (
+        f"lifecycle events: webhooks to {target}{parts.path}, waiting in {where}, at most "
+        f"{config.events_max}, until answered 2xx; {debounce}"
+    )
+
+
 def _changed(config: ServerConfig) -> list[str]:
     changed = []
     for field in dataclasses.fields(config):
         meta = field.metadata.get("option")
-        if meta is None or field.name in {"host", "port", "api_port", "redis_url"}:
+        if meta is None or field.name in {"host", "port", "api_port", "redis_url", "webhook_url"}:
             continue
         value = getattr(config, field.name)
         if value == field.default:
