@@ -84,7 +84,10 @@ def _lifecycle(config: ServerConfig) -> str:
     stream = f"Redis stream {{{config.channel_prefix}:life}}:events"
     debounce = f"departures wait {config.events_debounce:g} s for a comeback"
     if config.webhook_url is None:
-        return f"lifecycle events: into the {stream}, for a consumer of yours; {debounce}"
+        return (
+            f"lifecycle events: into the {stream}, for a consumer of yours (no webhook: "
+            f"--webhook-url to have them delivered); {debounce}"
+        )
     parts = urllib.parse.urlsplit(config.webhook_url)  # (no credentials, no query: a token?)
     target = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     where = stream if config.redis_url is not None else "this process's memory (lost on a crash)"
