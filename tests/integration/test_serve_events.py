@@ -193,3 +193,28 @@ async def test_with_redis_the_events_go_through_the_stream(
         assert {event.instance for event in receiver.events} == {
             server.hub.broker.instance_id.hex()  # type: ignore[union-attr]
         }
+
+
+async def test_the_redis_backlog_moves_while_the_receiver_is_away(
+    shared_redis: RedisServer, prefix: str
+) -> None:
+    """With Redis, /metrics' backlog rises while the dispatcher retries one batch (it is read
+    from the stream every 2 s, not only at claims) and returns to 0 once delivered."""
+    async with receiving() as receiver:
+        options = {"redis_url": shared_redis.url, "channel_prefix": prefix}
+        async with running(receiver, **options) as server:
+
+            def backlog() -> float:
+                for line in server.pages.get("/metrics")[1].decode().splitlines():
+                    if line.startswith("roomcast_events_backlog "):
+                        return float(line.split()[1])
+                raise AssertionError("no backlog")
+
+            await receiver.stop()
+            for n in range(5):
+                client = await connect(url(server, f"/ws/r{n}?user_id=v{n}"))
+                await client.close()
+            await eventually(lambda: backlog() >= 20, timeout_units=10)
+            await receiver.start()
+            await eventually(lambda: backlog() == 0, timeout_units=20)
+        assert len(receiver.unique_ids()) == 30

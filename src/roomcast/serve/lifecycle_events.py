@@ -25,9 +25,11 @@ instance, whose remaining subjects depart after the window), then the dispatcher
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from picows import WSFrame, WSMsgType, WSTransport
@@ -41,6 +43,7 @@ from roomcast.figures import Figure
 from roomcast.hub import Hub
 from roomcast.serve.config import ServerConfig, lifecycle_enabled, webhook_secrets
 from roomcast.serve.native import NativeTransport
+from roomcast.tasks import TaskSet
 
 __all__ = [
     "CONNECT_DATA",
@@ -59,6 +62,9 @@ CONNECT_DATA = "roomcast.connect_data"
 INSTANCE_TTL_VARIABLE = "ROOMCAST_TEST_INSTANCE_TTL"
 """Seconds a Redis instance counts as alive without a refresh (default 15).  Not an option: a
 knob for drills, which kill a process and should not wait 15 s for its purge."""
+
+BACKLOG_REFRESH = 2.0
+"""Seconds between reads of the Redis stream's backlog for ``/metrics`` (two XINFO calls)."""
 
 GROUP = "webhooks"
 """The consumer group of the instances' dispatchers in the lifecycle stream."""
@@ -87,6 +93,7 @@ class LifecycleEvents:
         self._store: LifecycleStore | None = None
         self._outbox: Outbox | None = None
         self._dispatcher: Any = None  # a Dispatcher (imported only when a URL is given)
+        self._tasks = TaskSet()
         if not lifecycle_enabled(config):
             return
         broker_id = getattr(hub.broker, "instance_id", None)
@@ -165,9 +172,13 @@ class LifecycleEvents:
             await self._store.start()
         if self._dispatcher is not None:
             await self._dispatcher.start()
+            refresh = getattr(self._outbox, "refresh", None)  # (the Redis stream's figures)
+            if refresh is not None:
+                self._tasks.spawn(_every(BACKLOG_REFRESH, refresh), name="roomcast-events-backlog")
 
     async def stop(self) -> None:
         """Stop recording, then delivering (see the module's docstring for the order)."""
+        await self._tasks.cancel_all()
         if self._store is not None:
             await self._store.stop()  # (RedisLifecycle: retire=True, the clean stop's)
         if self._dispatcher is not None:
@@ -185,6 +196,15 @@ class LifecycleEvents:
         if self._dispatcher is not None and self._outbox is not None:
             out += figures(self._dispatcher.stats, self._dispatcher.latency, self._outbox)
         return out
+
+
+async def _every(interval: float, call: Callable[[], Awaitable[None]]) -> None:
+    """Call ``call`` every ``interval`` seconds until cancelled; a failure waits for the next
+    turn (Redis away: the claims say so in the logs already)."""
+    while True:
+        await asyncio.sleep(interval)
+        with contextlib.suppress(Exception):
+            await call()
 
 
 def reporting_transport(feed: LifecycleFeed) -> type[NativeTransport]:
