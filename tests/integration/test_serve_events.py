@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from roomcast.events.schema import Kind, LifecycleEvent
 from roomcast.server import Server, ServerConfig
 from roomcast.testing import RedisServer
+from tests.serve_process import RawClient
 from tests.support import connect, eventually, recv
 from tests.webhook_receiver import Receiver
 
@@ -218,3 +219,19 @@ async def test_the_redis_backlog_moves_while_the_receiver_is_away(
             await receiver.start()
             await eventually(lambda: backlog() == 0, timeout_units=20)
         assert len(receiver.unique_ids()) == 30
+
+
+async def test_a_client_dropped_by_the_heartbeat_departs_with_4002() -> None:
+    """A client that answers no ping is dropped without a close frame; its disconnect says
+    why: 4002, "no pong"."""
+    async with (
+        receiving() as receiver,
+        running(receiver, ping_interval=0.2, pong_timeout=0.2) as server,
+    ):
+        silent = await RawClient.connect(server.port, "/ws?user_id=mute")
+        await receiver.wait_until(
+            lambda: any(e.kind is Kind.DISCONNECT for e in receiver.events), within=10
+        )
+        disconnect = last(receiver, Kind.DISCONNECT)
+        assert (disconnect.code, disconnect.reason) == (4002, "no pong")
+        silent.abort()
