@@ -120,9 +120,12 @@ def wait_until(done: Any, window_end: float, timeout: float) -> tuple[bool, floa
     give_up = time.monotonic() + timeout
     held = False
     while time.monotonic() < give_up:
-        if done():
-            held = True
-            break
+        try:
+            if done():
+                held = True
+                break
+        except (OSError, RuntimeError):  # (a server too busy to answer /metrics in 5 s)
+            pass
         time.sleep(0.2)
     late = max(0.0, time.monotonic() - window_end)
     time.sleep(max(0.0, window_end - time.monotonic()))
