@@ -4,6 +4,7 @@ verifies every delivery's signature."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from roomcast.events.schema import Kind, LifecycleEvent
 from roomcast.server import Server, ServerConfig
-from roomcast.testing import RedisServer
+from roomcast.testing import RedisServer, free_port
 from tests.serve_process import RawClient
 from tests.support import connect, eventually, recv
 from tests.webhook_receiver import Receiver
@@ -235,3 +236,17 @@ async def test_a_client_dropped_by_the_heartbeat_departs_with_4002() -> None:
         disconnect = last(receiver, Kind.DISCONNECT)
         assert (disconnect.code, disconnect.reason) == (4002, "no pong")
         silent.abort()
+
+
+async def test_a_server_starts_with_events_while_redis_is_away() -> None:
+    """Redis unreachable at start: the server serves anyway (as its hub does), the store
+    retrying in the background, and stops within its bounds."""
+    config = ServerConfig(
+        port=0, redis_url=f"redis://127.0.0.1:{free_port()}", lifecycle_events=True
+    )
+    server = Server(config)
+    async with asyncio.timeout(30):
+        await server.start()
+        client = await connect(url(server, "/ws?user_id=solo"))
+        await client.close()
+        await server.stop()
