@@ -251,6 +251,9 @@ def refuse_contradictions(config: ServerConfig) -> None:
 
 
 def _refuse_event_contradictions(config: ServerConfig) -> None:
+    """Webhooks that could not be sent (no key, not HTTP) and events that nobody would read
+    (on without a URL or Redis), or none to send (off with a URL): refused at start, not
+    discovered as a silent backlog."""
     url, events = config.webhook_url, config.lifecycle_events
     if url is not None:
         parts = urllib.parse.urlsplit(url)

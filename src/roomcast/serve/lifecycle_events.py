@@ -12,10 +12,9 @@ The server reports three things beyond what the hub's observer hears: a connecti
 attached (``connected``, with what the connect hook answered, if a hook did), how it ends
 (``closing``: the client's close frame, a close the server sends, a heartbeat timeout; a socket
 that just went is 1006), and a client's publish once accepted (``published``, which the
-session calls).  Close
-codes are learnt by a transport class of its own (``transport``), used only while events are
-on: with events off the server's transports, hub and session run exactly as without this
-module, and each method here returns at once.
+session calls).  Close codes are learnt by a transport class of its own (``transport``), used
+only while events are on: with events off the server's transports, hub and session run
+exactly as without this module, and each method here returns at once.
 
 Shutdown (``stop``), after the server closed its clients: the store stops (the memory store
 emits what waited for its window; the Redis store writes what is queued and retires this
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,8 +50,6 @@ __all__ = [
     "client_close",
     "reporting_transport",
 ]
-
-logger = logging.getLogger("roomcast.events")
 
 CONNECT_DATA = "roomcast.connect_data"
 """The key of ``Connection.metadata`` under which the connect hook's answer waits for the
