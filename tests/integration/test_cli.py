@@ -547,7 +547,8 @@ def test_help_lists_every_option_with_help_and_one_true_default() -> None:
     (never "None", never beside a default written in words)."""
     entries = serve_help({})
     declared = {opt.flag for opt in options(ServerConfig)}
-    assert set(entries) == declared | {"--help", "--no-presence"}
+    opposites = {"--no-" + opt.flag[2:] for opt in options(ServerConfig) if opt.kind == "either"}
+    assert set(entries) == declared | {"--help"} | opposites
     for flag, help_text in entries.items():
         assert help_text, f"{flag} has no help"
         assert "None" not in help_text and help_text.count("default") <= 1, help_text

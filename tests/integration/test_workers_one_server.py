@@ -89,7 +89,15 @@ async def test_every_scrape_is_the_whole_server_and_readiness_is_every_workers(
     clients: list[ClientConnection] = []
     frozen: psutil.Process | None = None
     try:
-        await eventually(lambda: len(workers_of(supervisor)) == 2, timeout_units=20)
+        # (Two children, each past its exec: a child just forked still has the supervisor's
+        # environment, without its slot.)
+        await eventually(
+            lambda: (
+                len(workers := workers_of(supervisor)) == 2
+                and all("ROOMCAST_WORKER_SLOT" in w.environ() for w in workers)
+            ),
+            timeout_units=20,
+        )
         slots = {w.environ()["ROOMCAST_WORKER_SLOT"]: w for w in workers_of(supervisor)}
         # Several answers in a row, so both workers see each other.
         ready = [0]

@@ -30,4 +30,6 @@ def test_the_hooks_line_names_the_hooks_the_policy_and_no_secret() -> None:
 
 def test_without_hooks_there_is_no_hooks_line() -> None:
     """A server without hooks says nothing about them."""
-    assert not any("hook" in line for line in startup_lines(ServerConfig(), 8000, None))
+    assert not any(
+        line.startswith("backend hooks") for line in startup_lines(ServerConfig(), 8000, None)
+    )

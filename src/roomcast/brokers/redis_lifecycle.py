@@ -125,8 +125,13 @@ class RedisLifecycle:
 
     async def start(self) -> None:
         """Take over this instance id's part (what a previous process with this id left
-        departs) and start the writer and the ticker."""
-        await self._restore("instance restarted")
+        departs) and start the writer and the ticker.  Redis away: the writer takes over
+        when it returns (changes queue meanwhile), as a hub serves its clients without it."""
+        try:
+            await self._restore("instance restarted")
+        except _RETRYABLE as exc:
+            logger.warning("lifecycle: Redis unreachable at start (%s); retrying", exc)
+            self._drained.clear()
         self._tasks.spawn(self._write_loop(), name="roomcast-lifecycle-writer")
         self._tasks.spawn(self._tick_loop(), name="roomcast-lifecycle-ticker")
 

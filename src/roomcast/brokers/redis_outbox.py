@@ -105,6 +105,14 @@ class RedisStreamOutbox:
                 await self._ensure_group()
                 return await self._claim(count, wait)
 
+    async def refresh(self) -> None:
+        """Read ``backlog`` and ``dropped`` now (two XINFO calls).  A claim refreshes them
+        too; a reader that claims nothing for a while (its dispatcher retrying one batch while
+        the receiver is down) calls this so that the backlog it shows still moves."""
+        async with asyncio.timeout(10.0):
+            await self._ensure_group()
+            await self._sample()
+
     async def ack(self, entry_ids: Sequence[str]) -> None:
         if not entry_ids:
             return

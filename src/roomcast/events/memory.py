@@ -62,6 +62,8 @@ class MemoryOutbox:
         self._ids = itertools.count(1)
         self._dropped = 0
         self._wakeup = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     @property
     def max_events(self) -> int:
@@ -100,6 +102,7 @@ class MemoryOutbox:
             self._dropped += excess
         if ids:
             self._wakeup.set()
+            self._empty.clear()
         return ids
 
     async def claim(self, count: int, wait: float) -> list[tuple[str, LifecycleEvent]]:
@@ -148,6 +151,18 @@ class MemoryOutbox:
         for entry_id in entry_ids:
             self._entries.pop(entry_id, None)
             self._claimed.pop(entry_id, None)
+        if not self._entries:
+            self._empty.set()
+
+    async def drained(self, within: float) -> bool:
+        """Wait up to ``within`` seconds until every entry was acknowledged (a process about
+        to end gives its dispatcher that long: what is left is lost); True if they were."""
+        try:
+            async with asyncio.timeout(within):
+                await self._empty.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def release(self, entry_ids: Sequence[str]) -> None:
         """These claimed entries were not delivered and their claimer stops: hand them out

@@ -16,8 +16,17 @@ import enum
 from collections.abc import Sequence
 
 from roomcast.events.outbox import Outbox
+from roomcast.figures import Family, Figure, HistogramSeries, Series
 
-__all__ = ["LATENCY_BUCKETS", "DispatcherStats", "Failure", "LatencyHistogram", "Sample", "samples"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "DispatcherStats",
+    "Failure",
+    "LatencyHistogram",
+    "Sample",
+    "figures",
+    "samples",
+]
 
 Sample = tuple[str, str, str, float]
 """``(kind, name, documentation, value)``, kind "gauge" or "counter": the shape
@@ -154,3 +163,44 @@ def samples(stats: DispatcherStats, outbox: Outbox) -> list[Sample]:
             stats.backoff,
         ),
     ]
+
+
+_BY_KIND = frozenset(
+    {
+        "roomcast_webhook_timeouts",
+        "roomcast_webhook_connection_failures",
+        "roomcast_webhook_status_failures",
+    }
+)
+
+
+def figures(stats: DispatcherStats, latency: LatencyHistogram, outbox: Outbox) -> list[Figure]:
+    """The same as ``samples``, with the failures as one family labelled by ``kind`` (a
+    ``Failure``) and the attempt latency as a histogram: what ``/metrics`` shows, where a
+    dashboard sums failures over kinds and takes quantiles from the buckets."""
+    out: list[Figure] = [s for s in samples(stats, outbox) if s[1] not in _BY_KIND]
+    counts = {
+        Failure.TIMEOUT: stats.timeouts,
+        Failure.CONNECTION: stats.connection_failures,
+        Failure.STATUS: stats.status_failures,
+    }
+    out.append(
+        Family(
+            "counter",
+            "roomcast_webhook_failures",
+            "Webhook requests not acknowledged, by kind: timeout, connection (refused, reset, "
+            "closed), status (an answer other than 2xx).",
+            ("kind",),
+            tuple(Series((kind.value,), value) for kind, value in counts.items()),
+        )
+    )
+    out.append(
+        Family(
+            "histogram",
+            "roomcast_webhook_latency_seconds",
+            "Duration of webhook requests, acknowledged or not.",
+            (),
+            (HistogramSeries((), tuple(latency.buckets()), latency.sum),),
+        )
+    )
+    return out

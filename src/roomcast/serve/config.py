@@ -12,10 +12,17 @@ from roomcast.rules import Rules
 from roomcast.serve.options import OptionError, option
 from roomcast.serve.workers import WorkerIdentity
 
-__all__ = ["ServerConfig", "http_url", "refuse_contradictions"]
+__all__ = [
+    "ServerConfig",
+    "http_url",
+    "lifecycle_enabled",
+    "refuse_contradictions",
+    "webhook_secrets",
+]
 
 _AUTH = "authentication"
 _HOOKS = "backend hooks"
+_EVENTS = "lifecycle events"
 
 
 def http_url(text: str) -> str:
@@ -262,6 +269,48 @@ class ServerConfig:
         "bytes of history this process keeps without --redis-url (the rooms published to "
         "least recently lose theirs first); with Redis, history lives in Redis",
     )
+    webhook_url: str | None = option(
+        None,
+        "http(s) URL the lifecycle events (connect, disconnect, join, leave, occupied, "
+        "vacated, publish) are POSTed to, signed, retried until answered 2xx (docs/events.md)",
+        kind=str,
+        group=_EVENTS,
+    )
+    webhook_secret: str | None = option(
+        None,
+        "key the webhooks are signed with (HMAC-SHA256); comma-separated during a rotation, "
+        "the current one first; prefer the ROOMCAST_WEBHOOK_SECRET variable",
+        kind=str,
+        secret=True,
+        group=_EVENTS,
+    )
+    lifecycle_events: bool | None = option(
+        None,
+        "record lifecycle events; default: on with --webhook-url; without one it needs "
+        "--redis-url, and the events wait in the Redis stream {PREFIX:life}:events for a "
+        "consumer of yours",
+        kind="either",
+        group=_EVENTS,
+    )
+    events_debounce: float = option(
+        5.0,
+        "seconds a disconnect, leave or vacated waits for a comeback (one within it emits "
+        "nothing; 0: at once)",
+        off_at_zero=True,
+        group=_EVENTS,
+    )
+    events_max: int = option(
+        100_000,
+        "events waiting for delivery at most (the outbox; with Redis the stream's MAXLEN); "
+        "beyond, the oldest are dropped and counted",
+        group=_EVENTS,
+    )
+    webhook_timeout: float = option(
+        5.0,
+        "seconds one webhook request may take, connecting and reading the answer included "
+        "(longer: retried)",
+        group=_EVENTS,
+    )
 
 
 def refuse_contradictions(config: ServerConfig) -> None:
@@ -293,3 +342,47 @@ def refuse_contradictions(config: ServerConfig) -> None:
             "--api-port needs a key: set ROOMCAST_API_KEY (or --api-key), which publishers "
             "then send in the X-API-Key header"
         )
+    _refuse_event_contradictions(config)
+
+
+def _refuse_event_contradictions(config: ServerConfig) -> None:
+    """Webhooks that could not be sent (no key, not HTTP) and events that nobody would read
+    (on without a URL or Redis), or none to send (off with a URL): refused at start, not
+    discovered as a silent backlog."""
+    url, events = config.webhook_url, config.lifecycle_events
+    if url is not None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise OptionError(
+                "--webhook-url must be http://HOST/... or https://HOST/... (given: a "
+                f"{parts.scheme or 'schemeless'} URL)"
+            )
+        if not webhook_secrets(config):
+            raise OptionError(
+                "--webhook-url needs a signing key: set ROOMCAST_WEBHOOK_SECRET (or "
+                "--webhook-secret), which the receiver uses to verify each delivery"
+            )
+        if events is False:
+            raise OptionError(
+                "--no-lifecycle-events with --webhook-url: there would be nothing to send; "
+                "drop one of them"
+            )
+    elif events and config.redis_url is None:
+        raise OptionError(
+            "--lifecycle-events without --webhook-url needs --redis-url (the events then "
+            "wait in a Redis stream for your consumer); in this process nothing would read them"
+        )
+
+
+def webhook_secrets(config: ServerConfig) -> list[bytes]:
+    """The signing keys of ``--webhook-secret``, the current one first."""
+    text = config.webhook_secret or ""
+    return [part.strip().encode() for part in text.split(",") if part.strip()]
+
+
+def lifecycle_enabled(config: ServerConfig) -> bool:
+    """Whether lifecycle events are recorded: ``--lifecycle-events`` if given, else whether
+    there is a webhook to send them to."""
+    if config.lifecycle_events is not None:
+        return config.lifecycle_events
+    return config.webhook_url is not None

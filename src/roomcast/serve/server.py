@@ -4,14 +4,13 @@ One ``Server`` owns a ``Hub`` (registry, fan-out, optional Redis broker), the We
 (picows over roomcast's own acceptor, within the descriptor budget) and the optional API port.
 The jobs are in modules of their own: ``gate`` admits upgrades, ``pages`` answers GETs,
 ``session`` carries out client messages, ``publish_api`` serves ``POST /api/publish``,
-``stats`` feeds the ``$stats`` room.  What stays here is the wiring, start and stop, and the
-events each ``NativeTransport`` reports (opened, a message, a pong, gone).
+``stats`` feeds the ``$stats`` room, ``lifecycle_events`` the webhooks.  What stays here is the
+wiring, start and stop, and what each ``NativeTransport`` reports (opened, a message, gone).
 
 Paths: ``/ws`` and ``/ws/{room}`` upgrade (``?user_id=`` names the user until authentication
 arrives; ``/ws/{room}`` joins that room at once); ``/healthz``, ``/readyz``, ``/metrics``,
-``/`` (the demo) and ``/client.js`` are GETs; anything else is 404.  A POST, PUT, PATCH or
-DELETE gets 405 saying where the publish API is (``listener.FirstRequest``).  Room ids starting with
-``$`` are the server's: ``$stats`` and ``$presence:R``.
+``/`` (the demo) and ``/client.js`` are GETs; anything else is 404; a POST, PUT, PATCH or
+DELETE 405 (``listener.FirstRequest``).  ``$`` rooms are the server's (``$stats``, ``$presence:R``).
 """
 
 from __future__ import annotations
@@ -38,18 +37,15 @@ from roomcast.frame import encode
 from roomcast.heartbeat import HeartbeatManager
 from roomcast.hub import Hub
 from roomcast.logbudget import EventLog
-from roomcast.messages import (
-    preview,
-)
-from roomcast.presence.feed import (
-    PresenceFeed,
-)
+from roomcast.messages import preview
+from roomcast.presence.feed import PresenceFeed
 from roomcast.presence.rosters import Roster
 from roomcast.serve.assembly import new_hub
 from roomcast.serve.backend_hooks import BackendHooks
 from roomcast.serve.config import ServerConfig
 from roomcast.serve.gate import Admitted, Gate
-from roomcast.serve.metrics import Sample, ServerCounters, metrics_registry
+from roomcast.serve.lifecycle_events import LifecycleEvents
+from roomcast.serve.metrics import ServerCounters, metrics_registry
 from roomcast.serve.native import EchoTransport, FlushScheduler, NativeTransport
 from roomcast.serve.pages import Pages, respond
 from roomcast.serve.permissions import CONNECT_DATA, WHO, Permissions
@@ -117,6 +113,7 @@ class Server:
         if config.presence if config.presence is not None else config.redis_url is None:
             self.presence = PresenceFeed(self.hub, self.events, self._new_roster())
             self.hub.observe(self.presence)
+        self.lifecycle = LifecycleEvents(config, self.hub, self.instance_id)
         self.session = Session(
             config,
             self.hub,
@@ -129,6 +126,7 @@ class Server:
             self.permissions,
             self.hooks.commands,
         )
+        self.session.on_publish = self.lifecycle.published
         self.stats = StatsFeed(
             self.hub,
             self.counters,
@@ -175,8 +173,9 @@ class Server:
         return self.ports.api_port
 
     def _metrics(self) -> list[Figure]:
-        """The ports', presence's and the worker exchange's samples for ``/metrics``."""
-        samples: list[Sample] = []
+        """The ports', presence's, the worker exchange's, the hooks' and lifecycle events'
+        figures for ``/metrics``."""
+        samples: list[Figure] = []
         if self.presence is not None:
             samples.append(
                 (
@@ -196,7 +195,7 @@ class Server:
                     self.workers.sync_failures,
                 )
             )
-        return [*samples, *self.ports.metrics(), *self.hooks.figures()]
+        return [*samples, *self.ports.metrics(), *self.hooks.figures(), *self.lifecycle.figures()]
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen and accept clients, on ``sock`` if given (already bound and listening)."""
@@ -205,6 +204,7 @@ class Server:
             await self.presence.start()
         api = PublishApi(self.hub, self.config.api_key, self.send_buffer_limit, self.pages)
         await self.hooks.start()
+        await self.lifecycle.start()
         await self.ports.open(self._route, api, sock, self.hooks.front)
         if self.config.authenticator is not None or self.hooks.expiring:
             self._tasks.spawn(
@@ -258,6 +258,7 @@ class Server:
         if self._redis is not None:
             await self._redis.aclose()
         self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.lifecycle.stop()  # (after the clients: their departures are recorded)
         await self.hub.stop()
         self.ports.close_api()
 
@@ -275,7 +276,8 @@ class Server:
         )
         if not isinstance(admitted, Admitted):
             return admitted
-        transport = NativeTransport(self, Connection(None, admitted.user_id), admitted.room)
+        connection, room = Connection(None, admitted.user_id), admitted.room
+        transport = self.lifecycle.transport(self, connection, room)
         if admitted.expires_at is not None:
             transport.connection.metadata["token_expires_at"] = admitted.expires_at
         if admitted.who is not None:  # (only a claim, or no token, says more than the user id)
@@ -301,6 +303,7 @@ class Server:
         connection.transport = transport
         self._open.add(transport)
         self.hub.attach(connection)
+        self.lifecycle.connected(connection)  # (before its first join)
         room, transport.initial_room = transport.initial_room, None
         if room is not None:
             # (_route checked can_open: picows calls this in the same callback.)
@@ -344,6 +347,7 @@ class Server:
         connection = self.hub.get_connection(connection_id)
         if connection is not None and isinstance(connection.transport, NativeTransport):
             self.counters.heartbeat_timeouts += 1
+            self.lifecycle.closing(connection, CloseCode.HEARTBEAT_TIMEOUT, "no pong")
             self.events.event(
                 "heartbeat_timeout",
                 "dropped connection %s (user %s): no pong",

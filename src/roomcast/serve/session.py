@@ -5,9 +5,9 @@ A ``Session`` turns a client's messages into changes of the hub and answers: the
 connection's messages while one of them waits, publishing to a room, token refreshes; joins
 and leaves are ``roomcast.serve.membership``'s job, answers ``roomcast.serve.replies``'; what
 the room rules allow is asked of ``roomcast.serve.permissions`` once per command.  It does
-no I/O of its own: answers are frames delivered through the hub, and the only other effect
-is the connection's close for a client over the rate limit.  So it can be driven without a socket
-(``tests/unit/test_session.py``).
+no I/O of its own: answers are frames delivered through the hub, and the only other effects
+are the close of a client over the rate limit and ``on_publish``.  So it can be driven
+without a socket (``tests/unit/test_session.py``).
 
 Its per-connection state is the rate limit's three numbers, kept on the transport (a slot of
 its own, so that no dictionary per connection is needed).
@@ -126,6 +126,7 @@ class Session:
         self._rate = (
             RateLimit(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
         )
+        self.on_publish: Callable[[Connection, str, Any], None] | None = None  # (lifecycle)
 
     @property
     def rate_limited(self) -> bool:
@@ -324,6 +325,8 @@ class Session:
                     ),
                 )
                 return
+            if self.on_publish is not None:  # (a lifecycle event)
+                self.on_publish(connection, command.room, outgoing.data)  # (as published)
             ack = AckMessage(ack_event_id=event_id)
             if position is None:
                 self._reply(connection, ack)

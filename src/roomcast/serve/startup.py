@@ -3,8 +3,8 @@
 One line per fact, so that an operator reading the first lines of the log knows the
 addresses (with the demo page's URL), the broker (and that Redis pub/sub ignores the database
 number: the channel prefix is what separates hubs on one Redis), the authentication, presence,
-history, and every setting changed from its default.  Secrets are never shown; a Redis URL
-loses its credentials.
+history, where lifecycle events go, and every setting changed from its default.  Secrets are
+never shown; a Redis URL loses its credentials, a webhook URL its credentials and query.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import urllib.parse
 
-from roomcast.serve.config import ServerConfig
+from roomcast.serve.config import ServerConfig, lifecycle_enabled
 
 __all__ = ["startup_lines"]
 
@@ -37,6 +37,7 @@ def startup_lines(config: ServerConfig, port: int, api_port: int | None) -> list
     hooks = _hooks(config)
     if hooks:
         lines.append(hooks)
+    lines.append(_lifecycle(config))
     changed = _changed(config)
     if changed:
         lines.append("settings changed from the defaults: " + ", ".join(changed))
@@ -102,11 +103,37 @@ def _hooks(config: ServerConfig) -> str:
     )
 
 
+def _lifecycle(config: ServerConfig) -> str:
+    if not lifecycle_enabled(config):
+        return "lifecycle events: off (--webhook-url to send them to your backend)"
+    stream = f"Redis stream {{{config.channel_prefix}:life}}:events"
+    debounce = f"departures wait {config.events_debounce:g} s for a comeback"
+    if config.webhook_url is None:
+        return (
+            f"lifecycle events: into the {stream}, for a consumer of yours (no webhook: "
+            f"--webhook-url to have them delivered); {debounce}"
+        )
+    parts = urllib.parse.urlsplit(config.webhook_url)  # (no credentials, no query: a token?)
+    target = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    where = stream if config.redis_url is not None else "this process's memory (lost on a crash)"
+    return (
+        f"lifecycle events: webhooks to {target}{parts.path}, waiting in {where}, at most "
+        f"{config.events_max}, until answered 2xx; {debounce}"
+    )
+
+
 def _changed(config: ServerConfig) -> list[str]:
     changed = []
     for field in dataclasses.fields(config):
         meta = field.metadata.get("option")
-        if meta is None or field.name in {"host", "port", "api_port", "redis_url", *_HOOK_URLS}:
+        if meta is None or field.name in {
+            "host",
+            "port",
+            "api_port",
+            "redis_url",
+            "webhook_url",
+            *_HOOK_URLS,
+        }:
             continue
         value = getattr(config, field.name)
         if value == field.default:
