@@ -182,8 +182,10 @@ async def test_with_redis_the_events_go_through_the_stream(
     ):
         client = await connect(url(server, "/ws/lobby?user_id=eve"))
         await receiver.wait_until(lambda: len(receiver.events) == 3)
-        await client.close()
+        await client.send(b"binary")  # (closed by the server with CloseCode.UNSUPPORTED_DATA)
         await receiver.wait_until(lambda: len(receiver.events) == 6)
+        disconnect = last(receiver, Kind.DISCONNECT)
+        assert (disconnect.code, disconnect.reason) == (1003, "binary frames are not supported")
         assert kinds(receiver) == [
             ("connect", None),
             ("occupied", "lobby"),

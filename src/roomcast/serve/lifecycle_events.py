@@ -158,8 +158,8 @@ class LifecycleEvents:
 
     def closing(self, connection: Connection, code: int, reason: str) -> None:
         """``connection`` ends with ``code`` (the first cause said wins)."""
-        if self.feed is not None:
-            self.feed.closing(connection, code, reason)
+        if self.feed is not None:  # (a plain int: a CloseCode's repr is not a number)
+            self.feed.closing(connection, int(code), reason)
 
     # ------------------------------------------------------------------ start, stop, figures
 
@@ -212,7 +212,7 @@ def reporting_transport(feed: LifecycleFeed) -> type[NativeTransport]:
 
         def close(self, code: int, reason: str = "") -> None:
             if not self._closing and self._ws is not None:
-                feed.closing(self.connection, code, reason)
+                feed.closing(self.connection, int(code), reason)
             super().close(code, reason)
 
         def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
