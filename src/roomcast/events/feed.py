@@ -150,7 +150,7 @@ class MemoryLifecycle:
 
     def samples(self) -> list[Sample]:
         return [
-            ("counter", "roomcast_lifecycle_settings", "Lifecycle events emitted", self.events),
+            ("counter", "roomcast_lifecycle_events", "Lifecycle events emitted", self.events),
             (
                 "gauge",
                 "roomcast_lifecycle_waiting",
