@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,8 +27,8 @@ from typing import Any
 
 import aiohttp
 import uvloop
-from aiohttp import web
 
+from harness.hook_backend import percentile, serve_backend
 from harness.limits import wide_port_range
 from harness.meta import cpu_probe, run_meta
 from harness.processes import ServerProcess, cpu_ns_of
@@ -39,49 +37,7 @@ from harness.report import log, problem_lines, publish, report_head, results_pat
 from harness.runs import BENCH_DIR, close_meta, prepare
 
 PACKAGES = ("aiohttp", "uvloop", "picows", "httptools")
-ANSWER = {
-    "allow": True,
-    "user": "bench-user",
-    "rooms": {"bench": ["join", "publish"], "team:*": ["join"], "inbox#bench-user": ["*"]},
-    "data": {"plan": "pro"},
-}
 SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
-
-
-# -- the backend (a process of its own) -------------------------------------------------------
-
-
-def serve_backend(port: int, delay: float) -> None:
-    """Answer every POST with ``ANSWER`` after ``delay`` seconds; GET /stats: figures."""
-    body = json.dumps(ANSWER).encode()
-    figures = {"requests": 0, "in_flight": 0, "peak_in_flight": 0}
-
-    async def hook(request: web.Request) -> web.Response:
-        figures["requests"] += 1
-        figures["in_flight"] += 1
-        figures["peak_in_flight"] = max(figures["peak_in_flight"], figures["in_flight"])
-        try:
-            await request.read()
-            await asyncio.sleep(delay)
-            return web.Response(body=body, content_type="application/json")
-        finally:
-            figures["in_flight"] -= 1
-
-    async def stats(request: web.Request) -> web.Response:
-        times = os.times()
-        return web.json_response({**figures, "cpu": times[0] + times[1]})
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/connect", hook)
-        app.router.add_get("/stats", stats)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-    uvloop.run(main())
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -120,10 +76,6 @@ async def ready(port: int, server: ServerProcess) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
-
-
-def percentile(ordered: Sequence[float], fraction: float) -> float:
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 async def storm(args: argparse.Namespace, mode: str, port: int) -> dict[str, Any]:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import subprocess
 import sys
 import time
@@ -31,8 +29,8 @@ from typing import Any
 
 import aiohttp
 import uvloop
-from aiohttp import web
 
+from harness.hook_backend import percentile, serve_backend
 from harness.meta import cpu_probe, run_meta
 from harness.report import log, problem_lines, publish, report_head, results_path, write_json
 from harness.runs import close_meta, prepare
@@ -40,54 +38,12 @@ from roomcast.hooks import HookClient
 from roomcast.hooks.decisions import ConnectAllowed, Hook
 
 PACKAGES = ("aiohttp", "uvloop")
-ANSWER = {
-    "allow": True,
-    "user": "bench-user",
-    "rooms": {"bench": ["join", "publish"], "team:*": ["join"], "inbox#bench-user": ["*"]},
-    "data": {"plan": "pro"},
-}
 HEADERS = [
     ("Cookie", "session=0123456789abcdef0123456789abcdef"),
     ("User-Agent", "bench/1.0"),
     ("Origin", "http://127.0.0.1"),
     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
 ]
-
-
-# -- the backend (a process of its own) -------------------------------------------------------
-
-
-def serve_backend(port: int, delay: float) -> None:
-    """Answer every POST with ``ANSWER`` after ``delay`` seconds; GET /stats: figures."""
-    body = json.dumps(ANSWER).encode()
-    peers: set[object] = set()
-    requests = 0
-
-    async def hook(request: web.Request) -> web.Response:
-        nonlocal requests
-        requests += 1
-        if request.transport is not None:
-            peers.add(request.transport.get_extra_info("peername"))
-        await request.read()
-        await asyncio.sleep(delay)
-        return web.Response(body=body, content_type="application/json")
-
-    async def stats(request: web.Request) -> web.Response:
-        times = os.times()
-        figures = {"connections": len(peers), "requests": requests, "cpu": times[0] + times[1]}
-        return web.json_response(figures)
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/connect", hook)
-        app.router.add_get("/stats", stats)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-    uvloop.run(main())
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -98,10 +54,6 @@ async def backend_stats(base: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(f"{base}/stats") as response:
         figures: dict[str, Any] = await response.json()
         return figures
-
-
-def percentile(ordered: Sequence[float], fraction: float) -> float:
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 async def storm(base: str, calls: int, max_in_flight: int, hook_timeout: float) -> dict[str, Any]:
