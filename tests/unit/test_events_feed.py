@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from roomcast.connection import Connection
 from roomcast.events.feed import LifecycleFeed, MemoryLifecycle, iterate
 from roomcast.events.memory import MemoryOutbox
@@ -126,3 +128,16 @@ async def test_iterate_acknowledges_an_event_when_the_next_is_asked_for() -> Non
                 if len(again) == 2:
                     break
     assert again == ["u1", "u2"]
+
+
+def test_close_codes_said_of_connections_that_never_depart_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A close said of a connection the hub never forgets does not pile up."""
+    from roomcast.events import feed as feed_module
+
+    monkeypatch.setattr(feed_module, "MAX_CLOSING", 3)
+    feed = LifecycleFeed(MemoryLifecycle(MemoryOutbox(), debounce=0))
+    for _ in range(10):
+        feed.closing(Connection(None, user_id="x"), 1000)
+    assert len(feed._closing) == 3

@@ -36,6 +36,9 @@ Sample = tuple[str, str, str, float]
 LOST = (1006, "connection lost")
 """How a connection ended when nobody said (its socket went away)."""
 _RESERVED = "$"
+MAX_CLOSING = 100_000
+"""Close codes kept until their connections depart: a bound, should a face say ``closing``
+of a connection the hub never registered (the oldest goes)."""
 
 
 class EventSink(Protocol):
@@ -79,6 +82,8 @@ class LifecycleFeed:
     def closing(self, connection: Connection, code: int, reason: str = "") -> None:
         """``connection`` ends with ``code`` (said before the hub forgets it)."""
         if connection.connection_id not in self._closing:
+            if len(self._closing) >= MAX_CLOSING:  # (one said of a connection never forgotten)
+                del self._closing[next(iter(self._closing))]
             # A plain int: a CloseCode would reach Redis as its repr, not its number.
             self._closing[connection.connection_id] = (int(code), reason)
 
